@@ -1,0 +1,53 @@
+"""The `segkit` command. Each command group lives in its own module with a `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from segkit.errors import SegkitError
+
+# Modules under segkit.cli that add subcommands; each owns its own group.
+COMMAND_MODULES = ("data", "run", "formats", "kaggle_cmds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="segkit", description="Kaggle segmentation submission kit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"segkit.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"segkit.cli.{name}":
+                continue  # group not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one subcommand; a SegkitError is printed without a traceback and exits 1."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except SegkitError as exc:
+        print(f"segkit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("segkit: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The CONFIG argument and `key.sub=value` overrides shared by run commands."""
+    p.add_argument("config", help="config file, or the name of one in configs/ (e.g. demo)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")

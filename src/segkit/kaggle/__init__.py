@@ -1,0 +1,1 @@
+"""Kaggle: single-file kernel bundles and the API calls (push, status, output, submit)."""

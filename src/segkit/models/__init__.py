@@ -1,0 +1,1 @@
+"""Segmentation models, looked up by name through `segkit.models.registry`."""
