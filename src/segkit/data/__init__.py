@@ -1,0 +1,1 @@
+"""Data: competition adapters, file I/O, caching, augmentation, generators and folds."""

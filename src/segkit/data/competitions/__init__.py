@@ -1,0 +1,1 @@
+"""One module per competition format; each registers its adapter class by name."""

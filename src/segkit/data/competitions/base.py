@@ -1,0 +1,116 @@
+"""What every competition adapter provides, and the registry that finds adapters by name."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+
+from segkit.data.sample import Sample
+from segkit.config import check_kwargs
+from segkit.errors import ConfigError
+
+
+class Adapter:
+    """Reads one competition's raw files into Samples and turns predicted masks into its submission rows.
+
+    Images come back in their raw dtype as (H, W, bands); masks as uint8 {0, 1} (H, W, classes).
+    Subclasses set the class attributes and implement the methods that raise NotImplementedError.
+    """
+
+    name: ClassVar[str] = ""
+    classes: ClassVar[tuple[str, ...]] = ("foreground",)
+    bands: ClassVar[int] = 3
+    submission_header: ClassVar[tuple[str, str]] = ("id", "EncodedPixels")
+    rle_order: ClassVar[str] = "F"
+    default_tta: ClassVar[tuple[str, ...]] = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # --- reading -------------------------------------------------------------------------
+    def train_samples(self) -> list[Sample]:
+        """All labelled samples, in a stable order."""
+        raise NotImplementedError
+
+    def test_samples(self) -> list[Sample]:
+        """All samples the submission must cover, in submission order."""
+        raise NotImplementedError
+
+    def read_image(self, sample: Sample) -> np.ndarray:
+        """The raw image (H, W, bands) in its stored dtype."""
+        raise NotImplementedError
+
+    def read_mask(self, sample: Sample) -> np.ndarray:
+        """The ground truth as uint8 {0, 1} of shape (H, W, classes)."""
+        raise NotImplementedError
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """Raw image → float32 model input; default divides by the dtype's maximum."""
+        scale = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+        return image.astype(np.float32) / scale
+
+    # --- writing -------------------------------------------------------------------------
+    def submission_size(self, sample: Sample) -> tuple[int, int]:
+        """(H, W) that the submission's RLE refers to for this sample."""
+        raise NotImplementedError
+
+    def submission_rows(self, sample: Sample, mask: np.ndarray) -> Iterator[tuple[str, str]]:
+        """Rows (id, rle) for one test sample; `mask` is uint8 (H, W, classes) at submission_size."""
+        from segkit import rle
+
+        yield sample.id, rle.encode(mask[..., 0], order=self.rle_order)
+
+    def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
+        """The competition's metric for one class over a stack of masks (N, H, W); higher is better.
+        Post-processing is tuned per class on it. Default: mean Dice per image, empty/empty = 1."""
+        t = truth.reshape(len(truth), -1).astype(bool)
+        p = pred.reshape(len(pred), -1).astype(bool)
+        inter = (t & p).sum(1)
+        total = t.sum(1) + p.sum(1)
+        dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+        return float(dice.mean())
+
+
+_ADAPTERS: dict[str, type[Adapter]] = {}
+_MODULES = {
+    "cloud38": "cloud38",
+    "cloud95": "cloud38",
+    "carvana": "carvana",
+    "clouds": "clouds",
+    "airbus": "airbus",
+    "folder": "folder",
+}
+
+
+def register_adapter(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
+    """Class decorator: make an adapter findable by `name` in configs."""
+
+    def deco(cls: type[Adapter]) -> type[Adapter]:
+        cls.name = name
+        _ADAPTERS[name] = cls
+        return cls
+
+    return deco
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    """The adapter class registered under `name` (imports its module on first use)."""
+    if name not in _ADAPTERS and name in _MODULES:
+        importlib.import_module(f"segkit.data.competitions.{_MODULES[name]}")
+    if name not in _ADAPTERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(_MODULES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"data.competition: unknown competition '{name}'{hint} (known: {', '.join(sorted(_MODULES))})")
+    return _ADAPTERS[name]
+
+
+def make_adapter(name: str, root: str | Path, options: dict | None = None) -> Adapter:
+    """Build the adapter for `name`, checking `options` against its constructor's keywords."""
+    cls = adapter_class(name)
+    options = dict(options or {})
+    check_kwargs(cls.__init__, options, "data.options", skip=("self", "root"))
+    return cls(root, **options)

@@ -1,0 +1,65 @@
+"""K-fold splits grouped by a key (scene, car) and stratified by a bin (cloud cover), saved with the run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from segkit.data.sample import Sample
+from segkit.errors import ConfigError, TrainingError
+
+
+def assign_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..n_folds-1) per sample; every group falls in exactly one fold, and folds are
+    balanced on `stratum` as far as the groups allow (scikit-learn's StratifiedGroupKFold)."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    if n_folds < 2:
+        raise ConfigError(f"train.folds: need at least 2 folds, got {n_folds}")
+    groups = np.array([s.group or s.id for s in samples])
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds:
+        raise ConfigError(
+            f"train.folds: {n_folds} folds need at least {n_folds} groups (scenes/objects), the data has {n_groups}"
+        )
+    strata = np.array([s.stratum for s in samples])
+    folds = np.full(len(samples), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    try:
+        splits = list(splitter.split(np.zeros(len(samples)), strata, groups))
+    except ValueError:  # a stratum rarer than the folds: fall back to grouping alone
+        splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(len(samples)), strata, groups))
+    for k, (_, val_idx) in enumerate(splits):
+        folds[val_idx] = k
+    if (np.bincount(folds, minlength=n_folds) == 0).any():
+        raise ConfigError(f"train.folds: could not give every one of {n_folds} folds a validation sample")
+    return folds
+
+
+def save_folds(path: str | Path, samples: Sequence[Sample], folds: np.ndarray) -> None:
+    """Write the split as CSV (id, group, stratum, fold), atomically."""
+    from segkit.data.io import atomic_write
+
+    frame = pd.DataFrame(
+        {"id": [s.id for s in samples], "group": [s.group for s in samples],
+         "stratum": [s.stratum for s in samples], "fold": folds}
+    )
+    with atomic_write(path) as fh:
+        frame.to_csv(fh, index=False)
+
+
+def load_or_assign_folds(path: Path, samples: Sequence[Sample], n_folds: int, seed: int) -> np.ndarray:
+    """The run's saved split when it exists (so a resumed run keeps its folds), else a new one saved there."""
+    if path.is_file():
+        frame = pd.read_csv(path, dtype={"id": str})
+        if list(frame["id"]) != [s.id for s in samples] or frame["fold"].max() + 1 != n_folds:
+            raise TrainingError(
+                f"{path}: this run was split for other samples or another fold count; "
+                "use a new run name (name=...) or delete the run folder"
+            )
+        return frame["fold"].to_numpy()
+    folds = assign_folds(samples, n_folds, seed)
+    save_folds(path, samples, folds)
+    return folds
