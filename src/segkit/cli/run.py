@@ -1,0 +1,63 @@
+"""Run commands: train, tune, predict and the end-to-end demo."""
+from __future__ import annotations
+
+import argparse
+
+from segkit.cli import add_config_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the run commands to the `segkit` parser."""
+    p = sub.add_parser("train", help="K-fold training (resumes an interrupted run), then OOF tuning")
+    add_config_args(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("tune", help="re-tune post-processing on the run's out-of-fold predictions")
+    add_config_args(p)
+    p.set_defaults(func=_tune)
+
+    p = sub.add_parser("predict", help="fold × model × TTA ensemble over the test set -> submission.csv")
+    add_config_args(p)
+    p.add_argument("--out", help="submission path (default submissions/<run>/submission.csv)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("demo", help="synthetic 38-Cloud end to end: synth, train, tune, predict, evaluate")
+    p.add_argument("--out", default="demo_out", help="folder for data, cache and runs (default demo_out)")
+    p.add_argument("--config", default="demo", help="config to run (default configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=_demo)
+
+
+def _load(args):
+    from segkit.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _train(args) -> int:
+    from segkit.train import train
+
+    run_dir = train(_load(args), quiet=args.quiet)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _tune(args) -> int:
+    from segkit.postprocess import tune
+
+    tune(_load(args), quiet=args.quiet)
+    return 0
+
+
+def _predict(args) -> int:
+    from segkit.predict import predict
+
+    path = predict(_load(args), quiet=args.quiet, out=args.out)
+    print(f"submission: {path}")
+    return 0
+
+
+def _demo(args) -> int:
+    from segkit.demo import run_demo
+
+    return run_demo(args.config, args.out, args.overrides, quiet=args.quiet)

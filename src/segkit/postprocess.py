@@ -1,0 +1,147 @@
+"""Post-processing: per-class probability threshold and minimum component area, tuned on OOF predictions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from segkit.config import Config
+from segkit.errors import TrainingError
+
+if TYPE_CHECKING:
+    from segkit.train import RunData
+
+POSTPROCESS_FILE = "postprocess.json"
+
+
+def apply(probs: np.ndarray, thresholds: list[float], min_areas: list[int]) -> np.ndarray:
+    """Binarise (H, W, C) probabilities per class and drop connected components smaller than min_area."""
+    mask = (probs > np.asarray(thresholds, dtype=probs.dtype)).astype(np.uint8)
+    for c, area in enumerate(min_areas):
+        if area > 0:
+            mask[..., c] = remove_small(mask[..., c], area)
+    return mask
+
+
+def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Zero every 8-connected component of a binary (H, W) mask with fewer than min_area pixels."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_area
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None) -> np.ndarray:
+    """Out-of-fold probabilities (N, H, W, C) of every training sample, averaged over the run's models."""
+    from segkit.train import fold_dir, model_tags
+
+    tags = tags or model_tags(cfg)
+    total = None
+    for tag in tags:
+        covered = np.zeros(n_samples, dtype=bool)
+        for k in range(cfg.train.folds):
+            fdir = fold_dir(cfg, tag, k)
+            if not (fdir / "oof.npy").is_file():
+                raise TrainingError(f"{fdir}: no out-of-fold predictions; finish training first (segkit train)")
+            probs = np.load(fdir / "oof.npy", mmap_mode="r")
+            index = np.load(fdir / "oof_index.npy")
+            if total is None:
+                total = np.zeros((n_samples,) + probs.shape[1:], dtype=np.float32)
+            total[index] += probs
+            covered[index] = True
+        if not covered.all():
+            raise TrainingError(f"{cfg.run_dir / tag}: out-of-fold predictions miss {int((~covered).sum())} samples")
+    return total / len(tags)
+
+
+def tune(cfg: Config, run: "RunData | None" = None, quiet: bool = False) -> dict:
+    """Choose per class the threshold and minimum area that maximise the competition's metric on the
+    ensemble's OOF predictions; save them (with before/after scores) as the run's postprocess.json."""
+    from segkit.train import open_run_data
+
+    run = run or open_run_data(cfg, quiet=quiet)
+    oof = load_oof(cfg, len(run.samples))
+    truth = np.asarray(run.cache.masks)
+    pc = cfg.postprocess
+    sub_h, sub_w = run.adapter.submission_size(run.samples[0])
+    area_scale = (oof.shape[1] * oof.shape[2]) / float(sub_h * sub_w)  # min_area is in submission pixels
+    classes = []
+    for c, name in enumerate(run.adapter.classes):
+        before = run.adapter.score_class(truth[..., c], (oof[..., c] > 0.5).astype(np.uint8))
+        if pc.tune:
+            best = _grid_search(run.adapter, truth[..., c], oof[..., c], pc.threshold_grid, pc.min_area_grid,
+                                area_scale)
+        else:
+            fixed = _filtered(oof[..., c] > pc.threshold, round(pc.min_area * area_scale))
+            best = (run.adapter.score_class(truth[..., c], fixed), pc.threshold, pc.min_area)
+        classes.append({"name": name, "threshold": float(best[1]), "min_area": int(best[2]),
+                        "oof_score_default": float(before), "oof_score_tuned": float(best[0])})
+    result = {
+        "classes": classes,
+        "oof_score_default": float(np.mean([c["oof_score_default"] for c in classes])),
+        "oof_score_tuned": float(np.mean([c["oof_score_tuned"] for c in classes])),
+        "metric": type(run.adapter).score_class.__doc__.strip().splitlines()[0] if type(run.adapter).score_class.__doc__ else "",
+    }
+    from segkit.data.io import atomic_write
+
+    with atomic_write(cfg.run_dir / POSTPROCESS_FILE) as fh:
+        json.dump(result, fh, indent=2)
+    if not quiet:
+        for c in classes:
+            print(f"[tune] {c['name']}: threshold {c['threshold']:.2f}, min_area {c['min_area']}: "
+                  f"OOF {c['oof_score_default']:.4f} -> {c['oof_score_tuned']:.4f}")
+    return result
+
+
+def _filtered(binary: np.ndarray, min_area: int) -> np.ndarray:
+    out = binary.astype(np.uint8)
+    if min_area > 0:
+        for i in range(len(out)):
+            out[i] = remove_small(out[i], min_area)
+    return out
+
+
+def _grid_search(adapter, truth: np.ndarray, probs: np.ndarray, thresholds: list[float], min_areas: list[int],
+                 area_scale: float) -> tuple[float, float, int]:
+    best: tuple[float, float, int] | None = None
+    for t in thresholds:
+        binary = (probs > t).astype(np.uint8)
+        labelled = None
+        for area in sorted(set(min_areas)):
+            scaled = int(round(area * area_scale))
+            if scaled <= 0:
+                pred = binary
+            else:
+                if labelled is None:
+                    labelled = [_label_sizes(b) for b in binary]
+                pred = np.stack([(sizes >= scaled)[lab].astype(np.uint8) for lab, sizes in labelled])
+            score = adapter.score_class(truth, pred)
+            if best is None or score > best[0] + 1e-12:
+                best = (score, t, area)
+    assert best is not None
+    return best
+
+
+def _label_sizes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, _ = ndimage.label(binary, structure=np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels, sizes
+
+
+def load_postprocess(cfg: Config) -> tuple[list[float], list[int]]:
+    """The run's tuned (or configured) thresholds and minimum areas, one per class."""
+    path = cfg.run_dir / POSTPROCESS_FILE
+    if not path.is_file():
+        if cfg.postprocess.tune:
+            raise TrainingError(f"{path}: post-processing not tuned yet; finish training (segkit train) first, "
+                                "or set postprocess.tune=false")
+        return [cfg.postprocess.threshold], [cfg.postprocess.min_area]
+    data = json.loads(Path(path).read_text())
+    return [c["threshold"] for c in data["classes"]], [c["min_area"] for c in data["classes"]]

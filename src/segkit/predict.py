@@ -1,0 +1,127 @@
+"""Test-time augmentation and fold × architecture ensembles, streamed in batches into the submission."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from segkit.config import Config
+from segkit.errors import ConfigError, SubmissionError, TrainingError
+
+# name -> (forward, inverse) on batches (B, H, W, C)
+TTA: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "identity": (lambda x: x, lambda y: y),
+    "hflip": (lambda x: x[:, :, ::-1], lambda y: y[:, :, ::-1]),
+    "vflip": (lambda x: x[:, ::-1], lambda y: y[:, ::-1]),
+    "hvflip": (lambda x: x[:, ::-1, ::-1], lambda y: y[:, ::-1, ::-1]),
+    "rot90": (lambda x: np.rot90(x, 1, axes=(1, 2)), lambda y: np.rot90(y, -1, axes=(1, 2))),
+    "rot180": (lambda x: np.rot90(x, 2, axes=(1, 2)), lambda y: np.rot90(y, -2, axes=(1, 2))),
+    "rot270": (lambda x: np.rot90(x, 3, axes=(1, 2)), lambda y: np.rot90(y, -3, axes=(1, 2))),
+    "transpose": (lambda x: x.transpose(0, 2, 1, 3), lambda y: y.transpose(0, 2, 1, 3)),
+}
+_SQUARE_ONLY = {"rot90", "rot270", "transpose"}
+
+
+def resolve_tta(cfg: Config, adapter) -> list[str]:
+    """The TTA list of the config (or the competition's default), checked against the input shape."""
+    names = list(cfg.predict.tta if cfg.predict.tta is not None else adapter.default_tta)
+    if not names:
+        names = ["identity"]
+    h, w = cfg.data.image_size
+    for name in names:
+        if name not in TTA:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(TTA), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"predict.tta: unknown augmentation '{name}'{hint} (known: {', '.join(TTA)})")
+        if name in _SQUARE_ONLY and h != w:
+            raise ConfigError(f"predict.tta: '{name}' needs a square input, data.image_size is {h}x{w}")
+    return names
+
+
+def predict_probabilities(models: Sequence, cache, indices: np.ndarray, normalise: Callable, tta: list[str],
+                          batch_size: int, quiet: bool = False) -> Iterator[np.ndarray]:
+    """Yield, batch by batch, probabilities (B, H, W, C) averaged over models × TTA for cache[indices]."""
+    from tqdm import tqdm
+
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc="predict", disable=quiet or len(starts) < 2, leave=False):
+        idx = indices[start:start + batch_size]
+        x = np.stack([normalise(np.asarray(cache.images[i])) for i in idx]).astype(np.float32)
+        total = None
+        for model in models:
+            for name in tta:
+                forward, inverse = TTA[name]
+                p = np.asarray(model.predict_on_batch(np.ascontiguousarray(forward(x))), dtype=np.float32)
+                p = inverse(p)
+                total = p if total is None else total + p
+        yield total / (len(models) * len(tta))
+
+
+def checkpoint_paths(cfg: Config) -> list[Path]:
+    """Best checkpoints of every fold of every ensembled model; a missing one is an error."""
+    from segkit.train import fold_dir, model_tags
+
+    tags = model_tags(cfg)
+    wanted = cfg.predict.models or tags
+    unknown = [t for t in wanted if t not in tags]
+    if unknown:
+        raise ConfigError(f"predict.models: no model tagged {unknown} in this config (tags: {tags})")
+    paths = [fold_dir(cfg, t, k) / "best.keras" for t in wanted for k in range(cfg.train.folds)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise TrainingError(f"missing fold checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                            " — run `segkit train` first")
+    return paths
+
+
+def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> Path:
+    """Ensemble every fold checkpoint with TTA over the test set, post-process, and write the competition's
+    submission CSV (atomically, row by row); the written file is validated before returning its path."""
+    import cv2
+    import keras
+
+    from segkit.data.cache import prepare
+    from segkit.data.competitions.base import make_adapter
+    from segkit.postprocess import apply, load_postprocess
+    from segkit.submission import validate_submission, write_rows
+
+    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    samples = adapter.test_samples()
+    if not samples:
+        from segkit.errors import DataError
+
+        raise DataError(f"{cfg.data.root}: no test samples found for {cfg.data.competition}")
+    h, w = cfg.data.image_size
+    cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
+                    quiet=quiet, with_masks=False)
+    models = [keras.models.load_model(p) for p in checkpoint_paths(cfg)]
+    thresholds, min_areas = load_postprocess(cfg)
+    n_classes = len(adapter.classes)
+    if len(thresholds) == 1 and n_classes > 1:
+        thresholds, min_areas = thresholds * n_classes, min_areas * n_classes
+    tta = resolve_tta(cfg, adapter)
+
+    def rows() -> Iterator[tuple[str, str]]:
+        index = np.arange(len(samples))
+        batches = predict_probabilities(models, cache, index, adapter.normalise, tta, cfg.predict.batch_size, quiet)
+        i = 0
+        for probs in batches:
+            for p in probs:
+                sample = samples[i]
+                i += 1
+                sh, sw = adapter.submission_size(sample)
+                if (sh, sw) != p.shape[:2]:
+                    p = cv2.resize(p, (sw, sh), interpolation=cv2.INTER_LINEAR).reshape(sh, sw, -1)
+                yield from adapter.submission_rows(sample, apply(p, thresholds, min_areas))
+
+    path = Path(out) if out else cfg.submission_dir / "submission.csv"
+    write_rows(path, adapter.submission_header, rows())
+    problems = validate_submission(path, cfg.data.competition)
+    if problems:
+        raise SubmissionError(f"{path}: the written submission fails validation:\n  " + "\n  ".join(problems[:10]))
+    if not quiet:
+        print(f"[predict] {len(samples)} test samples × {len(models)} checkpoints × {len(tta)} TTA -> {path}")
+    return path
