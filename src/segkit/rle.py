@@ -1,0 +1,147 @@
+"""Run-length encoding of binary masks as Kaggle writes it: `start length` pairs, 1-indexed, in either
+pixel order ("C" row-major for Carvana, "F" column-major for Understanding Clouds and Airbus).
+
+Both directions are vectorised (numpy comparisons and `np.repeat`), never a Python loop over runs or pixels.
+An empty mask is the empty string; NaN or None (what pandas reads for an empty field) decodes to an empty mask.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from segkit.errors import RLEError
+
+ORDERS = ("C", "F")
+_BAD_TOKEN = re.compile(r"(?:^|\s)(\S*[^0-9\s]\S*)")
+
+
+def _check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise RLEError(f"RLE pixel order must be 'C' (row-major) or 'F' (column-major), got {order!r}")
+    return order
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise RLEError(f"RLE mask shape must be (height, width), got {shape!r}") from None
+    if h <= 0 or w <= 0:
+        raise RLEError(f"RLE mask shape must be positive, got {shape!r}")
+    return h, w
+
+
+def is_empty(rle: Any) -> bool:
+    """True for what a CSV reader gives for an empty field: None, NaN, or a blank string."""
+    if rle is None:
+        return True
+    if isinstance(rle, float) and math.isnan(rle):
+        return True
+    return isinstance(rle, str) and not rle.strip()
+
+
+def encode(mask: np.ndarray, order: str = "F") -> str:
+    """Encode a 2-D mask (nonzero = foreground) as Kaggle RLE in pixel order `order`; "" when empty."""
+    _check_order(order)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise RLEError(f"RLE encodes one 2-D mask at a time, got an array of shape {mask.shape}")
+    flat = mask.ravel(order=order)
+    if flat.dtype != np.bool_:
+        flat = flat != 0
+    if flat.size == 0:
+        return ""
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        changes = np.concatenate(([0], changes))
+    if flat[-1]:
+        changes = np.concatenate((changes, [flat.size]))
+    if changes.size == 0:
+        return ""
+    runs = changes.reshape(-1, 2)
+    runs[:, 1] -= runs[:, 0]
+    runs[:, 0] += 1
+    return _join_ints(runs.ravel())
+
+
+def _join_ints(values: np.ndarray) -> str:
+    """Positive integers as one space-separated string, built digit column by digit column in numpy
+    (2-3x faster than str() per number on masks with many runs)."""
+    n = values.size
+    width = len(str(int(values.max())))
+    chars = np.empty((n, width + 1), np.uint8)
+    keep = np.empty((n, width + 1), np.bool_)
+    chars[:, width] = ord(" ")
+    keep[:, width] = True
+    rest = values.astype(np.int64)
+    for col in range(width - 1, -1, -1):
+        chars[:, col] = rest % 10 + ord("0")
+        keep[:, col] = rest > 0  # drop leading zeros
+        rest //= 10
+    keep[:, width - 1] = True
+    return chars[keep][:-1].tobytes().decode("ascii")
+
+
+def parse_runs(rle: Any, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an RLE string against an image of `n_pixels` and return (0-based starts, lengths).
+
+    Raises RLEError naming the first problem: odd count, a non-integer, a zero or negative value,
+    runs out of order or overlapping, or a run past the last pixel."""
+    if is_empty(rle):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if not isinstance(rle, str):
+        raise RLEError(f"RLE must be a string of 'start length' pairs, got {type(rle).__name__} {rle!r}")
+    tokens = rle.split()
+    bad = _BAD_TOKEN.search(rle)
+    if bad:
+        raise RLEError(f"RLE value {bad.group(1)[:30]!r} is not a whole number")
+    if len(tokens) % 2:
+        raise RLEError(f"RLE has an odd number of values ({len(tokens)}); expected 'start length' pairs")
+    try:
+        values = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        raise RLEError("RLE holds a number too large for any image") from None
+    starts, lengths = values[0::2], values[1::2]
+    for name, arr in (("start", starts), ("length", lengths)):
+        wrong = np.flatnonzero(arr <= 0)
+        if wrong.size:
+            i = int(wrong[0])
+            raise RLEError(f"RLE pair {i + 1} has {name} {int(arr[i])}; starts and lengths must be >= 1")
+    ends = starts + lengths  # 1-based exclusive end
+    clash = np.flatnonzero(starts[1:] < ends[:-1])
+    if clash.size:
+        i = int(clash[0])
+        how = "is out of order after" if starts[i + 1] < starts[i] else "overlaps"
+        raise RLEError(
+            f"RLE pair {i + 2} (start {int(starts[i + 1])}) {how} pair {i + 1} "
+            f"(start {int(starts[i])}, length {int(lengths[i])}); runs must be sorted and disjoint"
+        )
+    if int(ends[-1]) - 1 > n_pixels:
+        raise RLEError(
+            f"RLE pair {len(starts)} (start {int(starts[-1])}, length {int(lengths[-1])}) ends at pixel "
+            f"{int(ends[-1]) - 1}, past the image's {n_pixels} pixels"
+        )
+    return starts - 1, lengths
+
+
+def decode(rle: Any, shape: tuple[int, int], order: str = "F") -> np.ndarray:
+    """Decode a Kaggle RLE into a uint8 {0, 1} mask of `shape` (H, W) in pixel order `order`."""
+    _check_order(order)
+    h, w = _check_shape(shape)
+    n = h * w
+    starts, lengths = parse_runs(rle, n)
+    if starts.size == 0:
+        return np.zeros((h, w), np.uint8)
+    # alternate background gaps and foreground runs, then expand them in one np.repeat
+    counts = np.empty(2 * starts.size + 1, np.int64)
+    counts[1::2] = lengths
+    counts[0] = starts[0]
+    counts[2:-1:2] = starts[1:] - (starts[:-1] + lengths[:-1])
+    counts[-1] = n - (starts[-1] + lengths[-1])
+    values = np.zeros(counts.size, np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, counts)
+    return np.ascontiguousarray(flat.reshape((h, w), order=order))
