@@ -60,6 +60,43 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
     return builder(input_shape, n_classes, **spec)
 
 
+def load_model(path, compile: bool = True):
+    """Load a saved `.keras` model after registering every segkit layer, loss and metric.
+
+    Plain `keras.models.load_model(path)` works as well once the defining modules are imported; this helper
+    imports them all first, so callers need not know which architecture a checkpoint holds.
+    """
+    import keras
+
+    _import_all()
+    importlib.import_module("segkit.losses")
+    importlib.import_module("segkit.metrics")
+    return keras.models.load_model(path, compile=compile)
+
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def set_precision(policy: str | None) -> None:
+    """Set Keras's global dtype policy for models built afterwards (None = "float32").
+
+    "mixed_float16" (GPUs with tensor cores) or "mixed_bfloat16" (TPUs, recent GPUs/CPUs) compute in half
+    precision and keep variables in float32; segkit models still output float32 probabilities because their
+    final activation layer is float32. With "mixed_float16", `model.compile` wraps the optimizer in a
+    LossScaleOptimizer by itself.
+    """
+    import keras
+
+    policy = policy or "float32"
+    if policy not in PRECISIONS:
+        import difflib
+
+        close = difflib.get_close_matches(policy, PRECISIONS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"train.mixed_precision: unknown policy '{policy}'{hint} (valid: {', '.join(PRECISIONS)})")
+    keras.mixed_precision.set_global_policy(policy)
+
+
 def model_tag(spec: dict[str, Any], index: int) -> str:
     """A stable folder name for one architecture of the ensemble (its `tag`, else name + index)."""
     return str(spec.get("tag") or f"{spec.get('name', 'model')}{index}")
