@@ -206,6 +206,7 @@ def generate(
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_marker(out) is None)):
         raise DataError(f"{out}: exists and is not a synthetic dataset written by segkit; choose another --out")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if out.parent.exists() else None))
+    os.chmod(tmp, 0o755)
     try:
         _generate_into(tmp, seed, patch_size, n_train_scenes, n_test_scenes, n_additional_scenes, scene_patches, cloud_cover)
         with atomic_write(tmp / MARKER) as fh:
