@@ -1,0 +1,491 @@
+"""Kaggle API calls (push, status, output, submit, score) through the real kaggle client's Python API,
+with retries on 429 / 5xx / network failures and every refusal turned into a KaggleError that says why.
+
+The client is imported lazily: `import kaggle` authenticates at import time and exits the process when
+credentials are missing."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from segkit.errors import KaggleError
+from segkit.kaggle.config import KaggleConfig
+from segkit.kaggle.credentials import SETUP_HELP, Credentials, find_credentials
+
+log = logging.getLogger("segkit.kaggle")
+
+# Kernel session states after which nothing more will happen.
+DONE_STATES = {"COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
+
+
+@dataclass
+class PushResult:
+    """What Kaggle answered to a kernel push."""
+
+    ref: str
+    url: str
+    version: int | None
+
+
+@dataclass
+class KernelStatus:
+    """A kernel's latest session state (QUEUED, RUNNING, COMPLETE, ERROR, CANCEL_*)."""
+
+    state: str
+    failure_message: str = ""
+
+
+@dataclass
+class Submission:
+    """One competition submission as ListSubmissions reports it."""
+
+    ref: int
+    status: str  # PENDING, COMPLETE, ERROR
+    public_score: str | None = None
+    private_score: str | None = None
+    error_description: str | None = None
+    description: str | None = None
+    file_name: str | None = None
+
+
+@dataclass
+class Retry:
+    """Capped exponential backoff: waits backoff, 2*backoff, 4*backoff ... up to `cap`, `attempts` times."""
+
+    attempts: int = 5
+    backoff: float = 2.0
+    cap: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+    waits: list[float] = field(default_factory=list)  # every wait taken, for the record
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        base = retry_after if retry_after is not None else self.backoff * (2 ** attempt)
+        return min(self.cap, max(0.0, base))
+
+
+class KaggleClient:
+    """The kit's door to Kaggle. One instance per set of credentials; `sleep` and `clock` are injectable so
+    retries and polling are testable without waiting."""
+
+    def __init__(
+        self,
+        kc: KaggleConfig | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.kc = kc or KaggleConfig()
+        self.retry = Retry(self.kc.retries, self.kc.backoff_seconds, self.kc.max_backoff_seconds, sleep)
+        self.sleep = sleep
+        self.clock = clock
+        self._api = None
+        self.credentials: Credentials | None = None
+
+    # --- connection -------------------------------------------------------------------------
+
+    @property
+    def api(self):
+        """The authenticated kaggle.KaggleApi (created on first use)."""
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
+
+    def _connect(self):
+        self.credentials = find_credentials()
+        quiet = contextlib.redirect_stdout(io.StringIO())  # the client prints help and warnings to stdout
+        saved = {k: os.environ.pop(k) for k in ("VERBOSE", "VERBOSE_OUTPUT") if k in os.environ}
+        try:
+            with quiet:
+                try:
+                    from kaggle.api.kaggle_api_extended import KaggleApi
+                except SystemExit:
+                    raise KaggleError(f"the kaggle client refused the credentials at import; {SETUP_HELP}") from None
+            api = KaggleApi()
+            api.config_dir = str(self.credentials.config_dir)
+            api.config = str(self.credentials.config_dir / "kaggle.json")
+            api.args = [a for a in api.args if a not in ("--verbose", "-v")]  # never print the auth header
+            with quiet:
+                try:
+                    self._call("authenticate", api.authenticate)
+                except SystemExit:
+                    raise KaggleError(
+                        f"Kaggle rejected the credentials from {self.credentials.source}; {SETUP_HELP}"
+                    ) from None
+        finally:
+            os.environ.update(saved)
+        return api
+
+    @property
+    def username(self) -> str:
+        """The authenticated user's name."""
+        return str(self.api.config_values.get("username") or "")
+
+    @contextlib.contextmanager
+    def sdk(self) -> Iterator[Any]:
+        """The client's kagglesdk KaggleClient, authenticated as `api`."""
+        with self.api.build_kaggle_client() as kaggle:
+            yield kaggle
+
+    # --- retries and error translation ------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable, *args, context: str = "", **kwargs) -> Any:
+        """Run fn, retrying 429 / 5xx / connection failures with capped backoff; explain the rest."""
+        import requests
+
+        last: Exception | None = None
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except requests.HTTPError as exc:
+                code, message, retry_after = _http_details(exc)
+                if code == 429 or (code is not None and code >= 500):
+                    last = exc
+                    if attempt < self.retry.attempts:
+                        self._wait(what, f"HTTP {code}", attempt, retry_after)
+                        continue
+                    raise KaggleError(
+                        f"{what}: Kaggle answered HTTP {code} {attempts(attempt + 1)}"
+                        f"{': ' + message if message else ''}; try again later"
+                    ) from None
+                raise KaggleError(explain(what, code, message, context)) from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = exc
+                if attempt < self.retry.attempts:
+                    self._wait(what, "network failure", attempt, None)
+                    continue
+                raise KaggleError(
+                    f"{what}: cannot reach Kaggle ({type(exc).__name__}) {attempts(attempt + 1)}; "
+                    "check the network connection"
+                ) from None
+            except ValueError as exc:  # the client's own validation of names and metadata
+                raise KaggleError(f"{what}: {exc}") from None
+        raise KaggleError(f"{what}: failed ({last})")  # not reached
+
+    def _wait(self, what: str, why: str, attempt: int, retry_after: float | None) -> None:
+        delay = self.retry.delay(attempt, retry_after)
+        log.warning("%s: %s; retrying in %.1f s (%d/%d)", what, why, delay, attempt + 1, self.retry.attempts)
+        self.retry.waits.append(delay)
+        self.sleep(delay)
+
+    # --- kernels ----------------------------------------------------------------------------
+
+    def push(self, folder: str | Path) -> PushResult:
+        """Push a kernel folder (kernel-metadata.json + its code_file); KaggleError when Kaggle refuses it
+        or any source is invalid (the kaggle CLI exits 0 in both cases)."""
+        folder = Path(folder)
+        meta = json.loads((folder / "kernel-metadata.json").read_text())
+        with contextlib.redirect_stdout(io.StringIO()):
+            resp = self._call(f"push {meta.get('id')}", self.api.kernels_push, str(folder), context="kernel")
+        if getattr(resp, "error", None):
+            raise KaggleError(f"push {meta.get('id')}: Kaggle refused the kernel: {resp.error}")
+        bad = []
+        for kind in ("dataset", "competition", "kernel", "model"):
+            invalid = list(getattr(resp, f"invalid_{kind}_sources", None) or [])
+            if invalid:
+                bad.append(f"{kind} sources {', '.join(invalid)}")
+        if bad:
+            raise KaggleError(
+                f"push {meta.get('id')}: Kaggle does not know (or you cannot access) the {'; '.join(bad)}; "
+                "fix kaggle.*_sources in the config (competitions need their rules accepted on the website)"
+            )
+        return PushResult(str(resp.ref or meta.get("id")), str(resp.url or ""), resp.version_number)
+
+    def status(self, kernel: str) -> KernelStatus:
+        """The kernel's latest session state."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+        owner, slug = split_kernel(kernel)
+        req = ApiGetKernelSessionStatusRequest()
+        req.user_name, req.kernel_slug = owner, slug
+
+        def call():
+            with self.sdk() as kaggle:
+                return kaggle.kernels.kernels_api_client.get_kernel_session_status(req)
+
+        resp = self._call(f"status of {kernel}", call, context="kernel")
+        state = getattr(resp.status, "name", str(resp.status))
+        return KernelStatus(state, resp.failure_message or "")
+
+    def wait(self, kernel: str, on_poll: Callable[[KernelStatus], None] | None = None) -> KernelStatus:
+        """Poll the kernel until it finishes, the interval growing from poll_seconds; KaggleError with the
+        failure message on ERROR or cancel, or when timeout_minutes pass."""
+        interval = self.kc.poll_seconds
+        deadline = self.clock() + 60 * self.kc.timeout_minutes
+        while True:
+            st = self.status(kernel)
+            if on_poll:
+                on_poll(st)
+            if st.state == "COMPLETE":
+                return st
+            if st.state in DONE_STATES:
+                raise KaggleError(f"kernel {kernel} ended with {st.state}: {st.failure_message or 'no message'}")
+            if self.clock() + interval > deadline:
+                raise KaggleError(f"kernel {kernel} still {st.state} after {self.kc.timeout_minutes:g} minutes")
+            self.sleep(interval)
+            interval = min(interval * 1.5, max(self.kc.poll_seconds, self.kc.max_backoff_seconds))
+
+    def output_files(self, kernel: str) -> tuple[list[tuple[str, str]], str]:
+        """(file name, download URL) of every output file of the kernel's latest run, and its log."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+        owner, slug = split_kernel(kernel)
+        files: list[tuple[str, str]] = []
+        log_text, token = "", None
+        while True:
+            req = ApiListKernelSessionOutputRequest()
+            req.user_name, req.kernel_slug = owner, slug
+            if token:
+                req.page_token = token
+
+            def call():
+                with self.sdk() as kaggle:
+                    return kaggle.kernels.kernels_api_client.list_kernel_session_output(req)
+
+            resp = self._call(f"output of {kernel}", call, context="kernel")
+            files += [(f.file_name, f.url) for f in resp.files or [] if f.file_name and f.url]
+            log_text = log_text or (resp.log or "")
+            token = resp.next_page_token
+            if not token:
+                return files, log_text
+
+    def output(self, kernel: str, out_dir: str | Path, pattern: str | None = None) -> list[Path]:
+        """Download the kernel's output files (and its log) into out_dir, checking each arrived whole and is
+        not an error page; files are written atomically."""
+        import re
+
+        out_dir = Path(out_dir)
+        files, log_text = self.output_files(kernel)
+        if pattern:
+            files = [(n, u) for n, u in files if re.search(pattern, n)]
+        written = []
+        for name, url in files:
+            target = safe_target(out_dir, name)
+            self._call(f"download {name}", download, url, target)
+            written.append(target)
+        if log_text:
+            from segkit.data.io import atomic_write
+
+            target = out_dir / f"{split_kernel(kernel)[1]}.log"
+            with atomic_write(target) as fh:
+                fh.write(log_text)
+            written.append(target)
+        return written
+
+    # --- competitions -----------------------------------------------------------------------
+
+    def submit(self, competition: str, path: str | Path, message: str) -> int:
+        """Upload a submission file (StartSubmissionUpload, PUT the bytes, CreateSubmission); its ref."""
+        import requests
+        from kagglesdk.competitions.types.competition_api_service import (
+            ApiCreateSubmissionRequest,
+            ApiStartSubmissionUploadRequest,
+        )
+
+        path = Path(path)
+        data = path.read_bytes()
+        start = ApiStartSubmissionUploadRequest()
+        start.competition_name = competition
+        start.file_name = path.name
+        start.content_length = len(data)
+        start.last_modified_epoch_seconds = int(path.stat().st_mtime)
+
+        def call_start():
+            with self.sdk() as kaggle:
+                return kaggle.competitions.competition_api_client.start_submission_upload(start)
+
+        what = f"submit to {competition}"
+        upload = self._call(what, call_start, context="submit")
+        if not upload.create_url or not upload.token:
+            raise KaggleError(f"{what}: Kaggle gave no upload address")
+
+        def put():
+            resp = requests.put(upload.create_url, data=data, timeout=600)
+            if resp.status_code not in (200, 201):
+                resp.raise_for_status()
+                raise KaggleError(f"{what}: the upload was answered with HTTP {resp.status_code}")
+
+        self._call(f"{what} (upload)", put, context="submit")
+        create = ApiCreateSubmissionRequest()
+        create.competition_name = competition
+        create.blob_file_tokens = upload.token
+        create.submission_description = message
+
+        def call_create():
+            with self.sdk() as kaggle:
+                return kaggle.competitions.competition_api_client.create_submission(create)
+
+        resp = self._call(what, call_create, context="submit")
+        return self._submitted(what, resp)
+
+    def submit_code(self, competition: str, kernel: str, version: int | None, file_name: str, message: str) -> int:
+        """Submit a kernel version's output file to a code competition; its ref."""
+        from kagglesdk.competitions.types.competition_api_service import ApiCreateCodeSubmissionRequest
+
+        owner, slug = split_kernel(kernel)
+        req = ApiCreateCodeSubmissionRequest()
+        req.competition_name = competition
+        req.kernel_owner, req.kernel_slug = owner, slug
+        if version:
+            req.kernel_version = int(version)
+        req.file_name = file_name
+        req.submission_description = message
+
+        def call():
+            with self.sdk() as kaggle:
+                return kaggle.competitions.competition_api_client.create_code_submission(req)
+
+        what = f"submit {kernel} to {competition}"
+        return self._submitted(what, self._call(what, call, context="submit"))
+
+    @staticmethod
+    def _submitted(what: str, resp: Any) -> int:
+        message = (getattr(resp, "message", "") or "").strip()
+        ref = int(getattr(resp, "ref", 0) or 0)
+        if not ref and message and "success" not in message.lower():
+            raise KaggleError(f"{what}: Kaggle refused the submission: {message}")
+        return ref
+
+    def submissions(self, competition: str) -> list[Submission]:
+        """The newest submissions to the competition (ListSubmissions, first page)."""
+        from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+        req = ApiListSubmissionsRequest()
+        req.competition_name = competition
+        req.page = 1
+
+        def call():
+            with self.sdk() as kaggle:
+                return kaggle.competitions.competition_api_client.list_submissions(req)
+
+        resp = self._call(f"submissions of {competition}", call, context="submit")
+        return [
+            Submission(
+                ref=int(s.ref or 0), status=getattr(s.status, "name", str(s.status)),
+                public_score=s.public_score, private_score=s.private_score,
+                error_description=s.error_description, description=s.description, file_name=s.file_name,
+            )
+            for s in resp.submissions or []
+        ]
+
+    def wait_for_score(self, competition: str, ref: int,
+                       on_poll: Callable[[Submission], None] | None = None) -> Submission:
+        """Poll ListSubmissions until submission `ref` (the newest when ref is 0) is scored; KaggleError with
+        Kaggle's error description when scoring fails."""
+        interval = self.kc.poll_seconds
+        deadline = self.clock() + 60 * self.kc.timeout_minutes
+        while True:
+            subs = self.submissions(competition)
+            sub = next((s for s in subs if s.ref == ref), None) if ref else (subs[0] if subs else None)
+            if sub is not None:
+                if on_poll:
+                    on_poll(sub)
+                if sub.status == "COMPLETE":
+                    return sub
+                if sub.status == "ERROR":
+                    raise KaggleError(
+                        f"submission {sub.ref} to {competition} failed: {sub.error_description or 'no description'}"
+                    )
+            if self.clock() + interval > deadline:
+                raise KaggleError(f"submission {ref} to {competition} not scored after {self.kc.timeout_minutes:g} min")
+            self.sleep(interval)
+            interval = min(interval * 1.5, max(self.kc.poll_seconds, self.kc.max_backoff_seconds))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def split_kernel(kernel: str) -> tuple[str, str]:
+    """owner/slug -> (owner, slug), with the client's rules."""
+    parts = str(kernel).split("/")
+    if len(parts) != 2 or not all(parts):
+        raise KaggleError(f"kernel '{kernel}': expected OWNER/SLUG")
+    if len(parts[1]) < 5:
+        raise KaggleError(f"kernel '{kernel}': a kernel slug has at least 5 characters")
+    return parts[0], parts[1]
+
+
+def attempts(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def _http_details(exc: Exception) -> tuple[int | None, str, float | None]:
+    """(status code, server message, Retry-After seconds) of an HTTPError; a JSON body's `code` wins."""
+    resp = getattr(exc, "response", None)
+    code = getattr(resp, "status_code", None)
+    message = str(exc)
+    retry_after = None
+    if resp is not None:
+        try:
+            body = resp.json()
+            if isinstance(body, dict):
+                if isinstance(body.get("code"), int) and body["code"] >= 400:
+                    code = body["code"]
+                message = str(body.get("message") or message)
+        except ValueError:
+            pass
+        try:
+            retry_after = float(resp.headers.get("Retry-After"))
+        except (TypeError, ValueError):
+            retry_after = None
+    message = message.split(" for url:")[0].strip()
+    return code, message[:300], retry_after
+
+
+def explain(what: str, code: int | None, message: str, context: str) -> str:
+    """A message that says what a 4xx means for this call."""
+    detail = f" (Kaggle said: {message})" if message else ""
+    if code == 401:
+        return f"{what}: Kaggle rejected the credentials (HTTP 401){detail}; {SETUP_HELP}"
+    if code == 403:
+        if context == "submit":
+            return (
+                f"{what}: forbidden (HTTP 403){detail}. Accept the competition's rules on its Kaggle page "
+                "(they cannot be accepted through the API), and check the competition slug"
+            )
+        return (
+            f"{what}: forbidden (HTTP 403){detail}; the kernel belongs to another account or is private, "
+            "or the slug is wrong"
+        )
+    if code == 404:
+        thing = "competition" if context == "submit" else "kernel"
+        return f"{what}: not found (HTTP 404){detail}; check the {thing} slug"
+    return f"{what}: Kaggle refused the request (HTTP {code}){detail}"
+
+
+def safe_target(out_dir: Path, name: str) -> Path:
+    """out_dir/name, refusing names that would escape out_dir."""
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise KaggleError(f"output file '{name}': refusing a path outside {out_dir}")
+    return out_dir / rel
+
+
+def download(url: str, target: Path) -> None:
+    """GET url into target atomically; KaggleError when the answer is an error status, an HTML error page
+    instead of the file, or shorter than announced."""
+    import requests
+
+    from segkit.data.io import atomic_write
+
+    with requests.get(url, stream=True, timeout=600) as resp:
+        resp.raise_for_status()
+        ctype = resp.headers.get("Content-Type", "")
+        if "text/html" in ctype and target.suffix.lower() not in (".html", ".htm"):
+            raise KaggleError(f"download {target.name}: got an HTML page instead of the file ({url})")
+        size = 0
+        html_ok = target.suffix.lower() in (".html", ".htm")
+        with atomic_write(target, "wb") as fh:
+            for chunk in resp.iter_content(1 << 20):
+                if size == 0 and not html_ok and chunk[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+                    raise KaggleError(f"download {target.name}: got an HTML error page instead of the file ({url})")
+                fh.write(chunk)
+                size += len(chunk)
+            expected = resp.headers.get("Content-Length")
+            if expected is not None and "gzip" not in resp.headers.get("Content-Encoding", "") \
+                    and int(expected) != size:
+                raise KaggleError(f"download {target.name}: got {size} of {expected} bytes")

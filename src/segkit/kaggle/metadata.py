@@ -1,0 +1,137 @@
+"""kernel-metadata.json: made from the `kaggle:` config over a template, and checked locally with the same
+rules the kaggle client applies before a push (plus the traps it lets through)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from segkit.errors import KaggleError
+from segkit.kaggle.config import SLUG_RE, KaggleConfig, check_source, slugify
+
+METADATA_FILE = "kernel-metadata.json"
+LANGUAGES = ("python", "r", "rmarkdown")
+KERNEL_TYPES = ("script", "notebook")
+BOOL_FIELDS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
+LIST_FIELDS = ("dataset_sources", "competition_sources", "kernel_sources", "model_sources", "keywords")
+
+
+def stem_slug(kc: KaggleConfig, run_name: str) -> str:
+    """The kernel slug stem of a run: kaggle.slug, else the slugified title, else `segkit-<run name>`."""
+    return kc.slug or slugify(kc.title) or slugify(f"segkit-{run_name}")
+
+
+def title_for(slug: str, kc: KaggleConfig, run_name: str) -> str:
+    """A title that slugifies back to `slug` (the client warns otherwise): kaggle.title plus the slug's
+    suffix (" fold0", " infer") when the slug extends the stem, else the slug with spaces."""
+    stem = stem_slug(kc, run_name)
+    if kc.title and slug.startswith(stem):
+        return kc.title + slug[len(stem):].replace("-", " ")
+    return slug.replace("-", " ")
+
+
+def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, title: str, code_file: str,
+                    extra_kernel_sources: list[str] = ()) -> dict[str, Any]:
+    """The metadata of one kernel: the template's fixed fields, then the config's settings. enable_internet
+    is always written (the client defaults it to true when absent)."""
+    comps = kc.competition_sources if kc.competition_sources is not None else ([kc.competition] if kc.competition else [])
+    meta = dict(template)
+    meta.update({
+        "id": f"{owner}/{slug}",
+        "title": title,
+        "code_file": code_file,
+        "is_private": kc.is_private,
+        "enable_gpu": kc.enable_gpu,
+        "enable_tpu": kc.enable_tpu,
+        "enable_internet": kc.enable_internet,
+        "dataset_sources": list(kc.dataset_sources),
+        "competition_sources": list(comps),
+        "kernel_sources": list(dict.fromkeys([*kc.kernel_sources, *extra_kernel_sources])),
+        "model_sources": list(kc.model_sources),
+        "keywords": list(kc.keywords),
+    })
+    meta.setdefault("language", "python")
+    meta.setdefault("kernel_type", "script")
+    if kc.machine_shape:
+        meta["machine_shape"] = kc.machine_shape
+    if kc.docker_image_pinning_type:
+        meta["docker_image_pinning_type"] = kc.docker_image_pinning_type
+    return meta
+
+
+def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]:
+    """Check metadata with the client's rules; returns warnings (the client's soft checks) and raises
+    KaggleError naming the field for anything the client or Kaggle would refuse."""
+    where = f"{Path(folder) / METADATA_FILE}" if folder else METADATA_FILE
+    warnings: list[str] = []
+
+    def fail(msg: str) -> None:
+        raise KaggleError(f"{where}: {msg}")
+
+    if not isinstance(meta, dict):
+        fail("expected a JSON object")
+    kid = meta.get("id")
+    if not kid and not meta.get("id_no"):
+        fail("'id' (owner/kernel-slug) is required")
+    if kid:
+        parts = str(kid).split("/")
+        if len(parts) != 2 or not all(parts):
+            fail(f"'id' is '{kid}'; expected owner/kernel-slug (no version)")
+        if len(parts[1]) < 5:
+            fail(f"'id' slug '{parts[1]}' must be at least 5 characters")
+        if not SLUG_RE.match(parts[1]):
+            fail(f"'id' slug '{parts[1]}' may hold only a-z, 0-9 and '-'")
+    title = meta.get("title")
+    if title is not None and len(str(title)) < 5:
+        fail(f"'title' '{title}' must be at least 5 characters")
+    if title and kid and slugify(str(title)) != str(kid).split("/")[-1].lower():
+        warnings.append(f"title '{title}' does not slugify to the id's slug; Kaggle may pick another URL")
+    code = meta.get("code_file")
+    if not code:
+        fail("'code_file' is required")
+    if folder is not None and not (Path(folder) / str(code)).is_file():
+        fail(f"code_file '{code}' not found in {folder}")
+    if meta.get("language") not in LANGUAGES:
+        fail(f"'language' is {meta.get('language')!r}; expected one of {', '.join(LANGUAGES)}")
+    if meta.get("kernel_type") not in KERNEL_TYPES:
+        fail(f"'kernel_type' is {meta.get('kernel_type')!r}; expected one of {', '.join(KERNEL_TYPES)}")
+    for key in BOOL_FIELDS:
+        if key in meta and not isinstance(meta[key], bool):
+            fail(f"'{key}' is {meta[key]!r}; expected true or false (the client crashes on other values)")
+    if "enable_internet" not in meta:
+        fail("'enable_internet' is missing; the client then turns internet ON (write it explicitly)")
+    if meta.get("enable_gpu") and meta.get("enable_tpu"):
+        fail("'enable_gpu' and 'enable_tpu' are both true")
+    for key in LIST_FIELDS:
+        if key in meta and not (isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])):
+            fail(f"'{key}' must be a list of strings")
+    shapes = {"dataset_sources": (2, 3), "kernel_sources": (2, 3), "model_sources": (5, 5)}
+    for key, (lo, hi) in shapes.items():
+        for src in meta.get(key, []):
+            try:
+                check_source(key, src, lo, hi)
+            except Exception as exc:  # ConfigError phrased for the config; re-home it to the file
+                fail(str(exc).replace("kaggle.", "", 1))
+    for src in meta.get("competition_sources", []):
+        if "/" in src or not src:
+            fail(f"competition source '{src}' must be a competition slug")
+    pin = meta.get("docker_image_pinning_type")
+    if pin is not None and pin not in ("original", "latest"):
+        fail(f"'docker_image_pinning_type' is {pin!r}; expected original or latest")
+    shape = meta.get("machine_shape")
+    if shape is not None and not (isinstance(shape, str) and shape.isalnum()):
+        fail(f"'machine_shape' is {shape!r}; expected a name like NvidiaTeslaT4")
+    return warnings
+
+
+def read_metadata(folder: str | Path) -> dict:
+    """Load and validate a kernel folder's metadata; KaggleError when missing or invalid."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        raise KaggleError(f"{path}: not found; build the kernel first (segkit kernel build)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KaggleError(f"{path}: not valid JSON ({exc})") from None
+    validate_metadata(meta, folder)
+    return meta

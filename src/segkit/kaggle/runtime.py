@@ -1,0 +1,207 @@
+"""What a built kernel runs on Kaggle (or anywhere, with its folders moved by environment variables):
+train one fold or all folds into the working folder, or gather fold checkpoints from the attached sources
+and write a validated submission.
+
+Folders: SEGKIT_KAGGLE_INPUT (default /kaggle/input: read-only sources), SEGKIT_KAGGLE_WORKING (default
+/kaggle/working: the kernel's output), SEGKIT_KAGGLE_SCRATCH (default a temporary folder: caches and
+gathered checkpoints, not part of the output)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segkit.errors import DataError, SegkitError, TrainingError
+
+
+@dataclass
+class KernelDirs:
+    """The three folders a kernel works with."""
+
+    input: Path
+    working: Path
+    scratch: Path
+
+
+def kernel_dirs(environ: dict | None = None) -> KernelDirs:
+    """The kernel's folders from SEGKIT_KAGGLE_INPUT / _WORKING / _SCRATCH (Kaggle's layout by default)."""
+    env = os.environ if environ is None else environ
+    scratch = env.get("SEGKIT_KAGGLE_SCRATCH") or os.path.join(tempfile.gettempdir(), "segkit-scratch")
+    return KernelDirs(
+        Path(env.get("SEGKIT_KAGGLE_INPUT") or "/kaggle/input"),
+        Path(env.get("SEGKIT_KAGGLE_WORKING") or "/kaggle/working"),
+        Path(scratch),
+    )
+
+
+def data_root_candidates(dirs: KernelDirs, kc: Any, data_dir: str = "") -> list[Path]:
+    """Where the data may sit inside the input folder: the configured data_dir, else each source by the
+    old (`input/<slug>`) and newer (`input/competitions/<slug>`, `input/datasets/<owner>/<slug>`) layouts."""
+    inp = dirs.input
+    if data_dir:
+        rel = Path(data_dir)
+        return [inp / rel, inp / "competitions" / rel, inp / "datasets" / rel]
+    out: list[Path] = []
+    comps = kc.competition_sources if kc.competition_sources is not None else ([kc.competition] if kc.competition else [])
+    for slug in comps:
+        out += [inp / slug, inp / "competitions" / slug]
+    for src in kc.dataset_sources:
+        owner, slug = src.split("/")[:2]
+        out += [inp / slug, inp / "datasets" / owner / slug, inp / "datasets" / slug]
+    return out
+
+
+def resolve_data_root(dirs: KernelDirs, kc: Any, data_dir: str = "") -> Path:
+    """The first existing data root candidate; DataError listing the input folder when none exists."""
+    cands = data_root_candidates(dirs, kc, data_dir)
+    for c in cands:
+        if c.is_dir():
+            return c
+    seen = sorted(p.name for p in dirs.input.iterdir()) if dirs.input.is_dir() else []
+    if not cands:
+        raise DataError("kaggle.data_dir: not set and the config names no competition or dataset source, "
+                        "so the kernel cannot tell where its data is")
+    raise DataError(
+        f"none of {', '.join(str(c) for c in cands)} exists (input folder {dirs.input} holds: "
+        f"{', '.join(seen) or 'nothing'}); set kaggle.data_dir to the data's folder inside the input"
+    )
+
+
+def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
+    """The embedded config with its paths moved into the kernel's folders (and the fold to train)."""
+    from segkit.config import config_from_dict
+    from segkit.kaggle.config import kaggle_config
+
+    cfg = config_from_dict(raw)
+    kc = kaggle_config(cfg)
+    cfg.data.root = str(resolve_data_root(dirs, kc, kc.data_dir))
+    cfg.data.cache_dir = str(dirs.scratch / "cache")
+    if kind == "train":
+        cfg.output.runs_dir = str(dirs.working / "runs")
+        cfg.train.train_folds = None if fold is None else [int(fold)]
+    else:
+        cfg.output.runs_dir = str(dirs.scratch / "runs")
+    cfg.output.submissions_dir = str(dirs.scratch / "submissions")
+    return cfg, kc
+
+
+def find_fold_dirs(root: Path, name: str, tags: list[str], max_depth: int = 5) -> dict[tuple[str, int], Path]:
+    """Finished fold folders `<...>/<name>/<tag>/fold_<k>/best.keras` anywhere up to max_depth below root
+    (kernel outputs, datasets and models mount at different depths)."""
+    found: dict[tuple[str, int], Path] = {}
+    for depth in range(max_depth + 1):
+        pattern = "/".join(["*"] * depth + [name, "*", "fold_*", "best.keras"])
+        for ckpt in sorted(root.glob(pattern)):
+            fdir = ckpt.parent
+            tag, k = fdir.parent.name, fdir.name[len("fold_"):]
+            if tag not in tags or not k.isdigit():
+                continue
+            key = (tag, int(k))
+            better = key not in found or (
+                (fdir / "done.json").is_file() and not (found[key] / "done.json").is_file()
+            )
+            if better:
+                found[key] = fdir
+    return found
+
+
+def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
+    """Link every fold of every model found in the input into the scratch run folder (copying the split and
+    any tuned post-processing); TrainingError naming the missing folds."""
+    from segkit.postprocess import POSTPROCESS_FILE
+    from segkit.train import model_tags
+
+    tags = model_tags(cfg)
+    wanted = cfg.predict.models or tags
+    found = find_fold_dirs(dirs.input, cfg.name, tags)
+    missing = [f"{t} fold {k}" for t in wanted for k in range(cfg.train.folds) if (t, k) not in found]
+    if missing:
+        raise TrainingError(
+            f"checkpoints of {', '.join(missing)} not found under {dirs.input} (looked for "
+            f"<source>/runs/{cfg.name}/<model>/fold_<k>/best.keras); attach the training kernels as kernel sources"
+        )
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for (tag, k), src in found.items():
+        dst = run_dir / tag / f"fold_{k}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            if dst.is_symlink() or dst.is_file():
+                dst.unlink()
+            else:
+                shutil.rmtree(dst)
+        dst.symlink_to(src.resolve(), target_is_directory=True)
+    split_files = {src.parent.parent / "folds.csv" for src in found.values()}
+    split_texts = {p.read_text() for p in split_files if p.is_file()}
+    if len(split_texts) > 1:
+        raise TrainingError(f"the training kernels of run '{cfg.name}' used different fold splits; retrain them "
+                            "from one config")
+    if split_texts:
+        (run_dir / "folds.csv").write_text(split_texts.pop())
+    for src in found.values():
+        tuned = src.parent.parent / POSTPROCESS_FILE
+        if tuned.is_file():
+            shutil.copyfile(tuned, run_dir / POSTPROCESS_FILE)
+            break
+    return run_dir
+
+
+def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False) -> Path:
+    """Train the embedded config (one fold, or all) into <working>/runs/<name>/."""
+    from segkit.train import train
+
+    cfg, _ = kernel_config(raw, "train", fold, dirs)
+    print(f"[segkit kernel] training {'all folds' if fold is None else f'fold {fold}'} of '{cfg.name}' "
+          f"on {cfg.data.root} -> {cfg.run_dir}", flush=True)
+    return train(cfg, quiet=quiet)
+
+
+def run_infer(raw: dict, dirs: KernelDirs, quiet: bool = False) -> Path:
+    """Gather the fold checkpoints, tune post-processing on their OOF predictions when no tuned file came
+    with them, predict the test set and write <working>/<submission_file>, validated."""
+    from segkit.postprocess import POSTPROCESS_FILE, tune
+    from segkit.predict import predict
+    from segkit.submission import validate_submission
+
+    cfg, kc = kernel_config(raw, "infer", None, dirs)
+    run_dir = gather_checkpoints(cfg, dirs)
+    if cfg.postprocess.tune and not (run_dir / POSTPROCESS_FILE).is_file():
+        tune(cfg, quiet=quiet)  # needs the training data and every fold's OOF predictions
+    out = dirs.working / kc.submission_file
+    predict(cfg, quiet=quiet, out=out)
+    problems = validate_submission(out, cfg.data.competition)
+    if problems:
+        raise TrainingError(f"{out}: the submission fails validation:\n  " + "\n  ".join(problems[:10]))
+    if (run_dir / POSTPROCESS_FILE).is_file():
+        shutil.copyfile(run_dir / POSTPROCESS_FILE, dirs.working / POSTPROCESS_FILE)
+    print(f"[segkit kernel] submission written and validated: {out}", flush=True)
+    return out
+
+
+def main(kind: str, raw: dict, fold: int | None = None, environ: dict | None = None) -> int:
+    """Entry point of a built kernel script; returns the exit code (a SegkitError is printed, not raised)."""
+    import segkit
+
+    dirs = kernel_dirs(environ)
+    start = time.time()
+    print(f"[segkit kernel] segkit {segkit.__version__} from {Path(segkit.__file__).parent}; "
+          f"input {dirs.input}, working {dirs.working}", flush=True)
+    dirs.working.mkdir(parents=True, exist_ok=True)
+    dirs.scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        if kind == "train":
+            run_train(raw, fold, dirs)
+        elif kind == "infer":
+            run_infer(raw, dirs)
+        else:
+            raise SegkitError(f"unknown kernel kind '{kind}' (train or infer)")
+    except SegkitError as exc:
+        print(f"segkit: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"[segkit kernel] done in {(time.time() - start) / 60:.1f} min", flush=True)
+    return 0
