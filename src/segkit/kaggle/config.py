@@ -125,8 +125,13 @@ def adapter_for(competition: str, fmt: str | None = None, cfg: Any = None) -> st
         return cfg.data.competition
     if competition in KNOWN_COMPETITIONS:
         return KNOWN_COMPETITIONS[competition]
-    if competition in KNOWN_COMPETITIONS.values():
+    from segkit.data.competitions.base import adapter_class
+
+    try:
+        adapter_class(competition)  # an adapter name given as the competition
         return competition
+    except ConfigError:
+        pass
     raise ConfigError(
         f"competition '{competition}': cannot tell its submission format; pass --format ADAPTER "
         f"(known slugs: {', '.join(sorted(KNOWN_COMPETITIONS))})"

@@ -35,11 +35,10 @@ def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, tit
     """The metadata of one kernel: the template's fixed fields, then the config's settings. enable_internet
     is always written (the client defaults it to true when absent)."""
     comps = kc.competition_sources if kc.competition_sources is not None else ([kc.competition] if kc.competition else [])
-    meta = dict(template)
+    meta = {"id": f"{owner}/{slug}", "title": title, "code_file": code_file,
+            "language": template.get("language", "python"), "kernel_type": template.get("kernel_type", "script")}
+    meta.update({k: v for k, v in template.items() if k not in meta})
     meta.update({
-        "id": f"{owner}/{slug}",
-        "title": title,
-        "code_file": code_file,
         "is_private": kc.is_private,
         "enable_gpu": kc.enable_gpu,
         "enable_tpu": kc.enable_tpu,
@@ -50,8 +49,6 @@ def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, tit
         "model_sources": list(kc.model_sources),
         "keywords": list(kc.keywords),
     })
-    meta.setdefault("language", "python")
-    meta.setdefault("kernel_type", "script")
     if kc.machine_shape:
         meta["machine_shape"] = kc.machine_shape
     if kc.docker_image_pinning_type:

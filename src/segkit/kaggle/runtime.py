@@ -151,6 +151,17 @@ def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
     return run_dir
 
 
+def register_custom_objects() -> None:
+    """Import every module defining segkit layers, losses and metrics, so checkpoints load in a fresh process."""
+    import importlib
+
+    from segkit.models.registry import model_names
+
+    model_names()
+    for mod in ("segkit.losses", "segkit.metrics"):
+        importlib.import_module(mod)
+
+
 def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False) -> Path:
     """Train the embedded config (one fold, or all) into <working>/runs/<name>/."""
     from segkit.train import train
@@ -173,6 +184,7 @@ def run_infer(raw: dict, dirs: KernelDirs, quiet: bool = False) -> Path:
     if cfg.postprocess.tune and not (run_dir / POSTPROCESS_FILE).is_file():
         tune(cfg, quiet=quiet)  # needs the training data and every fold's OOF predictions
     out = dirs.working / kc.submission_file
+    register_custom_objects()
     predict(cfg, quiet=quiet, out=out)
     problems = validate_submission(out, cfg.data.competition)
     if problems:
