@@ -145,3 +145,27 @@ def decode(rle: Any, shape: tuple[int, int], order: str = "F") -> np.ndarray:
     values[1::2] = 1
     flat = np.repeat(values, counts)
     return np.ascontiguousarray(flat.reshape((h, w), order=order))
+
+
+def encode_instances(labels: np.ndarray, order: str = "F") -> list[str]:
+    """One RLE per object of a label image (0 = background, objects 1..n, e.g. connected components),
+    in label order; computed in one pass over the pixels rather than one pass per object."""
+    _check_order(order)
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise RLEError(f"RLE encodes one 2-D label image at a time, got an array of shape {labels.shape}")
+    n_objects = int(labels.max(initial=0))
+    if n_objects == 0:
+        return []
+    flat = labels.ravel(order=order)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    ends = np.concatenate((change, [flat.size]))
+    values = flat[starts].astype(np.int64)
+    keep = values > 0
+    starts, ends, values = starts[keep], ends[keep], values[keep]
+    by_label = np.argsort(values, kind="stable")  # stable: runs of one object stay in pixel order
+    pairs = np.stack((starts + 1, ends - starts), axis=1)[by_label]
+    counts = np.bincount(values, minlength=n_objects + 1)[1:]
+    groups = np.split(pairs, np.cumsum(counts)[:-1])
+    return [_join_ints(g.ravel()) if len(g) else "" for g in groups]

@@ -1,0 +1,134 @@
+"""Airbus Ship Detection: one RLE row per ship (column-major, 768x768), trained on the union of an image's ships.
+
+Layout:
+    ROOT/train_v2/<id>.jpg                     RGB, 768x768
+    ROOT/train_ship_segmentations_v2.csv       ImageId,EncodedPixels: one row per ship; a ship-free image has
+                                               one row with a blank field
+    ROOT/test_v2/<id>.jpg
+    ROOT/sample_submission_v2.csv              ImageId,EncodedPixels: one row per test image
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from segkit import rle
+from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
+from segkit.data.io import read_image
+from segkit.data.sample import Sample
+from segkit.errors import ConfigError, DataError
+
+TRAIN_CSVS = ("train_ship_segmentations_v2.csv", "train_ship_segmentations.csv")
+SAMPLE_CSVS = ("sample_submission_v2.csv", "sample_submission.csv")
+
+
+def ships_of(mask: np.ndarray) -> np.ndarray:
+    """Label image of the ships in a binary (H, W) mask: 8-connected components, 0 = sea."""
+    from segkit.evaluate import label_objects
+
+    return label_objects(mask)
+
+
+@register_adapter("airbus")
+class AirbusAdapter(Adapter):
+    """Airbus: a binary ship mask per image for training; ships split by connected components at submission.
+
+    Options (config `data.options`):
+      empty_fraction: share of ship-free training images to keep (about 78 % of the real images have no
+        ship); chosen by a hash of the image id, so the subset is stable.
+      train_dir, test_dir: folder names under the root.
+    """
+
+    classes = ("ship",)
+    bands = 3
+    submission_header = ("ImageId", "EncodedPixels")
+    rle_order = "F"
+    default_tta = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
+    submission_shape = (768, 768)
+    object_rows = True  # one row per ship, ships of an image disjoint, a ship-free image one blank row
+
+    def __init__(self, root: str | Path, empty_fraction: float = 1.0, train_dir: str = "train_v2",
+                 test_dir: str = "test_v2") -> None:
+        super().__init__(root)
+        if not 0.0 <= float(empty_fraction) <= 1.0:
+            raise ConfigError(f"data.options.empty_fraction: expected a number in [0, 1], got {empty_fraction!r}")
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found")
+        self.empty_fraction = float(empty_fraction)
+        self.train_dir, self.test_dir = train_dir, test_dir
+
+    def _first_existing(self, names: tuple[str, ...], what: str) -> Path:
+        for name in names:
+            if (self.root / name).is_file():
+                return self.root / name
+        raise DataError(f"{self.root / names[0]}: {what} not found")
+
+    def train_samples(self) -> list[Sample]:
+        """One sample per image of the segmentation CSV with its ship RLEs; stratum = ship count (0, 1, 2, 3+)."""
+        csv_path = self._first_existing(TRAIN_CSVS, "ship segmentation list")
+        table = read_table(csv_path, self.submission_header, "ship segmentation list")
+        ships: dict[str, list[str]] = {}
+        for image, text in zip(table["ImageId"], table["EncodedPixels"]):
+            ships.setdefault(image, [])
+            if text:
+                ships[image].append(text)
+        train_folder = folder(self.root, self.train_dir, "training image")
+        keep = [i for i, s in ships.items() if s or self._keep_empty(i)]
+        check_files_exist(train_folder, keep, "training image")
+        return [Sample(i, (str(train_folder / i),), (str(csv_path),), group=i, stratum=min(len(ships[i]), 3),
+                       meta={"rle": tuple(ships[i])}) for i in keep]
+
+    def _keep_empty(self, image_id: str) -> bool:
+        return zlib.crc32(image_id.encode()) / 2**32 < self.empty_fraction
+
+    def sample_submission_path(self) -> Path:
+        """The sample submission (v2 if present): one row per test image, in submission order."""
+        return self._first_existing(SAMPLE_CSVS, "sample submission")
+
+    def test_samples(self) -> list[Sample]:
+        """The images of the sample submission, in its order."""
+        table = read_table(self.sample_submission_path(), self.submission_header, "sample submission")
+        images = ordered_unique(table["ImageId"])
+        test_folder = folder(self.root, self.test_dir, "test image")
+        check_files_exist(test_folder, images, "test image")
+        return [Sample(i, (str(test_folder / i),), group=i) for i in images]
+
+    def read_image(self, sample: Sample) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        return read_image(sample.image[0])
+
+    def read_mask(self, sample: Sample) -> np.ndarray:
+        """(H, W, 1) uint8 {0,1}: the union of the image's ships, each decoded column-major at the image size."""
+        if "rle" not in sample.meta:
+            raise DataError(f"{sample.image[0]}: test image has no mask")
+        shape = image_size(sample.image[0])
+        mask = np.zeros(shape, np.uint8)
+        for k, text in enumerate(sample.meta["rle"], start=1):
+            try:
+                mask |= rle.decode(text, shape, order=self.rle_order)
+            except rle.RLEError as exc:
+                raise DataError(f"{sample.mask[0]}: {sample.id}, ship {k}: {exc}") from None
+        return mask[..., None]
+
+    def submission_size(self, sample: Sample) -> tuple[int, int]:
+        """768x768, the competition's image size."""
+        return self.submission_shape
+
+    def submission_rows(self, sample: Sample, mask: np.ndarray):
+        """One row per ship (8-connected component), disjoint by construction; one blank row when no ship."""
+        encoded = rle.encode_instances(ships_of(mask[..., 0]), order=self.rle_order)
+        if not encoded:
+            yield sample.id, ""
+            return
+        for text in encoded:
+            yield sample.id, text
+
+    def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
+        """Airbus' score: F2 over IoU thresholds 0.5-0.95 per image, ships = connected components, mean over
+        images (no ship and no prediction = 1)."""
+        from segkit.evaluate import airbus_score
+
+        return airbus_score(np.asarray(truth), np.asarray(pred))

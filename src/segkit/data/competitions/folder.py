@@ -1,0 +1,177 @@
+"""Any folder of images and masks (Oxford-IIIT Pet trimaps, iSAID semantic masks, the Weizmann database ...).
+
+Layout:
+    ROOT/images/<name>.<jpg|png|tif>
+    ROOT/masks/<name>.png             one grey value per class (0 = background), or
+    ROOT/masks/<class>/<name>.png     one binary mask per class (nonzero = class)
+    ROOT/test/<name>.<ext>            optional: images to predict
+A mask is matched to its image by file stem. Submissions have one row per image (`<stem>`) for one class, or
+one row per image and class (`<stem>_<class>`) for several, RLE at the image's own size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segkit import rle
+from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.kaggle_files import IMAGE_EXTENSIONS, check_mask_shape, image_size, list_images
+from segkit.data.io import read_image
+from segkit.data.sample import Sample
+from segkit.errors import ConfigError, DataError
+
+
+@register_adapter("folder")
+class FolderAdapter(Adapter):
+    """images/ + masks/ in either mask layout; the classes and bands are found from the files.
+
+    Options (config `data.options`):
+      classes: class names. Grey-value masks: with `values`, names for them; without, names for the non-zero
+        grey values found (sorted). Sub-folder masks: which sub-folders, in this order (default: all, sorted).
+      values: grey value of each class in grey-value masks (e.g. [1, 3] for Pet trimaps' pet and border);
+        default: every non-zero value found in the masks (read once when the adapter is made).
+      images_dir, masks_dir, test_dir: folder names under the root.
+      rle_order: "F" (Kaggle's usual column-major) or "C".
+    """
+
+    submission_header = ("id", "EncodedPixels")
+    submission_shape = None  # each image's own size
+    default_tta = ("identity", "hflip")
+
+    def __init__(self, root: str | Path, classes: list[str] | None = None, values: list[int] | None = None,
+                 images_dir: str = "images", masks_dir: str = "masks", test_dir: str = "test",
+                 rle_order: str = "F") -> None:
+        super().__init__(root)
+        if rle_order not in rle.ORDERS:
+            raise ConfigError(f"data.options.rle_order: expected 'F' or 'C', got {rle_order!r}")
+        self.rle_order = rle_order
+        self.images_dir = self.root / images_dir
+        self.masks_dir = self.root / masks_dir
+        self.test_dir = self.root / test_dir
+        if not self.images_dir.is_dir():
+            raise DataError(f"{self.images_dir}: images folder not found")
+        self._images = list_images(self.images_dir)
+        if not self._images:
+            raise DataError(f"{self.images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.bands = self._bands_of(self._images[0])
+        self.layout = self._find_layout()
+        if self.layout == "folders":
+            found = sorted(p.name for p in self.masks_dir.iterdir() if p.is_dir())
+            wanted = list(classes) if classes else found
+            unknown = [c for c in wanted if c not in found]
+            if unknown:
+                raise ConfigError(f"data.options.classes: no mask sub-folder {', '.join(unknown)} in {self.masks_dir} "
+                                  f"(has {', '.join(found)})")
+            if values is not None:
+                raise ConfigError("data.options.values: only for grey-value masks; these masks are in sub-folders")
+            self.classes = tuple(wanted)
+            self.values: tuple[int, ...] = ()
+        else:
+            if values is None:
+                values = self._scan_values()
+            values = [int(v) for v in values]
+            if not values or any(not 0 < v < 65536 for v in values) or len(set(values)) != len(values):
+                raise ConfigError(f"data.options.values: expected distinct grey values > 0, got {values!r}")
+            if classes is not None and len(classes) != len(values):
+                raise ConfigError(f"data.options.classes: {len(classes)} names for {len(values)} grey values {values}")
+            self.values = tuple(values)
+            default_names = ("foreground",) if len(values) == 1 else tuple(f"class_{v}" for v in values)
+            self.classes = tuple(classes) if classes else default_names
+
+    # --- layout --------------------------------------------------------------------------
+    @staticmethod
+    def _bands_of(path: Path) -> int:
+        image = read_image(path)
+        return 1 if image.ndim == 2 else image.shape[2]
+
+    def _find_layout(self) -> str:
+        if not self.masks_dir.is_dir():
+            raise DataError(f"{self.masks_dir}: masks folder not found")
+        if any(p.is_dir() for p in self.masks_dir.iterdir()):
+            return "folders"
+        return "values"
+
+    def _mask_file(self, folder: Path, stem: str) -> Path | None:
+        for ext in (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg"):
+            p = folder / f"{stem}{ext}"
+            if p.is_file():
+                return p
+        return None
+
+    def _scan_values(self) -> list[int]:
+        found: set[int] = set()
+        for p in self.masks_dir.iterdir():
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                found.update(int(v) for v in np.unique(self._read_grey(p)))
+        found.discard(0)
+        if not found:
+            raise DataError(f"{self.masks_dir}: every mask is empty (all zero); give data.options.values")
+        return sorted(found)
+
+    @staticmethod
+    def _read_grey(path: Path) -> np.ndarray:
+        import cv2
+
+        grey = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # keeps 16-bit values and palette indices as grey
+        if grey is None:
+            return read_image(path, grayscale=True)
+        if grey.ndim == 3:
+            if not (grey[..., :1] == grey).all():
+                raise DataError(f"{path}: colour mask; expected one grey value per class")
+            grey = grey[..., 0]
+        return grey
+
+    # --- samples -------------------------------------------------------------------------
+    def train_samples(self) -> list[Sample]:
+        """Every image with its mask file(s); an image without a mask is an error naming it."""
+        samples = []
+        for p in self._images:
+            if self.layout == "folders":
+                files = [self._mask_file(self.masks_dir / c, p.stem) for c in self.classes]
+            else:
+                files = [self._mask_file(self.masks_dir, p.stem)]
+            if any(f is None for f in files):
+                raise DataError(f"{self.masks_dir}: no mask for image {p.name} (expected a file named {p.stem}.png)")
+            samples.append(Sample(p.stem, (str(p),), tuple(str(f) for f in files), group=p.stem))
+        return samples
+
+    def test_samples(self) -> list[Sample]:
+        """Images of the test folder, sorted by name (none when there is no test folder)."""
+        if not self.test_dir.is_dir():
+            return []
+        return [Sample(p.stem, (str(p),), group=p.stem) for p in list_images(self.test_dir)]
+
+    def read_image(self, sample: Sample) -> np.ndarray:
+        """(H, W, bands) in the stored dtype."""
+        image = read_image(sample.image[0])
+        image = image[..., None] if image.ndim == 2 else image
+        if image.shape[2] != self.bands:
+            raise DataError(f"{sample.image[0]}: {image.shape[2]} bands, but {self._images[0].name} has {self.bands}")
+        return image
+
+    def read_mask(self, sample: Sample) -> np.ndarray:
+        """(H, W, classes) uint8 {0,1}, checked against the image's size."""
+        if not sample.mask:
+            raise DataError(f"{sample.image[0]}: test image has no mask")
+        if self.layout == "folders":
+            planes = [(self._read_grey(Path(f)) > 0) for f in sample.mask]
+        else:
+            grey = self._read_grey(Path(sample.mask[0]))
+            planes = [grey == v for v in self.values]
+        mask = np.stack(planes, axis=-1).astype(np.uint8)
+        check_mask_shape(mask, image_size(sample.image[0]), sample.mask[0], sample.image[0])
+        return mask
+
+    # --- writing -------------------------------------------------------------------------
+    def submission_size(self, sample: Sample) -> tuple[int, int]:
+        """The image's own size."""
+        return image_size(sample.image[0])
+
+    def submission_rows(self, sample: Sample, mask: np.ndarray):
+        """`<stem>,<rle>` for one class; `<stem>_<class>,<rle>` per class for several."""
+        if len(self.classes) == 1:
+            yield sample.id, rle.encode(mask[..., 0], order=self.rle_order)
+            return
+        for c, name in enumerate(self.classes):
+            yield f"{sample.id}_{name}", rle.encode(mask[..., c], order=self.rle_order)
