@@ -40,7 +40,7 @@ def open_run_data(cfg: Config, quiet: bool = False) -> RunData:
     if not samples:
         raise DataError(f"{cfg.data.root}: no training samples found for {cfg.data.competition}")
     h, w = cfg.data.image_size
-    cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-train-{h}x{w}",
+    cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-train-{h}x{w}", with_masks=True,
                     quiet=quiet)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     folds = load_or_assign_folds(cfg.run_dir / "folds.csv", samples, cfg.train.folds, cfg.seed)
