@@ -24,7 +24,7 @@ import numpy as np
 
 from segkit import rle
 from segkit.data.io import atomic_write
-from segkit.errors import RLEError, SubmissionError
+from segkit.errors import ConfigError, RLEError, SubmissionError
 
 MAX_PER_KIND = 20  # problems listed per kind before summarising the rest
 _UNBOUNDED = 1 << 62
@@ -46,7 +46,10 @@ def rules_for(competition: str) -> SubmissionRules:
     """The submission rules of `competition`, taken from its registered adapter class."""
     from segkit.data.competitions.base import adapter_class
 
-    cls = adapter_class(competition)
+    try:
+        cls = adapter_class(competition)
+    except ConfigError as exc:
+        raise SubmissionError(str(exc).replace("data.competition: ", "")) from None
     shape = getattr(cls, "submission_shape", None)
     return SubmissionRules(
         competition=competition,
@@ -232,12 +235,12 @@ def validate_submission(path: str | os.PathLike, competition: str,
             problems.add("empty id", f"{where}: empty id")
             continue
         if text.strip().lower() in ("nan", "none", "null"):
-            problems.add("rle", f"{where} ({row_id}): '{text.strip()}' written for an empty mask; leave the field blank")
+            problems.add("rle", f"{where}, id '{row_id}': '{text.strip()}' written for an empty mask; leave the field blank")
             continue
         try:
             starts, lengths = rle.parse_runs(text, n_pixels)
         except RLEError as exc:
-            problems.add("rle", f"{where} ({row_id}): {exc} (image {size_text}, order {rules.order})")
+            problems.add("rle", f"{where}, id '{row_id}': {exc} (image {size_text}, order {rules.order})")
             continue
         if row_id in first_row and not rules.object_rows:
             problems.add("duplicate", f"{where}: duplicate id '{row_id}' (first at row {first_row[row_id]})")
@@ -256,12 +259,12 @@ def validate_submission(path: str | os.PathLike, competition: str,
         if rules.object_rows:
             if starts.size == 0:
                 if row_id in blank_rows or objects[row_id]:
-                    problems.add("object rows", f"{where} ({row_id}): a blank row for an image that already has "
+                    problems.add("object rows", f"{where}, id '{row_id}': a blank row for an image that already has "
                                                 f"rows; an object-free image gets exactly one blank row")
                 blank_rows.setdefault(row_id, row)
             else:
                 if row_id in blank_rows:
-                    problems.add("object rows", f"{where} ({row_id}): an object row for an image written as "
+                    problems.add("object rows", f"{where}, id '{row_id}': an object row for an image written as "
                                                 f"object-free at row {blank_rows[row_id]}")
                 objects[row_id].append((row, starts, lengths))
 
@@ -302,7 +305,7 @@ def _check_disjoint(image_id: str, items: list[tuple[int, np.ndarray, np.ndarray
         if pair in reported or pair[0] == pair[1]:
             continue
         reported.add(pair)
-        problems.add("overlap", f"row {pair[1]} ({image_id}): its mask overlaps the mask of row {pair[0]}; "
+        problems.add("overlap", f"row {pair[1]}, id '{image_id}': its mask overlaps the mask of row {pair[0]}; "
                                 f"masks of one image must not overlap")
 
 
