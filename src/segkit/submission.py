@@ -234,14 +234,6 @@ def validate_submission(path: str | os.PathLike, competition: str,
         if not row_id:
             problems.add("empty id", f"{where}: empty id")
             continue
-        if text.strip().lower() in ("nan", "none", "null"):
-            problems.add("rle", f"{where}, id '{row_id}': '{text.strip()}' written for an empty mask; leave the field blank")
-            continue
-        try:
-            starts, lengths = rle.parse_runs(text, n_pixels)
-        except RLEError as exc:
-            problems.add("rle", f"{where}, id '{row_id}': {exc} (image {size_text}, order {rules.order})")
-            continue
         if row_id in first_row and not rules.object_rows:
             problems.add("duplicate", f"{where}: duplicate id '{row_id}' (first at row {first_row[row_id]})")
             continue
@@ -256,6 +248,14 @@ def validate_submission(path: str | os.PathLike, competition: str,
             else:
                 labels_seen[image].add(label)
                 image_row.setdefault(image, row)
+        if text.strip().lower() in ("nan", "none", "null"):
+            problems.add("rle", f"{where}, id '{row_id}': '{text.strip()}' written for an empty mask; leave the field blank")
+            continue
+        try:
+            starts, lengths = rle.parse_runs(text, n_pixels)
+        except RLEError as exc:
+            problems.add("rle", f"{where}, id '{row_id}': {exc} (image {size_text}, order {rules.order})")
+            continue
         if rules.object_rows:
             if starts.size == 0:
                 if row_id in blank_rows or objects[row_id]:
