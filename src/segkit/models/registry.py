@@ -9,7 +9,13 @@ from segkit.errors import ConfigError
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}
 # name -> module under segkit.models that registers it (imported on first use)
-_MODULES = {"unet": "unet", "fractal_unet": "fractal"}
+_MODULES = {
+    "unet": "unet",
+    "fractal_unet": "fractal",
+    "encoder_unet": "encoders",
+    "resnet_unet": "encoders",
+    "efficientnet_unet": "encoders",
+}
 
 
 def register_model(name: str, module: str | None = None) -> Callable:
@@ -71,6 +77,10 @@ def load_model(path, compile: bool = True):
     _import_all()
     importlib.import_module("segkit.losses")
     importlib.import_module("segkit.metrics")
+    try:  # registers KerasHub's layers, which encoder U-Nets may contain
+        importlib.import_module("keras_hub")
+    except ImportError:
+        pass
     return keras.models.load_model(path, compile=compile)
 
 

@@ -1,0 +1,273 @@
+"""U-Net decoders on KerasHub backbones (ResNet, EfficientNet), with N-band input for pretrained weights.
+
+Without `preset` the backbone is built from the architecture tables below with random weights, so nothing
+is downloaded. With `preset` — a KerasHub preset name (downloaded by KerasHub, e.g. "resnet_50_imagenet")
+or a local preset directory (a Kaggle model attached to a notebook, or `Backbone.save_to_preset` output) —
+the architecture and the weights come from the preset. When the image has other than 3 bands, the
+backbone is rebuilt for that many bands and every weight copied; the convolution that reads the image keeps
+its RGB kernels exactly (for the bands named by `rgb_bands`, first three by default, R G B in that order)
+and each extra band gets the mean of the three RGB kernels; a single band gets their sum (a grey image
+then gives the response the RGB image of the same grey would).
+
+The decoder follows the encoder's feature pyramid: starting from the deepest feature it doubles the size
+back to the input's, concatenating the backbone feature of the same stride where there is one, each step
+followed by (3×3 Conv → BatchNorm → ReLU) × 2. Inputs go to the backbone as given (the kit's normalised
+float32 bands); KerasHub's ImageNet scaling is not applied.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+from keras import layers
+
+from segkit.errors import ConfigError
+from segkit.models.layers import check_choice, check_input_shape, output_head, upsample
+from segkit.models.registry import register_model
+
+# Architectures of KerasHub's converted timm checkpoints (same hyper-parameters as their presets).
+_RESNET = {
+    "resnet18": ([2, 2, 2, 2], "basic_block", False),
+    "resnet34": ([3, 4, 6, 3], "basic_block", False),
+    "resnet50": ([3, 4, 6, 3], "bottleneck_block", False),
+    "resnet101": ([3, 4, 23, 3], "bottleneck_block", False),
+    "resnet152": ([3, 8, 36, 3], "bottleneck_block", False),
+    "resnet_v2_50": ([3, 4, 6, 3], "bottleneck_block", True),
+    "resnet_v2_101": ([3, 4, 23, 3], "bottleneck_block", True),
+}
+_EFFICIENTNET_BASE = {
+    "stackwise_kernel_sizes": [3, 3, 5, 3, 5, 5, 3],
+    "stackwise_num_repeats": [1, 2, 2, 3, 3, 4, 1],
+    "stackwise_input_filters": [32, 16, 24, 40, 80, 112, 192],
+    "stackwise_output_filters": [16, 24, 40, 80, 112, 192, 320],
+    "stackwise_expansion_ratios": [1, 6, 6, 6, 6, 6, 6],
+    "stackwise_strides": [1, 2, 2, 2, 1, 2, 1],
+    "stackwise_block_types": ["v1"] * 7,
+    "stackwise_squeeze_and_excite_ratios": [0.25] * 7,
+    "min_depth": None,
+    "include_stem_padding": True,
+    "use_depth_divisor_as_min_depth": True,
+    "cap_round_filter_decrease": True,
+    "stem_conv_padding": "valid",
+    "batch_norm_momentum": 0.9,
+    "batch_norm_epsilon": 1e-5,
+    "dropout": 0,
+    "projection_activation": None,
+}
+_EFFICIENTNET = {  # width, depth coefficient
+    "efficientnet_b0": (1.0, 1.0),
+    "efficientnet_b1": (1.0, 1.1),
+    "efficientnet_b2": (1.1, 1.2),
+    "efficientnet_b3": (1.2, 1.4),
+    "efficientnet_b4": (1.4, 1.8),
+    "efficientnet_b5": (1.6, 2.2),
+}
+BACKBONES = sorted(_RESNET) + sorted(_EFFICIENTNET)
+
+
+def _hub():
+    import keras_hub
+
+    return keras_hub
+
+
+def random_backbone(name: str, image_shape: Sequence[int]):
+    """A KerasHub backbone `name` (see BACKBONES) with random weights for (H, W, bands) images."""
+    hub = _hub()
+    if name in _RESNET:
+        blocks, block_type, pre_activation = _RESNET[name]
+        return hub.models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512],
+            stackwise_num_blocks=blocks, stackwise_num_strides=[1, 2, 2, 2], block_type=block_type,
+            use_pre_activation=pre_activation, image_shape=tuple(image_shape),
+        )
+    if name in _EFFICIENTNET:
+        width, depth = _EFFICIENTNET[name]
+        return hub.models.EfficientNetBackbone(
+            **_EFFICIENTNET_BASE, stackwise_width_coefficients=[width] * 7, stackwise_depth_coefficients=[depth] * 7,
+            input_shape=tuple(image_shape),
+        )
+    close = difflib.get_close_matches(str(name), BACKBONES, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"backbone: unknown backbone '{name}'{hint} (known: {', '.join(BACKBONES)})")
+
+
+def load_preset_backbone(preset: str):
+    """The backbone of a KerasHub preset name or local preset directory, with its weights."""
+    hub = _hub()
+    local = os.path.isdir(os.path.expanduser(str(preset)))
+    if local:
+        preset = os.path.expanduser(str(preset))
+        if not os.path.isfile(os.path.join(preset, "config.json")):
+            raise ConfigError(f"preset: {preset} is a folder but not a KerasHub preset (no config.json in it)")
+    elif "://" not in str(preset):
+        known = sorted(hub.models.Backbone.presets)
+        if preset not in known:
+            close = difflib.get_close_matches(str(preset), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"preset: '{preset}' is neither a local preset directory nor a KerasHub preset{hint}")
+    try:
+        return hub.models.Backbone.from_preset(preset)
+    except Exception as exc:  # network or file problems: say what was tried
+        where = "local preset directory" if local else "KerasHub preset (downloads unless cached)"
+        raise ConfigError(
+            f"preset: could not load {where} '{preset}': {exc}. Offline, attach the preset as a model source "
+            "and give its directory"
+        ) from exc
+
+
+def adapt_kernel(kernel: np.ndarray, bands: int, rgb_bands: Sequence[int]) -> np.ndarray:
+    """A (kh, kw, 3, out) RGB kernel turned into (kh, kw, bands, out).
+
+    Bands `rgb_bands` get the R, G, B kernels unchanged; every other band the mean of the three; one band
+    alone gets their sum.
+    """
+    if bands == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    out = np.empty(kernel.shape[:2] + (bands,) + kernel.shape[3:], dtype=kernel.dtype)
+    out[:] = kernel.mean(axis=2, keepdims=True)
+    for rgb, band in enumerate(rgb_bands):
+        out[:, :, band] = kernel[:, :, rgb]
+    return out
+
+
+def rebuild_for_bands(backbone, image_shape: Sequence[int], rgb_bands: Sequence[int]):
+    """The same backbone for (H, W, bands) images, weights copied and the image-reading convolution adapted.
+
+    Rebuilding with a concrete H and W also gives the decoder static feature shapes.
+    """
+    bands = int(image_shape[-1])
+    config = dict(backbone.get_config())
+    key = "image_shape" if "image_shape" in config else "input_shape"
+    if key not in config:
+        raise ConfigError(f"preset: cannot change the input shape of a {type(backbone).__name__}")
+    shape = list(config[key] or (None, None, 3))
+    if shape[-1] not in (3, bands):
+        raise ConfigError(f"preset: N-band adaptation needs an RGB backbone, this one takes {shape[-1]} bands")
+    config.pop("dtype", None)  # follow the global (possibly mixed) precision policy
+    config[key] = tuple(int(v) for v in image_shape)
+    new = type(backbone).from_config(config)
+    old_layers = [la for la in backbone.layers if la.weights]
+    new_layers = [la for la in new.layers if la.weights]
+    if [la.name for la in old_layers] != [la.name for la in new_layers]:
+        raise ConfigError(f"preset: could not match the layers of the rebuilt {type(backbone).__name__}")
+    for old, fresh in zip(old_layers, new_layers):
+        weights = old.get_weights()
+        targets = [w.shape for w in fresh.get_weights()]
+        adapted = []
+        for w, shape in zip(weights, targets):
+            if w.shape != tuple(shape):
+                if w.ndim != 4 or w.shape[2] != 3 or tuple(shape) != w.shape[:2] + (bands,) + w.shape[3:]:
+                    raise ConfigError(f"preset: unexpected weight shape change in layer {old.name}: "
+                                      f"{w.shape} -> {tuple(shape)}")
+                w = adapt_kernel(w, bands, rgb_bands)
+            adapted.append(w)
+        fresh.set_weights(adapted)
+    return new
+
+
+def _stride_features(backbone, height: int) -> dict[int, Any]:
+    """Backbone features by stride (2, 4, …): the pyramid outputs, plus a stride-2 map when it has none."""
+    feats = {}
+    for key, tensor in backbone.pyramid_outputs.items():
+        feats[2 ** int(key.lstrip("P"))] = tensor
+    if 2 not in feats:  # ResNets start their pyramid at stride 4: take the stem's last stride-2 activation
+        for layer in backbone.layers:
+            try:
+                out = layer.output
+            except (AttributeError, ValueError):
+                continue
+            if not isinstance(out, (list, tuple)) and out.shape[1] == height // 2 and isinstance(
+                layer, (layers.Activation, layers.ReLU, layers.Conv2D, layers.BatchNormalization)
+            ):
+                feats[2] = out
+    return feats
+
+
+def _conv_bn_relu(x, filters: int, name: str, batch_norm: bool):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+@register_model("encoder_unet")
+def encoder_unet(
+    input_shape: Sequence[int],
+    n_classes: int,
+    backbone: str = "resnet34",
+    preset: str | None = None,
+    rgb_bands: Sequence[int] = (0, 1, 2),
+    decoder_filters: Sequence[int] = (256, 128, 64, 32, 16),
+    decoder_batch_norm: bool = True,
+    upsampling: str = "transpose",
+    encoder_trainable: bool = True,
+    activation: str = "sigmoid",
+) -> keras.Model:
+    """U-Net decoder on a KerasHub backbone (`backbone` from BACKBONES, random weights) or a `preset`.
+
+    H and W must divide by the backbone's deepest stride (32 for the built-in backbones). `decoder_filters`
+    are the decoder's widths from the deepest step up (the last one is reused if the pyramid is deeper).
+    `encoder_trainable=False` freezes the backbone (its BatchNorms then run in inference mode).
+    """
+    check_choice(upsampling, ("transpose", "bilinear"), "upsampling")
+    h, w, bands = check_input_shape(input_shape, 0, "encoder_unet")
+    rgb_bands = [int(b) for b in rgb_bands]
+    if bands == 2 or (bands >= 3 and (len(rgb_bands) != 3 or len(set(rgb_bands)) != 3
+                                      or not all(0 <= b < bands for b in rgb_bands))):
+        raise ConfigError(f"rgb_bands: need three distinct band indices below {bands} (and 1 or >= 3 bands), "
+                          f"got {rgb_bands} for {bands} bands")
+    if preset:
+        hub_backbone = rebuild_for_bands(load_preset_backbone(preset), (h, w, bands), rgb_bands)
+    else:
+        hub_backbone = random_backbone(backbone, (h, w, bands))
+    feats = _stride_features(hub_backbone, h)
+    deepest = max(feats)
+    check_input_shape((h, w, bands), int(np.log2(deepest)), "encoder_unet")
+
+    strides = sorted(feats)
+    encoder = keras.Model(hub_backbone.inputs, [feats[s] for s in strides], name="encoder")
+    encoder.trainable = bool(encoder_trainable)
+    inputs = keras.Input((h, w, bands), name="image")
+    outs = encoder(inputs)
+    by_stride = dict(zip(strides, outs if isinstance(outs, (list, tuple)) else [outs]))
+
+    x = by_stride[deepest]
+    stride, step = deepest, 0
+    filters = list(decoder_filters)
+    if not filters:
+        raise ConfigError("decoder_filters: needs at least one width")
+    while stride > 1:
+        stride //= 2
+        width = int(filters[min(step, len(filters) - 1)])
+        x = upsample(x, width, upsampling, f"dec{stride}")
+        if stride in by_stride:
+            x = layers.Concatenate(name=f"dec{stride}_concat")([x, by_stride[stride]])
+        x = _conv_bn_relu(x, width, f"dec{stride}", bool(decoder_batch_norm))
+        step += 1
+    outputs = output_head(x, int(n_classes), activation)
+    return keras.Model(inputs, outputs, name="encoder_unet")
+
+
+@register_model("resnet_unet")
+def resnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str = "resnet34", preset: str | None = None,
+                rgb_bands: Sequence[int] = (0, 1, 2), decoder_filters: Sequence[int] = (256, 128, 64, 32, 16),
+                decoder_batch_norm: bool = True, upsampling: str = "transpose", encoder_trainable: bool = True,
+                activation: str = "sigmoid") -> keras.Model:
+    """`encoder_unet` with a ResNet (resnet18/34/50/101/152, resnet_v2_50/101) by default."""
+    return encoder_unet(**{k: v for k, v in locals().items()})
+
+
+@register_model("efficientnet_unet")
+def efficientnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str = "efficientnet_b0",
+                      preset: str | None = None, rgb_bands: Sequence[int] = (0, 1, 2),
+                      decoder_filters: Sequence[int] = (256, 128, 64, 32, 16), decoder_batch_norm: bool = True,
+                      upsampling: str = "transpose", encoder_trainable: bool = True,
+                      activation: str = "sigmoid") -> keras.Model:
+    """`encoder_unet` with an EfficientNet (efficientnet_b0 … b5) by default."""
+    return encoder_unet(**{k: v for k, v in locals().items()})
