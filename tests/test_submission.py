@@ -243,3 +243,12 @@ def test_many_problems_are_summarised(tmp_path):
     problems = validate_submission(write(tmp_path / "s.csv", "img,rle_mask\n" + rows), "carvana")
     assert len(problems) == MAX_PER_KIND + 1
     assert problems[-1] == "... and 7 more problems of the kind 'rle'"
+
+
+def test_megabyte_rle_field_is_read(tmp_path):
+    """A noisy full-size Carvana prediction gives an RLE far beyond csv's default 128 KB field limit."""
+    noisy = (np.random.default_rng(2).random((1280, 1918)) < 0.5).astype(np.uint8)
+    path = tmp_path / "s.csv"
+    write_rows(path, ("img", "rle_mask"), [("a.jpg", rle.encode(noisy, "C"))])
+    assert path.stat().st_size > 5_000_000
+    assert validate_submission(path, "carvana") == []

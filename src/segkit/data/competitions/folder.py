@@ -22,6 +22,22 @@ from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError
 
 
+def read_any(path: str | Path) -> np.ndarray:
+    """An image as stored: (H, W, bands) with grey kept as one band, 16-bit kept as uint16, colour as RGB(A)."""
+    import cv2
+
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff", ".gif"):
+        image = read_image(path)
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+        if image is None:
+            image = read_image(path)  # raises DataError naming the file
+        elif image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image[..., None] if image.ndim == 2 else image
+
+
 @register_adapter("folder")
 class FolderAdapter(Adapter):
     """images/ + masks/ in either mask layout; the classes and bands are found from the files.
@@ -82,8 +98,8 @@ class FolderAdapter(Adapter):
     # --- layout --------------------------------------------------------------------------
     @staticmethod
     def _bands_of(path: Path) -> int:
-        image = read_image(path)
-        return 1 if image.ndim == 2 else image.shape[2]
+        image = read_any(path)
+        return image.shape[2]
 
     def _find_layout(self) -> str:
         if not self.masks_dir.is_dir():
@@ -144,8 +160,7 @@ class FolderAdapter(Adapter):
 
     def read_image(self, sample: Sample) -> np.ndarray:
         """(H, W, bands) in the stored dtype."""
-        image = read_image(sample.image[0])
-        image = image[..., None] if image.ndim == 2 else image
+        image = read_any(sample.image[0])
         if image.shape[2] != self.bands:
             raise DataError(f"{sample.image[0]}: {image.shape[2]} bands, but {self._images[0].name} has {self.bands}")
         return image
