@@ -62,13 +62,13 @@ def airbus_f2_image(true_labels: np.ndarray, pred_labels: np.ndarray,
                     thresholds: tuple[float, ...] = AIRBUS_THRESHOLDS) -> float:
     """Airbus F2 of one image, averaged over IoU thresholds, from label images of true and predicted ships
     (each ship its own positive label). One-to-one matching maximises the total IoU (Hungarian)."""
-    n_true = len(np.unique(true_labels[true_labels > 0]))
-    n_pred = len(np.unique(pred_labels[pred_labels > 0]))
+    true_labels, n_true = _compact(true_labels)
+    pred_labels, n_pred = _compact(pred_labels)
     if n_true == 0 and n_pred == 0:
         return 1.0
     if n_true == 0 or n_pred == 0:
         return 0.0
-    iou = iou_matrix(*(_compact(x) for x in (true_labels, pred_labels)))
+    iou = iou_matrix(true_labels, pred_labels)
     rows, cols = linear_sum_assignment(-iou)
     matched = iou[rows, cols]
     scores = []
@@ -88,11 +88,14 @@ def airbus_score(true_ships: list[list[np.ndarray]] | np.ndarray, pred_ships: li
     return float(np.mean(scores)) if scores else 1.0
 
 
-def _compact(labels: np.ndarray) -> np.ndarray:
-    """Relabel to 1..n without gaps, so every label is one object."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    out = inverse.reshape(labels.shape)
-    return out if values[0] == 0 else out + 1
+def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel to 1..n without gaps (so every label is one object) and return n; O(pixels), no sort."""
+    labels = np.asarray(labels, dtype=np.int64)
+    present = np.bincount(labels.ravel()) > 0
+    present[0] = False
+    mapping = np.cumsum(present)
+    mapping[~present] = 0
+    return mapping[labels], int(mapping[-1]) if present.any() else 0
 
 
 def _as_labels(ships) -> np.ndarray:
