@@ -16,8 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = ksub.add_parser("build", help="a self-contained kernel script (segkit + resolved config) and its metadata")
     p.add_argument("name", help="kernel slug (at least 5 characters); written to build/kernels/NAME/")
-    p.add_argument("--config", required=True, help="run config (file or name in configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    _config_with_overrides(p)
     p.add_argument("--kind", choices=("train", "infer"), default="train")
     p.add_argument("--fold", type=int, help="train only this fold (default: every fold)")
     p.add_argument("--owner", help="Kaggle user name owning the kernel (default kaggle.owner or credentials)")
@@ -46,8 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = ksub.add_parser("push-folds", help="one training kernel per fold (run in parallel on Kaggle), then an "
                                            "inference kernel taking them as sources")
-    p.add_argument("--config", required=True, help="run config (file or name in configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    _config_with_overrides(p)
     p.add_argument("--folds", help="folds to push, e.g. 0-4 or 0,2 (default: all)")
     p.add_argument("--owner", help="Kaggle user name owning the kernels")
     p.add_argument("--out", default="build/kernels", help="parent folder of the built kernels")
@@ -67,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, help="code competition: kernel version (default: latest)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the score")
     p.set_defaults(func=_submit)
+
+
+def _config_with_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, nargs="+", metavar="CFG",
+                   help="run config (file or name in configs/), optionally followed by key.sub=value overrides")
 
 
 def _client_config_arg(p: argparse.ArgumentParser) -> None:
@@ -89,7 +92,7 @@ def _client(cfg):
 def _build(args) -> int:
     from segkit.kaggle.bundle import build_kernel
 
-    cfg = _load(args.config, args.overrides)
+    cfg = _load(args.config[0], args.config[1:])
     built = build_kernel(cfg, args.name, kind=args.kind, fold=args.fold, out_dir=args.out, owner=args.owner,
                          extra_kernel_sources=args.kernel_source)
     _report_built(built)
@@ -147,7 +150,7 @@ def _push_folds(args) -> int:
     from segkit.kaggle.bundle import build_kernel, fold_names, parse_folds, resolve_owner
     from segkit.kaggle.config import kaggle_config
 
-    cfg = _load(args.config, args.overrides)
+    cfg = _load(args.config[0], args.config[1:])
     kc = kaggle_config(cfg)
     folds = parse_folds(args.folds, cfg.train.folds) if args.folds else list(range(cfg.train.folds))
     owner = resolve_owner(kc, args.owner)

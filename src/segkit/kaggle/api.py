@@ -105,7 +105,9 @@ class KaggleClient:
                 try:
                     from kaggle.api.kaggle_api_extended import KaggleApi
                 except SystemExit:
-                    raise KaggleError(f"the kaggle client refused the credentials at import; {SETUP_HELP}") from None
+                    raise KaggleError(
+                        f"Kaggle rejected the credentials from {self.credentials.source}; {SETUP_HELP}"
+                    ) from None
             api = KaggleApi()
             api.config_dir = str(self.credentials.config_dir)
             api.config = str(self.credentials.config_dir / "kaggle.json")
