@@ -28,6 +28,7 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [384, 384])  # model input (H, W)
     cache_dir: str = "cache"
     max_train_samples: int | None = None  # a quick subset for smoke runs
+    synth: dict[str, Any] = field(default_factory=dict)  # keywords for the synthetic data the demo writes
 
 
 @dataclass

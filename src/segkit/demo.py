@@ -30,7 +30,7 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
     patch = cfg.data.image_size[0]
     if not (root / "38-Cloud_test").is_dir():
         print(f"[demo] writing synthetic 38-Cloud data ({patch}-px patches) to {root}")
-        generate("cloud38", root, seed=cfg.seed, patch_size=patch)
+        generate("cloud38", root, seed=cfg.seed, patch_size=patch, **cfg.data.synth)
     train(cfg, quiet=quiet)
     submission = predict(cfg, quiet=quiet)
     scenes = evaluate_scenes(cfg, submission)
@@ -96,7 +96,7 @@ def print_summary(cfg: Config, submission: Path, scenes, plots: list[Path], minu
         print(f"OOF Jaccard ({c['name']}, pooled): {c['oof_score_default']:.4f} at 0.5 -> {c['oof_score_tuned']:.4f} "
               f"with threshold {c['threshold']:.2f}, min_area {c['min_area']}")
     print("\nTest scenes (official 38-Cloud metrics, %):")
-    print(scenes.table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(scenes.summary())
     jaccard = scenes.macro["jaccard"] / 100 if scenes.macro["jaccard"] > 1 else scenes.macro["jaccard"]
     print(f"\nsubmission: {submission}")
     print(f"plots: {', '.join(str(p) for p in plots + list(scenes.previews))}")
