@@ -39,6 +39,17 @@ def test_cache_holds_exact_raw_arrays(adapter, tmp_path: Path) -> None:
     np.testing.assert_array_equal(reopened.images, cache.images)
 
 
+def test_pickles_as_a_path_not_a_copy(adapter, tmp_path: Path) -> None:
+    import pickle
+
+    cache = prepare(adapter, adapter.train_samples(), (32, 32), tmp_path, "p", quiet=True)
+    blob = pickle.dumps(cache)
+    assert len(blob) < 10_000 < cache.images.nbytes
+    clone = pickle.loads(blob)
+    assert isinstance(clone.images, np.memmap) and clone.ids == cache.ids
+    np.testing.assert_array_equal(clone.masks, cache.masks)
+
+
 def test_test_cache_has_no_masks(adapter, tmp_path: Path) -> None:
     cache = prepare(adapter, adapter.test_samples(), (32, 32), tmp_path, "test", quiet=True)
     assert cache.masks is None and cache.meta["with_masks"] is False

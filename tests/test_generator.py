@@ -137,13 +137,27 @@ def test_build_returns_none_when_everything_is_off() -> None:
         augment.transform("zoom", 1.0)
 
 
-def test_safe_for_four_band_float_input() -> None:
+def test_safe_for_four_band_float_and_uint16_input() -> None:
+    rng = np.random.default_rng(0)
     pipe = augment.build(AugmentConfig(1.0, 1.0, 1.0, 1.0, 1.0), seed=0)
-    image = np.random.default_rng(0).random((P, P, 4), dtype=np.float32)
+    image = rng.uniform(-2.0, 3.0, (P, P, 4)).astype(np.float32)
     out = pipe(image=image, mask=np.ones((P, P, 1), np.uint8))
     assert out["image"].shape == (P, P, 4) and out["image"].dtype == np.float32
     assert out["mask"].shape == (P, P, 1) and out["mask"].dtype == np.uint8
-    assert 0.0 <= out["image"].min() and out["image"].max() <= 1.0
+    # brightness/contrast alone is an affine map of the values, never clipped to [0, 1]
+    bc = augment.transform("brightness_contrast", 1.0)
+    for seed in range(5):
+        bc.set_random_seed(seed) if hasattr(bc, "set_random_seed") else None
+        got = bc(image=image)["image"]
+        slope, offset = np.polyfit(image.ravel(), got.ravel(), 1)
+        np.testing.assert_allclose(got, slope * image + offset, atol=1e-4)
+        assert 0.9 - 1e-6 <= slope <= 1.1 + 1e-6 and got.min() < -1.5 and got.max() > 2.5
+    raw = rng.integers(60000, 65535, (P, P, 4), dtype=np.uint16)
+    raw[:4] = 0  # no-data rows
+    for seed in range(5):
+        bc.set_random_seed(seed) if hasattr(bc, "set_random_seed") else None
+        got = bc(image=raw)["image"]
+        assert got.dtype == np.uint16 and not got[:4].any() and got[4:].min() > 0
 
 
 def test_keras_fit_with_worker_threads(aligned) -> None:

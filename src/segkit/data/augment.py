@@ -1,14 +1,19 @@
-"""Training augmentations (albumentations), safe for any number of bands.
+"""Training augmentations (albumentations), safe for any number of bands, any dtype and any value range.
 
-The pipeline works on float32 images scaled to [0, 1] (the generator divides the raw integer image by its
-dtype's maximum first and converts back afterwards), because albumentations' colour transforms assume that
-range for float input and clip to it. Geometric transforms move image and mask together: linear
+The pipeline runs on the raw image (uint8, uint16 or float; (H, W, bands)) before normalisation, so 16-bit
+Landsat data is never squeezed into 8 bits. Geometric transforms move image and mask together: linear
 interpolation for the image, nearest for the mask, zero fill outside the image (like a no-data margin).
+Brightness/contrast is segkit's own albumentations transform: albumentations' RandomBrightnessContrast clips
+float input to [0, 1] and takes ~60 ms on a 384x384x4 uint16 patch; this one scales around the image mean,
+keeps zero (no-data) pixels at zero, clips only to an integer dtype's range, and costs ~2 ms.
 """
 from __future__ import annotations
 
 import inspect
+import random
+from typing import Any
 
+import albumentations as A
 import cv2
 import numpy as np
 
@@ -18,9 +23,36 @@ from segkit.config import AugmentConfig
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "shift_scale_rotate", "brightness_contrast")
 
 
-def _affine(p: float, shift: float, scale: float, rotate: float):
-    import albumentations as A
+class BrightnessContrast(A.ImageOnlyTransform):
+    """x → alpha·x + beta·mean(x), alpha ∈ 1 ± contrast_limit, beta ∈ ± brightness_limit; zeros (no-data,
+    fill) stay zero; float values are never clipped; integer results are rounded and clipped to the dtype."""
 
+    def __init__(self, brightness_limit: float = 0.1, contrast_limit: float = 0.1, p: float = 0.5, **kwargs: Any):
+        super().__init__(p=p, **kwargs)
+        self.brightness_limit = float(brightness_limit)
+        self.contrast_limit = float(contrast_limit)
+
+    def get_params(self) -> dict[str, float]:
+        rnd = getattr(self, "py_random", random)  # albumentations >= 2 seeds py_random; 1.x uses `random`
+        return {"alpha": 1.0 + rnd.uniform(-self.contrast_limit, self.contrast_limit),
+                "beta": rnd.uniform(-self.brightness_limit, self.brightness_limit)}
+
+    def apply(self, img: np.ndarray, alpha: float = 1.0, beta: float = 0.0, **params: Any) -> np.ndarray:
+        x = img.astype(np.float32)
+        shift = np.float32(beta * float(x.mean()))
+        out = x * np.float32(alpha) + shift
+        out[img == 0] = 0  # no-data and the geometric transforms' fill stay zero
+        if np.issubdtype(img.dtype, np.integer):
+            info = np.iinfo(img.dtype)
+            out = np.clip(np.rint(out, out=out), info.min, info.max, out=out)
+            return out.astype(img.dtype)
+        return out.astype(img.dtype, copy=False)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("brightness_limit", "contrast_limit")
+
+
+def _affine(p: float, shift: float, scale: float, rotate: float) -> A.Affine:
     params = inspect.signature(A.Affine).parameters
     kwargs = dict(scale=(1 - scale, 1 + scale), translate_percent=(-shift, shift), rotate=(-rotate, rotate),
                   interpolation=cv2.INTER_LINEAR, p=p)
@@ -33,8 +65,6 @@ def _affine(p: float, shift: float, scale: float, rotate: float):
 
 def transform(name: str, p: float):
     """The albumentations transform behind one config name, applied with probability p."""
-    import albumentations as A
-
     if name == "hflip":
         return A.HorizontalFlip(p=p)
     if name == "vflip":
@@ -44,15 +74,13 @@ def transform(name: str, p: float):
     if name == "shift_scale_rotate":
         return _affine(p, shift=0.0625, scale=0.1, rotate=20)
     if name == "brightness_contrast":
-        return A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=p)
+        return BrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=p)
     raise ValueError(f"unknown augmentation '{name}' (known: {', '.join(AUGMENTATIONS)})")
 
 
 def build(cfg: AugmentConfig | None, seed: int | None = None):
     """An albumentations Compose for the non-zero probabilities in `cfg` (None when nothing is enabled).
-    Call it as `pipe(image=float32 (H, W, bands) in [0, 1], mask=uint8 (H, W, classes))`."""
-    import albumentations as A
-
+    Call it as `pipe(image=(H, W, bands) raw array, mask=uint8 (H, W, classes))`."""
     if cfg is None:
         return None
     steps = [transform(name, float(getattr(cfg, name))) for name in AUGMENTATIONS if float(getattr(cfg, name)) > 0]
@@ -67,7 +95,5 @@ def reseed(pipe, seed: int) -> None:
     if hasattr(pipe, "set_random_seed"):  # albumentations >= 2
         pipe.set_random_seed(seed)
     else:  # albumentations 1.x draws from the global `random` and numpy generators
-        import random
-
         random.seed(seed)
         np.random.seed(seed % 2**32)

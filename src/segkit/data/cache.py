@@ -57,6 +57,13 @@ class Cache:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getstate__(self) -> dict:
+        # pickled (e.g. into worker processes) as its path: the memory maps are reopened, never copied
+        return {"path": str(self.path), "meta": self.meta}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(Path(state["path"]), state["meta"])
+
     @property
     def bands(self) -> int:
         return int(self.images.shape[-1])

@@ -55,8 +55,6 @@ class SegmentationDataset(keras.utils.PyDataset):
             raise ValueError("SegmentationDataset: with_masks=True but the cache has no masks")
         self.epoch = 0
         self._local = threading.local()  # one albumentations pipeline per worker thread
-        dtype = cache.images.dtype
-        self._scale = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
@@ -82,33 +80,18 @@ class SegmentationDataset(keras.utils.PyDataset):
         epoch = self.epoch
         items = self.order(epoch)[index * self.batch_size: (index + 1) * self.batch_size]
         pipe = self._pipeline()
-        xs, ys = [], []
+        cache = self.cache
+        x = np.empty((len(items),) + cache.images.shape[1:], np.float32)
+        y = np.empty((len(items),) + cache.masks.shape[1:], np.float32) if self.with_masks else None
         for pos, i in enumerate(items):
-            image = np.asarray(self.cache.images[i])
-            mask = np.asarray(self.cache.masks[i]) if self.with_masks else None
+            image = cache.images[i]
+            mask = cache.masks[i] if y is not None else None
             if pipe is not None:
-                image, mask = self._augment(pipe, image, mask, [self.seed, epoch, index, pos])
-            xs.append(self.normalise(image))
-            if mask is not None:
-                ys.append(mask)
-        x = np.stack(xs).astype(np.float32, copy=False)
-        if not self.with_masks:
-            return x
-        return x, np.stack(ys).astype(np.float32)
-
-    def _augment(self, pipe, image: np.ndarray, mask: np.ndarray | None, key: list[int]):
-        """Augment in [0, 1] float space, then return to the raw dtype so `normalise` sees raw values."""
-        aug.reseed(pipe, int(np.random.default_rng(key).integers(2**31 - 1)))
-        raw_dtype = image.dtype
-        x = image.astype(np.float32) / self._scale
-        if mask is None:
-            out = pipe(image=x)
-            y = None
-        else:
-            out = pipe(image=x, mask=mask)
-            y = out["mask"]
-        x = out["image"] * self._scale
-        if np.issubdtype(raw_dtype, np.integer):
-            info = np.iinfo(raw_dtype)
-            x = np.clip(np.rint(x), info.min, info.max).astype(raw_dtype)
-        return x, y
+                # raw dtype in, raw dtype out: augmentations never lose 16-bit precision or clip a range
+                aug.reseed(pipe, int(np.random.default_rng([self.seed, epoch, index, pos]).integers(2**31 - 1)))
+                out = pipe(image=np.asarray(image), mask=np.asarray(mask)) if y is not None else pipe(image=np.asarray(image))
+                image, mask = out["image"], out.get("mask")
+            x[pos] = self.normalise(image)
+            if y is not None:
+                y[pos] = mask
+        return x if y is None else (x, y)

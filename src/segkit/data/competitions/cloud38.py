@@ -314,10 +314,9 @@ class Cloud38Adapter(Adapter):
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """Raw DN → float32: /65535 (Cloud-Net's choice), or (x - mean) / std with per-band statistics."""
-        x = image.astype(np.float32)
         if self.band_mean is not None:
-            return (x - self.band_mean) / self.band_std
-        return x / 65535.0
+            return (image.astype(np.float32) - self.band_mean) / self.band_std
+        return np.multiply(image, np.float32(1.0 / 65535.0), dtype=np.float32)  # one pass, no temporary
 
     # --- writing -------------------------------------------------------------------------
     def submission_size(self, sample: Sample) -> tuple[int, int]:
