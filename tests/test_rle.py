@@ -248,3 +248,14 @@ def test_carvana_sample_submission_rows_decode(fixtures_dir):
         assert mask[0, 0] == 1 and mask.sum() == 1
     image = read_image(fixtures_dir / "carvana" / "29bb3ece3180_11.jpg")
     assert image.shape == (1280, 1918, 3)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(text=st.text(max_size=30))
+def test_any_unicode_text_decodes_or_raises_rle_error(text):
+    try:
+        out = rle.decode(text, (4, 6), "C")
+    except RLEError as exc:
+        assert str(exc)
+        return
+    assert out.shape == (4, 6)
