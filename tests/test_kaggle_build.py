@@ -216,6 +216,25 @@ def test_push_folds_pushes_one_kernel_per_fold_and_an_inference_kernel(kaggle_en
     infer = bodies[3]
     assert infer["kernelDataSources"] == [f"{FAKE_USER}/cloud-net-folds-fold{k}" for k in range(3)]
     assert script_constants_from_text(infer["text"])["KIND"] == "infer"
+    # the inference kernel is pushed only after every fold kernel reported COMPLETE
+    order = [r.call.split("/")[-1] for r in kaggle_env.received]
+    assert order == ["SaveKernel"] * 3 + ["GetKernelSessionStatus"] * 3 + ["SaveKernel"]
+
+
+def test_push_folds_does_not_push_inference_after_a_failed_fold(kaggle_env, tmp_path, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"name": "c38", "train": {"folds": 2},
+                                        "kaggle": {**KAGGLE, "owner": FAKE_USER, "poll_seconds": 0.01}}))
+    kaggle_env.kernel_states["cloud-net-folds-fold1"] = [("RUNNING", ""), ("ERROR", "Kernel ran out of time")]
+    rc = main(["kernel", "push-folds", "--config", str(cfg_path), "--out", str(tmp_path / "b")])
+    assert rc == 1
+    assert "cloud-net-folds-fold1 ended with ERROR: Kernel ran out of time" in capsys.readouterr().err
+    assert [c.json["slug"] for c in kaggle_env.calls("SaveKernel")] == [
+        f"{FAKE_USER}/cloud-net-folds-fold0", f"{FAKE_USER}/cloud-net-folds-fold1"]
+    assert main(["kernel", "push-folds", "--config", str(cfg_path), "--out", str(tmp_path / "b"),
+                 "--no-wait"]) == 0
+    assert "segkit kernel push" in capsys.readouterr().out
+    assert len(kaggle_env.calls("SaveKernel")) == 4
 
 
 def test_push_folds_dry_run_pushes_nothing(kaggle_env, tmp_path, capsys):

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="build/kernels", help="parent folder of the built kernels")
     p.add_argument("--no-infer", action="store_true", help="do not build/push the inference kernel")
     p.add_argument("--dry-run", action="store_true", help="build and validate only; push nothing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="push the fold kernels and return; push the inference kernel later yourself")
     p.set_defaults(func=_push_folds)
 
     p = sub.add_parser("submit", help="validate a submission, upload it, wait for its score")
@@ -168,12 +170,27 @@ def _push_folds(args) -> int:
         print("dry run: nothing pushed")
         return 0
     client = _client(cfg)
+    infer = None if args.no_infer else built.pop()
     for b in built:
         r = client.push(b.folder)
         print(f"pushed {r.ref} version {r.version}: {r.url}", flush=True)
-    if not args.no_infer:
-        print(f"when the fold kernels are COMPLETE (segkit kernel status OWNER/SLUG --wait), push "
-              f"{built[-1].folder} again to run the inference kernel on their outputs")
+    if infer is None:
+        return 0
+    if args.no_wait:
+        print(f"when the fold kernels are COMPLETE, run: segkit kernel push {infer.folder}")
+        return 0
+    for b in built:  # the inference kernel reads the folds' outputs: they must have finished
+        kernel = b.metadata["id"]
+        last = [None]
+
+        def show(st, kernel=kernel, last=last):
+            if st.state != last[0] and not args.quiet:
+                print(f"{kernel}: {st.state}", flush=True)
+            last[0] = st.state
+
+        client.wait(kernel, on_poll=show)
+    r = client.push(infer.folder)
+    print(f"pushed {r.ref} version {r.version}: {r.url}", flush=True)
     return 0
 
 
