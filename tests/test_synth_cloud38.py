@@ -121,7 +121,14 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path, capsys) -> None:
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_cli_synth(tmp_path: Path, capsys) -> None:
-    assert main(["synth", "cloud38", "--out", str(tmp_path / "s"), "--seed", "2", "--patch-size", "16"]) == 0
-    names = read_patch_list(tmp_path / "s/38-Cloud_training/training_patches_38-Cloud.csv")
-    assert tifffile.imread(tmp_path / f"s/38-Cloud_training/train_red/red_{names[0]}.TIF").shape == (16, 16)
+@pytest.mark.parametrize("name", sorted(__import__("segkit.data.synth", fromlist=["SYNTH_MODULES"]).SYNTH_MODULES))
+def test_cli_synth_every_format(name: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / name
+    assert main(["-q", "synth", name, "--out", str(out), "--seed", "1", "--patch-size", "32"]) == 0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix.lower() == ".csv" for p in files) and len(files) > 3
+    if name == "cloud38":
+        names = read_patch_list(out / "38-Cloud_training/training_patches_38-Cloud.csv")
+        assert tifffile.imread(out / f"38-Cloud_training/train_red/red_{names[0]}.TIF").shape == (32, 32)
+    assert main(["synth", name, "--out", str(tmp_path / "x"), "--patch-size", "2"]) == 1
+    assert "Traceback" not in capsys.readouterr().err

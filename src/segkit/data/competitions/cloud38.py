@@ -14,6 +14,8 @@ Layout (letter case varies between downloads, so every folder, file and CSV is m
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -91,12 +93,35 @@ def read_band(path: str | os.PathLike) -> np.ndarray:
     import cv2
 
     path = Path(path)
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+    arr = None
+    if path.is_file():
+        with _quiet_decoders():
+            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        arr = read_tiff(path)  # raises DataError naming the file when it is missing or corrupt
+        with _quiet_decoders():
+            arr = read_tiff(path)  # raises DataError naming the file when it is missing or corrupt
+    if arr.size == 0:
+        raise DataError(f"{path}: not a readable TIFF (truncated or without image data)")
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a single-band image, got shape {arr.shape}")
     return arr
+
+
+@contextlib.contextmanager
+def _quiet_decoders():
+    """Silence OpenCV's libtiff messages and tifffile's warnings for a damaged file: segkit reports it once,
+    naming the file, as a DataError."""
+    import cv2
+
+    tiff_log = logging.getLogger("tifffile")
+    old_cv, old_tiff = cv2.utils.logging.getLogLevel(), tiff_log.level
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    tiff_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(old_cv)
+        tiff_log.setLevel(old_tiff)
 
 
 def tiff_shape(path: str | os.PathLike) -> tuple[int, int]:
