@@ -79,6 +79,10 @@ def test_reuse_and_rebuild(adapter, tmp_path: Path, monkeypatch) -> None:
     assert calls == [1] and len(smaller) == len(samples) - 1
     prepare(adapter, samples[:-1], (16, 16), tmp_path, "t", quiet=True)  # other size: rebuilt
     assert calls == [1, 1]
+    gt = Path(samples[0].mask[0])
+    os.utime(gt, ns=(gt.stat().st_atime_ns, gt.stat().st_mtime_ns + 10**9))  # a source file rewritten
+    prepare(adapter, samples[:-1], (16, 16), tmp_path, "t", quiet=True)
+    assert calls == [1, 1, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no temporary folders left behind
 
 

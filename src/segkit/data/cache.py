@@ -73,12 +73,22 @@ class Cache:
 
 
 def fingerprint(samples: Sequence[Sample], image_size: tuple[int, int], with_masks: bool, adapter_name: str) -> str:
-    """Hash of what a cache is made from: the adapter, every id and source path, the size, masks or not."""
+    """Hash of what a cache is made from: the adapter, every id and source file (path, size, modification
+    time, so regenerated files at the same paths are noticed), the image size, masks or not."""
     h = hashlib.sha256()
     h.update(json.dumps([adapter_name, list(image_size), with_masks, FORMAT_VERSION]).encode())
     for s in samples:
-        h.update(json.dumps([s.id, list(s.image), list(s.mask) if with_masks else []]).encode())
+        files = list(s.image) + (list(s.mask) if with_masks else [])
+        h.update(json.dumps([s.id, [[f, *_stat(f)] for f in files]]).encode())
     return h.hexdigest()
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)  # not a file (e.g. an RLE source): the path alone identifies it
+    return (st.st_size, st.st_mtime_ns)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
