@@ -207,7 +207,7 @@ def test_output_refuses_an_error_page_saved_as_a_file(kaggle_env, tmp_path, caps
 
 def test_output_missing_file_and_unsafe_names(kaggle_env, tmp_path):
     kaggle_env.files["a.csv"] = Reply(404, {"code": 404, "message": "gone"})
-    with pytest.raises(KaggleError, match="download a.csv: not found"):
+    with pytest.raises(KaggleError, match="download a.csv: the file server answered HTTP 404"):
         make_client([]).output(f"{FAKE_USER}/segkit-unit-test", tmp_path / "out")
     kaggle_env.files.clear()
     kaggle_env.files["../escape.csv"] = Reply(200, raw=b"x", content_type="text/csv")

@@ -117,6 +117,9 @@ def test_infer_kernel_takes_extra_kernel_sources(tmp_path):
     assert built.metadata["kernel_sources"] == ["someone/older-models", "someone/cloud-net-folds-fold0"]
     assert built.metadata["code_file"] == "infer.py"
     assert script_constants(built.code_file)["KIND"] == "infer"
+    assert built.warnings == []
+    alone = build_kernel(make_cfg(), "cloud-net-folds-infer", "infer", None, tmp_path / "alone")
+    assert alone.warnings and "no kernel or model sources" in alone.warnings[0]
 
 
 def test_build_command_and_its_errors(tmp_path, capsys):

@@ -268,7 +268,7 @@ class KaggleClient:
         written = []
         for name, url in files:
             target = safe_target(out_dir, name)
-            self._call(f"download {name}", download, url, target)
+            self._call(f"download {name}", download, url, target, context="download")
             written.append(target)
         if log_text:
             from segkit.data.io import atomic_write
@@ -441,6 +441,9 @@ def _http_details(exc: Exception) -> tuple[int | None, str, float | None]:
 def explain(what: str, code: int | None, message: str, context: str) -> str:
     """A message that says what a 4xx means for this call."""
     detail = f" (Kaggle said: {message})" if message else ""
+    if context == "download":
+        return (f"{what}: the file server answered HTTP {code}{detail}; the output links expire, "
+                "run the command again (and check the kernel's latest run finished)")
     if code == 401:
         return f"{what}: Kaggle rejected the credentials (HTTP 401){detail}; {SETUP_HELP}"
     if code == 403:

@@ -143,6 +143,9 @@ def build_kernel(
         json.dump(meta, fh, indent=2)
         fh.write("\n")
     warnings = validate_metadata(meta, folder)
+    if kind == "infer" and not meta["kernel_sources"] and not meta["model_sources"]:
+        warnings.append("the inference kernel has no kernel or model sources: its fold checkpoints must come "
+                        "from a dataset source (or add --kernel-source OWNER/SLUG of the training kernels)")
     return BuiltKernel(folder, folder / code_name, meta, warnings)
 
 
