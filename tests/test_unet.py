@@ -93,3 +93,31 @@ def test_bad_parameters_are_config_errors(spec, shape, match):
         build_model(spec, shape, 1)
     with pytest.raises(ConfigError, match="did you mean 'mixed_float16'"):
         set_precision("mixed_float61")
+
+
+def test_forward_flops_counts_layers_by_hand():
+    from segkit.models.cost import forward_flops
+
+    x = keras.Input((16, 16, 4))
+    y = keras.layers.Conv2D(8, 3, padding="same")(x)  # 16·16·9·4·8 MACs
+    y = keras.layers.MaxPooling2D(2)(y)
+    y = keras.layers.Conv2DTranspose(4, 2, strides=2)(y)  # 8·8 input pixels · 2·2·8·4
+    y = keras.layers.Dense(3)(y)  # 16·16 positions · 4·3
+    model = keras.Model(x, y)
+    assert forward_flops(model) == 2 * (16 * 16 * 9 * 4 * 8 + 8 * 8 * 4 * 8 * 4 + 16 * 16 * 4 * 3)
+
+
+@pytest.mark.parametrize(
+    "spec, params_m, gflops",  # the hand-derived figures of shared/notes/models.md, 384×384×4 input
+    [
+        ({"name": "unet", "base_filters": 64}, 31.0, 217),
+        ({"name": "fractal_unet", "columns": 3, "base_filters": 16}, 6.5, 46),
+        ({"name": "fractal_unet", "columns": 3, "base_filters": 32}, 25.8, 183),
+    ],
+)
+def test_model_cost_matches_hand_derived_figures(spec, params_m, gflops):
+    from segkit.models.cost import forward_flops
+
+    model = build_model(spec, (384, 384, 4), 1)
+    assert model.count_params() / 1e6 == pytest.approx(params_m, rel=0.01)
+    assert forward_flops(model) / 1e9 == pytest.approx(gflops, rel=0.01)

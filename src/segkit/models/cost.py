@@ -1,0 +1,47 @@
+"""Forward cost of a built model, counted layer by layer from its shapes (for benchmarks and model choice)."""
+from __future__ import annotations
+
+import math
+
+import keras
+
+
+def _macs(layer) -> int:
+    """Multiply-accumulates of one call of a convolution or dense layer (0 for everything else)."""
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        _, h, w, c_in = layer.input.shape  # every input pixel scatters the whole kernel
+        kh, kw = layer.kernel_size
+        return h * w * kh * kw * c_in * layer.filters
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        _, h, w, c_out = layer.output.shape
+        kh, kw = layer.kernel_size
+        return h * w * kh * kw * c_out
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        _, h, w, c_out = layer.output.shape
+        c_in = layer.input.shape[-1]
+        kh, kw = layer.kernel_size
+        return h * w * (kh * kw * c_in * layer.depth_multiplier + c_in * layer.depth_multiplier * c_out)
+    if isinstance(layer, keras.layers.Conv2D):
+        _, h, w, c_out = layer.output.shape
+        c_in = layer.input.shape[-1]
+        kh, kw = layer.kernel_size
+        return h * w * kh * kw * (c_in // layer.groups) * c_out
+    if isinstance(layer, keras.layers.Dense):
+        positions = math.prod(layer.output.shape[1:-1]) if len(layer.output.shape) > 2 else 1
+        return positions * layer.input.shape[-1] * layer.units
+    return 0
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Forward FLOPs for one image: 2 × the multiply-accumulates of every convolution and dense layer.
+
+    Nested models (an encoder backbone) are counted through; batch norm, activations, pooling and joins
+    are left out, as in the usual published counts. The model must have concrete spatial input sizes.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += forward_flops(layer)
+        else:
+            total += 2 * _macs(layer)
+    return int(total)
