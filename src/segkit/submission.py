@@ -13,6 +13,7 @@ adapter class, so they live in one place:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from collections import defaultdict
@@ -83,10 +84,10 @@ def write_rows(path: str | os.PathLike, header: Sequence[str], rows: Iterable[tu
                 writer.writerow([row_id, "" if rle.is_empty(text) else text])
                 n += 1
             return n
-        return _write_in_sample_order(path, fh, writer, rows, list(sample_ids))
+        return _write_in_sample_order(path, fh, rows, list(sample_ids))
 
 
-def _write_in_sample_order(path: Path, fh, writer, rows: Iterable, sample_ids: list[str]) -> int:
+def _write_in_sample_order(path: Path, fh, rows: Iterable, sample_ids: list[str]) -> int:
     position = {sid: i for i, sid in enumerate(sample_ids)}
     if len(position) != len(sample_ids):
         raise SubmissionError(f"{path}: the sample ids hold duplicates; cannot order rows by them")
@@ -132,9 +133,8 @@ def _write_in_sample_order(path: Path, fh, writer, rows: Iterable, sample_ids: l
 
 
 def _csv_line(fields: list[str]) -> str:
+    """One CSV line, quoted only when a field needs it (ids and RLEs never do)."""
     if any(c in f for f in fields for c in ',"\n\r'):
-        import io
-
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow(fields)
         return buf.getvalue()
