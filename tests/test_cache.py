@@ -10,7 +10,8 @@ import pytest
 import segkit.data.cache as cache_mod
 from segkit.data.cache import Cache, prepare, resize_mask
 from segkit.data.competitions.base import make_adapter
-from segkit.data.synth.cloud38 import generate, write_tiff_packbits
+from segkit.data.io import write_tiff
+from segkit.data.synth.cloud38 import generate
 from segkit.errors import DataError
 
 
@@ -113,7 +114,7 @@ def test_failed_rebuild_keeps_the_previous_cache(adapter, root: Path, tmp_path: 
     bad = samples[-1]
     data = Path(bad.mask[0]).read_bytes()
     try:
-        write_tiff_packbits(Path(bad.mask[0]), np.zeros((31, 32), np.uint8))
+        write_tiff(Path(bad.mask[0]), np.zeros((31, 32), np.uint8))
         with pytest.raises(DataError, match=Path(bad.mask[0]).name):
             prepare(adapter, samples, (16, 16), tmp_path, "t", quiet=True)
     finally:

@@ -18,7 +18,8 @@ from segkit.data.competitions.cloud38 import (
     read_patch_list,
 )
 from segkit.data.sample import Sample
-from segkit.data.synth.cloud38 import generate, write_tiff_packbits
+from segkit.data.io import write_tiff
+from segkit.data.synth.cloud38 import generate
 from segkit.errors import DataError
 
 FIXTURE_PATCH = "patch_192_10_by_12_LC08_L1TP_002053_20160520_20170324_01_T1"
@@ -170,7 +171,7 @@ def test_gt_size_differs_from_bands(synth_root: Path, tmp_path: Path) -> None:
     root = _copy(synth_root, tmp_path)
     adapter = make_adapter("cloud38", root, {"stratify": False})
     sample = adapter.train_samples()[0]
-    write_tiff_packbits(Path(sample.mask[0]), np.zeros((30, 32), np.uint8))
+    write_tiff(Path(sample.mask[0]), np.zeros((30, 32), np.uint8))
     with pytest.raises(DataError, match=r"30x32 but its bands are 32x32"):
         adapter.read_mask(sample)
 
@@ -179,7 +180,7 @@ def test_band_sizes_differ(synth_root: Path, tmp_path: Path) -> None:
     root = _copy(synth_root, tmp_path)
     adapter = make_adapter("cloud38", root, {"stratify": False})
     sample = adapter.train_samples()[0]
-    write_tiff_packbits(Path(sample.image[3]), np.zeros((32, 31), np.uint16))
+    write_tiff(Path(sample.image[3]), np.zeros((32, 31), np.uint16))
     with pytest.raises(DataError, match=Path(sample.image[3]).name):
         adapter.read_image(sample)
 

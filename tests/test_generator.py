@@ -15,7 +15,8 @@ from segkit.data.cache import prepare
 from segkit.data.competitions.base import make_adapter
 from segkit.data.competitions.cloud38 import read_patch_list
 from segkit.data.generator import SegmentationDataset
-from segkit.data.synth.cloud38 import generate, write_tiff_packbits
+from segkit.data.io import write_tiff
+from segkit.data.synth.cloud38 import generate
 
 P = 32
 LOW, HIGH = 10000, 50000  # NIR level of clear / cloudy pixels in the alignment data
@@ -34,10 +35,10 @@ def aligned(tmp_path_factory):
         for _ in range(3):  # asymmetric blobs so every flip and rotation changes the mask
             y, x = rng.integers(0, P - 8, 2)
             gt[y: y + rng.integers(3, 10), x: x + rng.integers(3, 14)] = 255
-        write_tiff_packbits(train / "train_gt" / f"gt_{name}.TIF", gt)
-        write_tiff_packbits(train / "train_nir" / f"nir_{name}.TIF", np.where(gt > 0, HIGH, LOW).astype(np.uint16))
+        write_tiff(train / "train_gt" / f"gt_{name}.TIF", gt)
+        write_tiff(train / "train_nir" / f"nir_{name}.TIF", np.where(gt > 0, HIGH, LOW).astype(np.uint16))
         for b in ("red", "green", "blue"):
-            write_tiff_packbits(train / f"train_{b}" / f"{b}_{name}.TIF", rng.integers(1000, 30000, (P, P), dtype=np.uint16))
+            write_tiff(train / f"train_{b}" / f"{b}_{name}.TIF", rng.integers(1000, 30000, (P, P), dtype=np.uint16))
     adapter = make_adapter("cloud38", root)
     cache = prepare(adapter, adapter.train_samples(), (P, P), tmp_path_factory.mktemp("cache"), "t", quiet=True)
     return adapter, cache

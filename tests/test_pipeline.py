@@ -69,13 +69,12 @@ def test_resume_after_kill_in_second_fold(synth_root, tmp_path):
 
 
 def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_path):
-    import keras
-
     from segkit import rle
     from segkit.data.cache import prepare
     from segkit.data.competitions.base import make_adapter
     from segkit.postprocess import apply, load_postprocess
-    from segkit.predict import checkpoint_paths, predict, predict_probabilities
+    from segkit.models.registry import load_model
+    from segkit.predict import checkpoint_paths, predict_probabilities
     from segkit.train import train
 
     cfg = load_config("demo", tiny_overrides(synth_root, tmp_path))
@@ -86,7 +85,11 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
         assert np.load(fdir / "oof.npy").shape[1:] == (32, 32, 1)
     folds = pd.read_csv(run_dir / "folds.csv")
     assert folds.groupby("group")["fold"].nunique().max() == 1  # no scene on both sides
-    sub_path = predict(cfg, quiet=True)
+    # predict in a fresh process, as a user would after training
+    proc = run_cli(["-q", "predict", "demo", *tiny_overrides(synth_root, tmp_path)])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    sub_path = cfg.submission_dir / "submission.csv"
     sub = pd.read_csv(sub_path, keep_default_na=False)
     assert list(sub.columns) == ["id", "EncodedPixels"]
 
@@ -95,7 +98,7 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
     assert list(sub["id"]) == [s.id for s in samples]
     cache = prepare(adapter, samples, (32, 32), cfg.data.cache_dir, name="cloud38-test-32x32", quiet=True,
                     with_masks=False)
-    models = [keras.models.load_model(p) for p in checkpoint_paths(cfg)]
+    models = [load_model(p) for p in checkpoint_paths(cfg)]
     thresholds, areas = load_postprocess(cfg)
     probs = np.concatenate(list(predict_probabilities(models, cache, np.arange(len(samples)), adapter.normalise,
                                                       ["identity", "hflip"], 8, quiet=True)))

@@ -12,7 +12,7 @@ import pytest
 
 from segkit import rle
 from segkit.cli import main
-from segkit.data.synth.cloud38 import write_tiff_packbits
+from segkit.data.io import write_tiff
 from segkit.errors import DataError, SubmissionError
 from segkit.scene_eval import (
     confusion,
@@ -135,8 +135,8 @@ def dataset(tmp_path: Path):
     truth_a = np.zeros((6, 7), np.uint8)
     truth_a[1:4, 2:6] = 1  # 12 cloud pixels
     truth_b = np.zeros((4, 3), np.uint8)
-    write_tiff_packbits(gts / f"edited_corrected_gts_{SCENE_A}.TIF", truth_a * 255)
-    write_tiff_packbits(gts / f"edited_corrected_gts_{SCENE_B}.TIF", truth_b * 255)
+    write_tiff(gts / f"edited_corrected_gts_{SCENE_A}.TIF", truth_a * 255)
+    write_tiff(gts / f"edited_corrected_gts_{SCENE_B}.TIF", truth_b * 255)
     names_a = [f"patch_{(r - 1) * 2 + c}_{r}_by_{c}_{SCENE_A}" for r in (1, 2) for c in (1, 2)]
     names_b = [f"patch_1_1_by_1_{SCENE_B}"]
     (test / "test_patches_38-Cloud.csv").write_text("name\n" + "\n".join(names_a + names_b) + "\n")
@@ -221,7 +221,7 @@ def test_missing_or_corrupt_scene_gt(dataset) -> None:
 
 
 def test_gt_larger_than_its_patches(dataset) -> None:
-    write_tiff_packbits(dataset["gts"] / f"edited_corrected_gts_{SCENE_B}.TIF", np.zeros((5, 3), np.uint8))
+    write_tiff(dataset["gts"] / f"edited_corrected_gts_{SCENE_B}.TIF", np.zeros((5, 3), np.uint8))
     with pytest.raises(DataError, match="cover only 4x4"):
         evaluate_submission(dataset["sub"], dataset["gts"], patch_size=P)
 

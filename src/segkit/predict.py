@@ -81,10 +81,10 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     """Ensemble every fold checkpoint with TTA over the test set, post-process, and write the competition's
     submission CSV (atomically, row by row); the written file is validated before returning its path."""
     import cv2
-    import keras
 
     from segkit.data.cache import prepare
     from segkit.data.competitions.base import make_adapter
+    from segkit.models.registry import load_model
     from segkit.postprocess import apply, load_postprocess
     from segkit.submission import validate_submission, write_rows
 
@@ -97,7 +97,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     h, w = cfg.data.image_size
     cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
                     quiet=quiet, with_masks=False)
-    models = [keras.models.load_model(p) for p in checkpoint_paths(cfg)]
+    models = [load_model(p) for p in checkpoint_paths(cfg)]
     thresholds, min_areas = load_postprocess(cfg)
     n_classes = len(adapter.classes)
     if len(thresholds) == 1 and n_classes > 1:

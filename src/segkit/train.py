@@ -104,7 +104,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     from segkit.data.generator import SegmentationDataset
     from segkit.losses import get_loss
     from segkit.metrics import get_metrics
-    from segkit.models.registry import build_model
+    from segkit.models.registry import build_model, load_model
 
     fdir = fold_dir(cfg, tag, k)
     fdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     last_path = fdir / "last.keras"
     state = json.loads(state_path.read_text()) if state_path.is_file() and last_path.is_file() else None
     if state:
-        model = keras.models.load_model(last_path)
+        model = load_model(last_path)
         if not quiet:
             print(f"[{tag} fold {k}] resuming after epoch {state['epoch']}")
     else:
@@ -152,7 +152,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
             callbacks=[early, reduce, keeper],
             verbose=0 if quiet else tc.verbose,
         )
-    best = keras.models.load_model(fdir / "best.keras") if (fdir / "best.keras").is_file() else model
+    best = load_model(fdir / "best.keras") if (fdir / "best.keras").is_file() else model
     write_oof(cfg, run, best, val_idx, fdir, quiet=quiet)
     with atomic_write(fdir / "done.json") as fh:
         json.dump({"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,

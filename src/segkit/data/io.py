@@ -20,6 +20,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, mode, **open_kwargs) as fh:
             yield fh
             fh.flush()
@@ -29,6 +30,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain open() would give (umask applied), or the existing file's mode."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -50,12 +61,16 @@ def read_tiff(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: not a readable TIFF ({exc})") from None
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | None = "packbits") -> None:
-    """Write a TIFF atomically (PackBits by default, like the 38-Cloud patches)."""
-    import tifffile
+def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a single-band uint8/uint16 TIFF with PackBits compression (as 38-Cloud's patches are), atomically.
+    OpenCV encodes it, so no extra codec package is needed."""
+    import cv2
 
+    ok, buf = cv2.imencode(".tif", np.ascontiguousarray(array), [cv2.IMWRITE_TIFF_COMPRESSION, 32773])
+    if not ok:
+        raise DataError(f"{path}: cannot encode a {array.dtype} array of shape {array.shape} as TIFF")
     with atomic_write(path, "wb") as fh:
-        tifffile.imwrite(fh, array, compression=compression)
+        fh.write(buf.tobytes())
 
 
 def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:

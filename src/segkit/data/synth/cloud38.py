@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.competitions import cloud38 as fmt
-from segkit.data.io import atomic_write
+from segkit.data.io import atomic_write, write_tiff
 from segkit.errors import ConfigError, DataError
 
 MARKER = ".segkit_synth.json"  # records the arguments; a rerun with the same ones is a no-op
@@ -34,21 +34,6 @@ _GROUND = {
     "urban": (11000, 10800, 10600, 13000),
 }
 _CLOUD = np.array((30000, 30500, 31500, 29000), np.float32)
-
-
-def _tiff_bytes(array: np.ndarray) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".tif", array, [cv2.IMWRITE_TIFF_COMPRESSION, 32773])  # PackBits, like 38-Cloud
-    if not ok:
-        raise DataError("cannot encode a TIFF with OpenCV")
-    return buf.tobytes()
-
-
-def write_tiff_packbits(path: Path, array: np.ndarray) -> None:
-    """Write a single-band uint8/uint16 TIFF with PackBits compression, atomically."""
-    with atomic_write(path, "wb") as fh:
-        fh.write(_tiff_bytes(array))
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -161,10 +146,10 @@ def _write_scene_patches(split_dir: Path, split: str, suffix: str, scene: str, i
             ys, xs = slice((row - 1) * patch_size, row * patch_size), slice((col - 1) * patch_size, col * patch_size)
             patch = padded[ys, xs]
             for b, band in enumerate(fmt.BANDS):
-                write_tiff_packbits(split_dir / f"{split}_{band}{suffix}" / f"{band}_{name}.TIF", np.ascontiguousarray(patch[..., b]))
+                write_tiff(split_dir / f"{split}_{band}{suffix}" / f"{band}_{name}.TIF", np.ascontiguousarray(patch[..., b]))
             if padded_mask is not None:
                 gt = (padded_mask[ys, xs] * 255).astype(np.uint8)
-                write_tiff_packbits(split_dir / f"{split}_gt{suffix}" / f"gt_{name}.TIF", gt)
+                write_tiff(split_dir / f"{split}_gt{suffix}" / f"gt_{name}.TIF", gt)
             names.append(name)
             if (patch.max(axis=-1) > 0).mean() > NONEMPTY_FRACTION:
                 nonempty.append(name)
@@ -263,7 +248,7 @@ def _generate_into(root: Path, seed: int, patch_size: int, n_train_scenes: int, 
         sid, image, mask = new_scene(i, n_test_scenes)
         names, _ = _write_scene_patches(test_dir, "test", "", sid, image, None, patch_size)
         test_names += names
-        write_tiff_packbits(test_dir / fmt.SCENE_GT_DIR / f"{fmt.SCENE_GT_PREFIX}{sid}.TIF", mask * np.uint8(255))
+        write_tiff(test_dir / fmt.SCENE_GT_DIR / f"{fmt.SCENE_GT_PREFIX}{sid}.TIF", mask * np.uint8(255))
     _write_csv(test_dir / fmt.TEST_CSV, test_names)
 
     if n_additional_scenes:
