@@ -118,8 +118,14 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
                 yield from adapter.submission_rows(sample, apply(p, thresholds, min_areas))
 
     path = Path(out) if out else cfg.submission_dir / "submission.csv"
-    write_rows(path, adapter.submission_header, rows())
-    problems = validate_submission(path, cfg.data.competition)
+    sample = adapter.sample_submission_path()
+    sample_ids = None
+    if sample is not None:
+        import pandas as pd
+
+        sample_ids = list(dict.fromkeys(pd.read_csv(sample, usecols=[0], dtype=str).iloc[:, 0]))
+    write_rows(path, adapter.submission_header, rows(), sample_ids=sample_ids)
+    problems = validate_submission(path, cfg.data.competition, sample=sample)
     if problems:
         raise SubmissionError(f"{path}: the written submission fails validation:\n  " + "\n  ".join(problems[:10]))
     if not quiet:

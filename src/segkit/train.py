@@ -104,13 +104,12 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     from segkit.data.generator import SegmentationDataset
     from segkit.losses import get_loss
     from segkit.metrics import get_metrics
-    from segkit.models.registry import build_model, load_model
+    from segkit.models.registry import build_model, load_model, set_precision
 
     fdir = fold_dir(cfg, tag, k)
     fdir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
-    if tc.mixed_precision:
-        keras.mixed_precision.set_global_policy(tc.mixed_precision)
+    set_precision(tc.mixed_precision)
     keras.utils.set_random_seed(cfg.seed + 1000 * k)
     train_idx = np.flatnonzero(run.folds != k)
     val_idx = np.flatnonzero(run.folds == k)
@@ -133,7 +132,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
         model.compile(
             optimizer=keras.optimizers.Adam(tc.learning_rate),
             loss=get_loss(tc.loss, n_classes),
-            metrics=get_metrics(tc.metrics, n_classes),
+            metrics=get_metrics(tc.metrics, n_classes, activation=spec.get("activation", "sigmoid")),
         )
     monitor = "val_dice" if "dice" in tc.metrics else "val_loss"
     mode = "max" if monitor != "val_loss" else "min"

@@ -52,6 +52,10 @@ class Adapter:
         return image.astype(np.float32) / scale
 
     # --- writing -------------------------------------------------------------------------
+    def sample_submission_path(self) -> Path | None:
+        """The competition's sample_submission.csv (fixes row ids and order), or None when it has none."""
+        return None
+
     def submission_size(self, sample: Sample) -> tuple[int, int]:
         """(H, W) that the submission's RLE refers to for this sample."""
         raise NotImplementedError
