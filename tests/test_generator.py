@@ -174,3 +174,20 @@ def test_keras_fit_with_worker_threads(aligned) -> None:
     history = model.fit(ds, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     assert ds.epoch >= 1
+
+
+def test_tf_data_feed_serves_the_same_batches_and_advances_epochs(aligned) -> None:
+    adapter, cache = aligned
+    ds = SegmentationDataset(cache, np.arange(len(cache)), 4, adapter.normalise, augment=AugmentConfig(),
+                             shuffle=True, seed=5)
+    feed = ds.as_tf_dataset(parallel_calls=2)
+    epoch0 = [(x.numpy(), y.numpy()) for x, y in feed]
+    expected0 = [ds.batch(i, 0) for i in range(len(ds))]
+    assert len(epoch0) == len(expected0)
+    for (x, y), (ex, ey) in zip(epoch0, expected0):
+        assert np.array_equal(x, ex) and np.array_equal(y, ey)
+    ds.epoch_callback().on_epoch_end(0)
+    epoch1 = [x.numpy() for x, _ in feed]
+    assert ds.epoch == 1
+    assert all(np.array_equal(a, ds.batch(i, 1)[0]) for i, a in enumerate(epoch1))
+    assert not all(np.array_equal(a, b[0]) for a, b in zip(epoch1, epoch0))

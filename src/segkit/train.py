@@ -142,13 +142,16 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     keeper = EpochKeeper(fdir, monitor, mode, early, reduce, state)
     initial_epoch = state["epoch"] if state else 0
     if initial_epoch < tc.epochs and not (state or {}).get("stopped"):
+        train_ds.epoch = initial_epoch  # a resumed fold sees the augmentations it would have seen
+        train_feed, feed_callbacks = train_ds.keras_feed()
+        val_feed, _ = val_ds.keras_feed()
         model.fit(
-            train_ds,
-            validation_data=val_ds,
+            train_feed,
+            validation_data=val_feed,
             epochs=tc.epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=tc.steps_per_epoch,
-            callbacks=[early, reduce, keeper],
+            callbacks=[*feed_callbacks, early, reduce, keeper],
             verbose=0 if quiet else tc.verbose,
         )
     best = load_model(fdir / "best.keras") if (fdir / "best.keras").is_file() else model

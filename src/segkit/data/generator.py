@@ -77,7 +77,47 @@ class SegmentationDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         if index < 0 or index >= len(self):
             raise IndexError(index)
-        epoch = self.epoch
+        return self.batch(index, self.epoch)
+
+    def as_tf_dataset(self, parallel_calls: int | None = None):
+        """The same batches as a tf.data pipeline that builds several batches at once and prefetches (TensorFlow
+        backend only). Keras feeds a PyDataset to TensorFlow through one Python generator, which on a small
+        machine serialises batch building with the training step; this overlaps them. Advance the epoch with
+        `epoch_callback()` so augmentations and order still change per epoch."""
+        import tensorflow as tf
+
+        x_shape = (None,) + tuple(self.cache.images.shape[1:])
+
+        def load(i):
+            return self.batch(int(i), self.epoch)
+
+        if self.with_masks:
+            y_shape = (None,) + tuple(self.cache.masks.shape[1:])
+
+            def fn(i):
+                x, y = tf.numpy_function(load, [i], (tf.float32, tf.float32))
+                return tf.ensure_shape(x, x_shape), tf.ensure_shape(y, y_shape)
+        else:
+            def fn(i):
+                return tf.ensure_shape(tf.numpy_function(load, [i], tf.float32), x_shape)
+
+        calls = parallel_calls or tf.data.AUTOTUNE
+        data = tf.data.Dataset.range(len(self)).map(fn, num_parallel_calls=calls, deterministic=True)
+        return data.prefetch(tf.data.AUTOTUNE)
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback that moves this dataset to the next epoch (needed with as_tf_dataset)."""
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs=None: self.on_epoch_end())
+
+    def keras_feed(self) -> tuple[object, list]:
+        """What to hand to `model.fit` / `predict` on the current backend, with the callbacks it needs: the
+        tf.data pipeline on TensorFlow, the PyDataset itself (Keras' worker threads) elsewhere."""
+        if keras.backend.backend() == "tensorflow":
+            return self.as_tf_dataset(), [self.epoch_callback()]
+        return self, []
+
+    def batch(self, index: int, epoch: int):
+        """Batch `index` of `epoch` (a pure function of seed, epoch and index)."""
         items = self.order(epoch)[index * self.batch_size: (index + 1) * self.batch_size]
         pipe = self._pipeline()
         cache = self.cache
