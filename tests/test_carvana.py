@@ -137,6 +137,6 @@ def test_generator_is_deterministic_and_refuses_foreign_folders(root, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="not a segkit synthetic dataset"):
+    with pytest.raises(DataError, match="not a segkit synthetic dataset"):
         generate("carvana", foreign, seed=0)
     assert (foreign / "notes.txt").read_text() == "keep me"

@@ -114,7 +114,7 @@ def test_deterministic_and_rerun_is_a_noop(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path, capsys) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/precious.txt").write_text("keep me")
-    with pytest.raises(DataError, match="not a synthetic dataset"):
+    with pytest.raises(DataError, match="not a segkit synthetic dataset"):
         generate(tmp_path / "mine", seed=0, patch_size=16, n_train_scenes=1, n_test_scenes=1)
     assert (tmp_path / "mine/precious.txt").read_text() == "keep me"
     assert main(["synth", "cloud38", "--out", str(tmp_path / "mine"), "--seed", "1", "--patch-size", "16"]) == 1

@@ -151,6 +151,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
             epochs=tc.epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=tc.steps_per_epoch,
+            shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
             callbacks=[*feed_callbacks, early, reduce, keeper],
             verbose=0 if quiet else tc.verbose,
         )

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from segkit.data.io import atomic_dir
 from segkit.data.sample import Sample
 from segkit.errors import DataError
 
@@ -152,25 +151,12 @@ def prepare(
     except DataError:
         pass
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished cache is an ordinary folder
-    try:
+    with atomic_dir(dest) as tmp:  # a failed rebuild keeps the previous cache
         _fill(adapter, samples, image_size, tmp, with_masks, quiet, workers, name)
         meta = {"version": FORMAT_VERSION, "name": name, "fingerprint": fp, "ids": [s.id for s in samples],
                 "image_size": list(image_size), "bands": adapter.bands, "classes": list(adapter.classes),
                 "with_masks": with_masks, "adapter": type(adapter).__name__}
         (tmp / META).write_text(json.dumps(meta))
-        if dest.exists():  # stale: move aside, swap in, delete
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "stale")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return Cache.open(dest)
 
 

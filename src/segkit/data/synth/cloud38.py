@@ -10,20 +10,16 @@ bands, uint8 {0,255} GT), with the CSV lists (full, non-empty with the > 80 % no
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from segkit.data.competitions import cloud38 as fmt
 from segkit.data.io import atomic_write, write_tiff
-from segkit.errors import ConfigError, DataError
+from segkit.data.synth.shapes import run_generator
+from segkit.errors import ConfigError
 
-MARKER = ".segkit_synth.json"  # records the arguments; a rerun with the same ones is a no-op
 NONEMPTY_FRACTION = 0.8  # a patch is "non-empty" when more than this fraction of its pixels is non-zero
 
 # Mean DN (red, green, blue, nir) of each ground class, roughly Landsat 8 L1 levels.
@@ -185,36 +181,8 @@ def generate(
               "n_train_scenes": n_train_scenes, "n_test_scenes": n_test_scenes,
               "n_additional_scenes": n_additional_scenes, "scene_patches": list(scene_patches),
               "cloud_cover": list(cloud_cover)}
-    out = Path(out)
-    if _read_marker(out) == params:
-        return out  # already generated with the same arguments
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_marker(out) is None)):
-        raise DataError(f"{out}: exists and is not a synthetic dataset written by segkit; choose another --out")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if out.parent.exists() else None))
-    os.chmod(tmp, 0o755)
-    try:
-        _generate_into(tmp, seed, patch_size, n_train_scenes, n_test_scenes, n_additional_scenes, scene_patches, cloud_cover)
-        with atomic_write(tmp / MARKER) as fh:
-            json.dump(params, fh, indent=1)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():  # a previous synthetic dataset: move it aside, swap, then delete it
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _read_marker(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
+    return run_generator(Path(out), params, lambda root: _generate_into(
+        root, seed, patch_size, n_train_scenes, n_test_scenes, n_additional_scenes, scene_patches, cloud_cover))
 
 
 def _generate_into(root: Path, seed: int, patch_size: int, n_train_scenes: int, n_test_scenes: int,

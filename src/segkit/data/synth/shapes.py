@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from segkit.data.io import atomic_write
-from segkit.errors import ConfigError
+from segkit.data.io import atomic_dir, atomic_write
+from segkit.errors import ConfigError, DataError
 
 MARKER = ".segkit_synth.json"  # the generator's arguments; the same arguments again reuse the folder
 
@@ -91,19 +89,11 @@ def dataset_folder(out: Path, params: dict) -> Iterator[Path | None]:
                 yield None
                 return
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"synth: {out} exists and is not a segkit synthetic dataset; choose an empty --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+        raise DataError(f"synth: {out} exists and is not a segkit synthetic dataset; choose an empty --out")
+    with atomic_dir(out) as tmp:
         yield tmp
         with atomic_write(tmp / MARKER) as fh:
             json.dump(params, fh)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run_generator(out: Path, params: dict, fill: Callable[[Path], None]) -> Path:
