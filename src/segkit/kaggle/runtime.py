@@ -151,17 +151,6 @@ def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
     return run_dir
 
 
-def register_custom_objects() -> None:
-    """Import every module defining segkit layers, losses and metrics, so checkpoints load in a fresh process."""
-    import importlib
-
-    from segkit.models.registry import model_names
-
-    model_names()
-    for mod in ("segkit.losses", "segkit.metrics"):
-        importlib.import_module(mod)
-
-
 def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False) -> Path:
     """Train the embedded config (one fold, or all) into <working>/runs/<name>/."""
     from segkit.train import train
@@ -177,18 +166,12 @@ def run_infer(raw: dict, dirs: KernelDirs, quiet: bool = False) -> Path:
     with them, predict the test set and write <working>/<submission_file>, validated."""
     from segkit.postprocess import POSTPROCESS_FILE, tune
     from segkit.predict import predict
-    from segkit.submission import validate_submission
-
     cfg, kc = kernel_config(raw, "infer", None, dirs)
     run_dir = gather_checkpoints(cfg, dirs)
     if cfg.postprocess.tune and not (run_dir / POSTPROCESS_FILE).is_file():
         tune(cfg, quiet=quiet)  # needs the training data and every fold's OOF predictions
     out = dirs.working / kc.submission_file
-    register_custom_objects()
-    predict(cfg, quiet=quiet, out=out)
-    problems = validate_submission(out, cfg.data.competition)
-    if problems:
-        raise TrainingError(f"{out}: the submission fails validation:\n  " + "\n  ".join(problems[:10]))
+    predict(cfg, quiet=quiet, out=out)  # validates what it writes (against the sample submission if any)
     if (run_dir / POSTPROCESS_FILE).is_file():
         shutil.copyfile(run_dir / POSTPROCESS_FILE, dirs.working / POSTPROCESS_FILE)
     print(f"[segkit kernel] submission written and validated: {out}", flush=True)
