@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from segkit.config import Config, load_config
+from segkit.data.io import atomic_write
 
 JACCARD_TARGET = 0.80
 MINUTES_TARGET = 10.0
@@ -35,8 +36,10 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
     submission = predict(cfg, quiet=quiet)
     scenes = evaluate_scenes(cfg, submission)
     plots = write_plots(cfg)
-    minutes = (time.time() - start) / 60
-    print_summary(cfg, submission, scenes, plots, minutes)
+    metrics = demo_metrics(cfg, submission, scenes, (time.time() - start) / 60)
+    with atomic_write(cfg.run_dir / "metrics.json") as fh:
+        json.dump(metrics, fh, indent=2)
+    print_summary(metrics, scenes, plots)
     return 0
 
 
@@ -80,25 +83,38 @@ def write_plots(cfg: Config) -> list[Path]:
     return written
 
 
-def print_summary(cfg: Config, submission: Path, scenes, plots: list[Path], minutes: float) -> None:
-    """The demo's closing table: per-fold validation Dice, OOF Jaccard, test-scene metrics, timing."""
+def demo_metrics(cfg: Config, submission: Path, scenes, minutes: float) -> dict:
+    """Everything the demo reports, as saved in runs/<name>/metrics.json."""
     from segkit.train import fold_dir, model_tags
 
-    print("\n=== segkit demo summary ===")
-    rows = []
+    folds = []
     for tag in model_tags(cfg):
         for k in range(cfg.train.folds):
             done = json.loads((fold_dir(cfg, tag, k) / "done.json").read_text())
-            rows.append({"model": tag, "fold": k, "val_dice": done["best"], "epochs": done["epochs"]})
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            folds.append({"model": tag, "fold": k, "val_dice": done["best"], "epochs": done["epochs"]})
     post = json.loads((cfg.run_dir / "postprocess.json").read_text())
-    for c in post["classes"]:
+    return {
+        "folds": folds,
+        "postprocess": post["classes"],
+        "test_scenes_macro_percent": scenes.macro,
+        "test_scenes_pooled_percent": scenes.pooled,
+        "test_scene_jaccard_macro": scenes.macro["jaccard"] / 100,
+        "submission": str(submission),
+        "wall_minutes": minutes,
+    }
+
+
+def print_summary(metrics: dict, scenes, plots: list[Path]) -> None:
+    """The demo's closing table: per-fold validation Dice, OOF Jaccard, test-scene metrics, timing."""
+    print("\n=== segkit demo summary ===")
+    print(pd.DataFrame(metrics["folds"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for c in metrics["postprocess"]:
         print(f"OOF Jaccard ({c['name']}, pooled): {c['oof_score_default']:.4f} at 0.5 -> {c['oof_score_tuned']:.4f} "
               f"with threshold {c['threshold']:.2f}, min_area {c['min_area']}")
     print("\nTest scenes (official 38-Cloud metrics, %):")
     print(scenes.summary())
-    jaccard = scenes.macro["jaccard"] / 100 if scenes.macro["jaccard"] > 1 else scenes.macro["jaccard"]
-    print(f"\nsubmission: {submission}")
+    jaccard, minutes = metrics["test_scene_jaccard_macro"], metrics["wall_minutes"]
+    print(f"\nsubmission: {metrics['submission']}")
     print(f"plots: {', '.join(str(p) for p in plots + list(scenes.previews))}")
     ok_j = "meets" if jaccard >= JACCARD_TARGET else "MISSES"
     ok_t = "meets" if minutes <= MINUTES_TARGET else "MISSES"
