@@ -7,6 +7,7 @@ import keras
 from segkit.errors import ConfigError
 from segkit.losses import get_loss
 from segkit.metrics import get_metrics
+from segkit.models.encoders import efficientnet_backbone
 from segkit.models.registry import build_model
 
 keras_hub = pytest.importorskip("keras_hub")
@@ -22,12 +23,11 @@ def tiny_resnet():
 
 
 def tiny_efficientnet():
-    return keras_hub.models.EfficientNetBackbone(
-        stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1], stackwise_input_filters=[8, 8],
+    return efficientnet_backbone(
+        1.0, 1.0, stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1], stackwise_input_filters=[8, 8],
         stackwise_output_filters=[8, 16], stackwise_expansion_ratios=[1, 2],
         stackwise_squeeze_and_excite_ratios=[0.25, 0.25], stackwise_strides=[2, 2],
-        stackwise_block_types=["v1", "v1"], stackwise_width_coefficients=[1.0, 1.0],
-        stackwise_depth_coefficients=[1.0, 1.0], input_shape=(None, None, 3),
+        stackwise_block_types=["v1", "v1"], input_shape=(None, None, 3),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import threading
 from typing import Any
 
 import albumentations as A
@@ -90,10 +91,17 @@ def build(cfg: AugmentConfig | None, seed: int | None = None):
     return A.Compose(steps, **kwargs)
 
 
-def reseed(pipe, seed: int) -> None:
-    """Make the next call of `pipe` draw from a stream fixed by `seed` (reproducible per sample and epoch)."""
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+def apply(pipe, seed: int, **data: np.ndarray) -> dict:
+    """Run `pipe` on `data` with draws fixed by `seed`, so each sample's augmentation is reproducible whatever
+    thread runs it. Albumentations >= 2 seeds the pipeline itself; 1.x draws from the global `random` and
+    numpy generators, so there seeding and drawing are held under one lock."""
     if hasattr(pipe, "set_random_seed"):  # albumentations >= 2
         pipe.set_random_seed(seed)
-    else:  # albumentations 1.x draws from the global `random` and numpy generators
+        return pipe(**data)
+    with _GLOBAL_RNG_LOCK:
         random.seed(seed)
         np.random.seed(seed % 2**32)
+        return pipe(**data)

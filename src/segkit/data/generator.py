@@ -128,8 +128,9 @@ class SegmentationDataset(keras.utils.PyDataset):
             mask = cache.masks[i] if y is not None else None
             if pipe is not None:
                 # raw dtype in, raw dtype out: augmentations never lose 16-bit precision or clip a range
-                aug.reseed(pipe, int(np.random.default_rng([self.seed, epoch, index, pos]).integers(2**31 - 1)))
-                out = pipe(image=np.asarray(image), mask=np.asarray(mask)) if y is not None else pipe(image=np.asarray(image))
+                seed = int(np.random.default_rng([self.seed, epoch, index, pos]).integers(2**31 - 1))
+                data = {"image": np.asarray(image)} if y is None else {"image": np.asarray(image), "mask": np.asarray(mask)}
+                out = aug.apply(pipe, seed, **data)
                 image, mask = out["image"], out.get("mask")
             x[pos] = self.normalise(image)
             if y is not None:

@@ -86,13 +86,22 @@ def random_backbone(name: str, image_shape: Sequence[int]):
         )
     if name in _EFFICIENTNET:
         width, depth = _EFFICIENTNET[name]
-        return hub.models.EfficientNetBackbone(
-            **_EFFICIENTNET_BASE, stackwise_width_coefficients=[width] * 7, stackwise_depth_coefficients=[depth] * 7,
-            input_shape=tuple(image_shape),
-        )
+        return efficientnet_backbone(width, depth, input_shape=tuple(image_shape), **_EFFICIENTNET_BASE)
     close = difflib.get_close_matches(str(name), BACKBONES, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"backbone: unknown backbone '{name}'{hint} (known: {', '.join(BACKBONES)})")
+
+
+def efficientnet_backbone(width: float, depth: float, **kwargs: Any):
+    """KerasHub's EfficientNetBackbone with one width and depth coefficient for every stack, across KerasHub
+    versions (before 0.19 they are scalar `width_coefficient` / `depth_coefficient`, later per-stack lists)."""
+    import inspect
+
+    cls = _hub().models.EfficientNetBackbone
+    if "width_coefficient" in inspect.signature(cls.__init__).parameters:
+        return cls(width_coefficient=width, depth_coefficient=depth, **kwargs)
+    stacks = len(kwargs["stackwise_kernel_sizes"])
+    return cls(stackwise_width_coefficients=[width] * stacks, stackwise_depth_coefficients=[depth] * stacks, **kwargs)
 
 
 def load_preset_backbone(preset: str):

@@ -113,14 +113,15 @@ def _quiet_decoders():
     naming the file, as a DataError."""
     import cv2
 
+    cv_log = getattr(getattr(cv2, "utils", None), "logging", cv2)  # OpenCV 5: cv2.utils.logging; 4.x: cv2
     tiff_log = logging.getLogger("tifffile")
-    old_cv, old_tiff = cv2.utils.logging.getLogLevel(), tiff_log.level
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    old_cv, old_tiff = cv_log.getLogLevel(), tiff_log.level
+    cv_log.setLogLevel(0)  # LOG_LEVEL_SILENT
     tiff_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(old_cv)
+        cv_log.setLogLevel(old_cv)
         tiff_log.setLevel(old_tiff)
 
 
