@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+OLDEST := .venv-oldest
+
+.PHONY: demo test test-all test-oldest bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +23,16 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
+
+# The suite on the oldest supported TensorFlow / Keras / KerasHub / albumentations (no JAX there).
+$(OLDEST)/.installed: requirements-oldest.txt pyproject.toml
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q -r requirements-oldest.txt
+	$(OLDEST)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m pytest -q -m "not slow and not jax"
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
