@@ -29,3 +29,22 @@ def test_apply_per_class_thresholds_and_areas():
     assert out[..., 0].sum() == 9  # the lone pixel is removed
     assert out[..., 1].all()
     assert apply(p, [0.7, 0.5], [0, 0]).sum() == 1
+
+
+def test_grid_search_finds_the_threshold_and_area_that_remove_false_specks():
+    from segkit.data.competitions.base import Adapter
+    from segkit.postprocess import _grid_search
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, 32, 32), np.uint8)
+    probs = rng.uniform(0.0, 0.45, (6, 32, 32)).astype(np.float32)
+    for i in range(6):
+        truth[i, 8:20, 8:20] = 1
+        probs[i, 8:20, 8:20] = 0.6  # the object: above 0.5, below 0.7
+        probs[i, 26, 2 + i] = 0.9  # a one-pixel false positive per image
+    adapter = Adapter(".")  # the default metric: mean Dice per image
+    score, threshold, area = _grid_search(adapter, truth, probs, [0.3, 0.5, 0.7], [0, 4], area_scale=1.0)
+    assert (threshold, area) == (0.5, 4)
+    assert score == 1.0
+    plain = adapter.score_class(truth, (probs > 0.5).astype(np.uint8))
+    assert plain < 1.0
