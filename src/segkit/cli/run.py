@@ -35,24 +35,27 @@ def _load(args):
 
 
 def _train(args) -> int:
+    cfg = _load(args)  # config errors come before the slow TensorFlow import
     from segkit.train import train
 
-    run_dir = train(_load(args), quiet=args.quiet)
+    run_dir = train(cfg, quiet=args.quiet)
     print(f"run folder: {run_dir}")
     return 0
 
 
 def _tune(args) -> int:
+    cfg = _load(args)
     from segkit.postprocess import tune
 
-    tune(_load(args), quiet=args.quiet)
+    tune(cfg, quiet=args.quiet)
     return 0
 
 
 def _predict(args) -> int:
+    cfg = _load(args)
     from segkit.predict import predict
 
-    path = predict(_load(args), quiet=args.quiet, out=args.out)
+    path = predict(cfg, quiet=args.quiet, out=args.out)
     print(f"submission: {path}")
     return 0
 
