@@ -57,7 +57,7 @@ class TrainConfig:
     reduce_lr_patience: int = 3
     reduce_lr_factor: float = 0.5
     steps_per_epoch: int | None = None
-    workers: int = 2
+    workers: int = 2  # PyDataset worker threads (JAX/torch backends; TensorFlow builds batches with tf.data)
     use_multiprocessing: bool = False
     mixed_precision: str | None = None  # "mixed_float16" or "mixed_bfloat16"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
