@@ -37,8 +37,9 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels].astype(np.uint8)
 
 
-def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None) -> np.ndarray:
-    """Out-of-fold probabilities (N, H, W, C) of every training sample, averaged over the run's models."""
+def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None, channel: int | None = None) -> np.ndarray:
+    """Out-of-fold probabilities of every training sample, averaged over the run's models: (N, H, W, C), or
+    (N, H, W) for one `channel` (tuning goes class by class so memory holds one class at a time)."""
     from segkit.train import fold_dir, model_tags
 
     tags = tags or model_tags(cfg)
@@ -50,6 +51,8 @@ def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None) -> np.n
             if not (fdir / "oof.npy").is_file():
                 raise TrainingError(f"{fdir}: no out-of-fold predictions; finish training first (segkit train)")
             probs = np.load(fdir / "oof.npy", mmap_mode="r")
+            if channel is not None:
+                probs = probs[..., channel]
             index = np.load(fdir / "oof_index.npy")
             if total is None:
                 total = np.zeros((n_samples,) + probs.shape[1:], dtype=np.float32)
@@ -57,7 +60,8 @@ def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None) -> np.n
             covered[index] = True
         if not covered.all():
             raise TrainingError(f"{cfg.run_dir / tag}: out-of-fold predictions miss {int((~covered).sum())} samples")
-    return total / len(tags)
+    total /= len(tags)
+    return total
 
 
 def tune(cfg: Config, run: "RunData | None" = None, quiet: bool = False) -> dict:
@@ -66,20 +70,20 @@ def tune(cfg: Config, run: "RunData | None" = None, quiet: bool = False) -> dict
     from segkit.train import open_run_data
 
     run = run or open_run_data(cfg, quiet=quiet)
-    oof = load_oof(cfg, len(run.samples))
-    truth = np.asarray(run.cache.masks)
     pc = cfg.postprocess
+    masks = run.cache.masks  # memory-mapped (N, H, W, C)
     sub_h, sub_w = run.adapter.submission_size(run.samples[0])
-    area_scale = (oof.shape[1] * oof.shape[2]) / float(sub_h * sub_w)  # min_area is in submission pixels
+    area_scale = (masks.shape[1] * masks.shape[2]) / float(sub_h * sub_w)  # min_area is in submission pixels
     classes = []
     for c, name in enumerate(run.adapter.classes):
-        before = run.adapter.score_class(truth[..., c], (oof[..., c] > 0.5).astype(np.uint8))
+        oof = load_oof(cfg, len(run.samples), channel=c)
+        truth = np.ascontiguousarray(masks[..., c])
+        before = run.adapter.score_class(truth, (oof > 0.5).astype(np.uint8))
         if pc.tune:
-            best = _grid_search(run.adapter, truth[..., c], oof[..., c], pc.threshold_grid, pc.min_area_grid,
-                                area_scale)
+            best = _grid_search(run.adapter, truth, oof, pc.threshold_grid, pc.min_area_grid, area_scale)
         else:
-            fixed = _filtered(oof[..., c] > pc.threshold, round(pc.min_area * area_scale))
-            best = (run.adapter.score_class(truth[..., c], fixed), pc.threshold, pc.min_area)
+            fixed = _filtered(oof > pc.threshold, round(pc.min_area * area_scale))
+            best = (run.adapter.score_class(truth, fixed), pc.threshold, pc.min_area)
         classes.append({"name": name, "threshold": float(best[1]), "min_area": int(best[2]),
                         "oof_score_default": float(before), "oof_score_tuned": float(best[0])})
     result = {

@@ -166,16 +166,23 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
 
 
 def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fdir: Path, quiet: bool = False) -> None:
-    """Out-of-fold probabilities of the validation samples (float16, with their sample indices)."""
+    """Out-of-fold probabilities of the validation samples (float16, with their sample indices), streamed batch
+    by batch into a memory-mapped .npy that is moved into place when complete."""
     from segkit.predict import predict_probabilities, resolve_tta
 
     tta = resolve_tta(cfg, run.adapter)
-    probs = np.concatenate(
-        list(predict_probabilities([model], run.cache, val_idx, run.adapter.normalise, tta, cfg.predict.batch_size,
-                                   quiet=quiet)),
-        axis=0,
-    ).astype(np.float16)
-    atomic_save_npy(fdir / "oof.npy", probs)
+    h, w = run.cache.images.shape[1:3]
+    tmp = fdir / ".oof.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                    shape=(len(val_idx), h, w, len(run.adapter.classes)))
+    pos = 0
+    for probs in predict_probabilities([model], run.cache, val_idx, run.adapter.normalise, tta,
+                                       cfg.predict.batch_size, quiet=quiet):
+        out[pos:pos + len(probs)] = probs
+        pos += len(probs)
+    out.flush()
+    del out
+    os.replace(tmp, fdir / "oof.npy")
     atomic_save_npy(fdir / "oof_index.npy", val_idx.astype(np.int64))
 
 
