@@ -16,7 +16,7 @@ from segkit.data.io import atomic_write
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.config import KaggleConfig, kaggle_config
 from segkit.kaggle.credentials import secret_values
-from segkit.kaggle.metadata import METADATA_FILE, kernel_metadata, title_for, validate_metadata
+from segkit.kaggle.metadata import METADATA_FILE, kernel_metadata, load_json, title_for, validate_metadata
 
 KERNELS_DIR = REPO_ROOT / "kernels"  # templates: train.py, infer.py, train-metadata.json, infer-metadata.json
 BUILD_DIR = Path("build") / "kernels"
@@ -123,10 +123,7 @@ def build_kernel(
     for p in (script_tpl, meta_tpl):
         if not p.is_file():
             raise KaggleError(f"{p}: kernel template not found")
-    try:
-        template_meta = json.loads(meta_tpl.read_text())
-    except json.JSONDecodeError as exc:
-        raise KaggleError(f"{meta_tpl}: not valid JSON ({exc})") from None
+    template_meta = load_json(meta_tpl)
 
     bundle = package_zip()
     script = render_script(script_tpl.read_text(), kind, cfg, fold, bundle)

@@ -121,14 +121,19 @@ def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]
     return warnings
 
 
+def load_json(path: Path) -> dict:
+    """A JSON file's content; KaggleError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise KaggleError(f"{path}: not valid JSON ({exc})") from None
+
+
 def read_metadata(folder: str | Path) -> dict:
     """Load and validate a kernel folder's metadata; KaggleError when missing or invalid."""
     path = Path(folder) / METADATA_FILE
     if not path.is_file():
         raise KaggleError(f"{path}: not found; build the kernel first (segkit kernel build)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise KaggleError(f"{path}: not valid JSON ({exc})") from None
+    meta = load_json(path)
     validate_metadata(meta, folder)
     return meta

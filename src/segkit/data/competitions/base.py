@@ -39,8 +39,10 @@ class Adapter:
         raise NotImplementedError
 
     def read_image(self, sample: Sample) -> np.ndarray:
-        """The raw image (H, W, bands) in its stored dtype."""
-        raise NotImplementedError
+        """The raw image (H, W, bands) in its stored dtype; by default one RGB file (JPEG/PNG/GIF) as uint8."""
+        from segkit.data.io import read_image
+
+        return read_image(sample.image[0])
 
     def read_mask(self, sample: Sample) -> np.ndarray:
         """The ground truth as uint8 {0, 1} of shape (H, W, classes)."""

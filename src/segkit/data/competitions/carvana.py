@@ -99,10 +99,6 @@ class CarvanaAdapter(Adapter):
         check_files_exist(test_folder, names, "test image")
         return [Sample(n, (str(test_folder / n),), group=self.car_id(n)) for n in names]
 
-    def read_image(self, sample: Sample) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
-        return read_image(sample.image[0])
-
     def read_mask(self, sample: Sample) -> np.ndarray:
         """(H, W, 1) uint8 {0,1}: the GIF binarised (> 0), or the CSV row decoded row-major at the image size."""
         if not sample.mask:

@@ -17,7 +17,6 @@ import numpy as np
 from segkit import rle
 from segkit.data.competitions.base import Adapter, register_adapter
 from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
-from segkit.data.io import read_image
 from segkit.data.sample import Sample
 from segkit.errors import DataError
 
@@ -86,10 +85,6 @@ class CloudsAdapter(Adapter):
         test_folder = folder(self.root, self.test_dir, "test image")
         check_files_exist(test_folder, images, "test image")
         return [Sample(i, (str(test_folder / i),), group=i) for i in images]
-
-    def read_image(self, sample: Sample) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
-        return read_image(sample.image[0])
 
     def read_mask(self, sample: Sample) -> np.ndarray:
         """(H, W, 4) uint8 {0,1}: each label's RLE decoded column-major at the image's size."""
