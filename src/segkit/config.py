@@ -3,24 +3,72 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import yaml
 
 from segkit.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # only for annotations (3.11+)
+
+BUILTIN_CONFIGS = "configs"  # folder of built-in configs inside the segkit package
+
+
+# --- range checks: every config dataclass checks its values when it is built, from YAML or in Python -----
+
+class _Checked:
+    """Mixin for the config dataclasses: on construction, coerce each field to its declared type and check
+    its range, so `TrainConfig(epochs=0)` fails as loudly as `train.epochs: 0` in a YAML file."""
+
+    SECTION: ClassVar[str] = ""  # where the section sits in a config, for error messages
+
+    def __post_init__(self) -> None:
+        hints = _type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(hints[f.name], getattr(self, f.name), _where(self.SECTION, f.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the key of the first value out of its range."""
+
+    def _key(self, name: str) -> str:
+        return _where(self.SECTION, name)
+
+
+def _at_least(where: str, value: float | None, low: float) -> None:
+    if value is not None and not value >= low:  # `not >=` also refuses NaN
+        raise ConfigError(f"{where}: must be ≥ {low}, got {value!r}")
+
+
+def _positive(where: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{where}: must be a number > 0, got {value!r}")
+
+
+def _probability(where: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{where}: must be a probability in [0, 1], got {value!r}")
+
+
+def _not_empty(where: str, value: Any) -> None:
+    if not value:
+        raise ConfigError(f"{where}: must not be empty")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Checked):
     """Where the data is and how it is fed to the model."""
+
+    SECTION: ClassVar[str] = "data"
 
     competition: str = "cloud38"
     root: str = "data/38-Cloud"
@@ -30,10 +78,20 @@ class DataConfig:
     max_train_samples: int | None = None  # a quick subset for smoke runs
     synth: dict[str, Any] = field(default_factory=dict)  # keywords for the synthetic data the demo writes
 
+    def check(self) -> None:
+        _not_empty(self._key("competition"), self.competition)
+        _not_empty(self._key("cache_dir"), self.cache_dir)
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ConfigError(f"{self._key('image_size')}: expected one positive size or [height, width], "
+                              f"got {self.image_size!r}")
+        _at_least(self._key("max_train_samples"), self.max_train_samples, 1)
+
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(_Checked):
     """Probabilities of each training augmentation (0 disables it)."""
+
+    SECTION: ClassVar[str] = "train.augment"
 
     hflip: float = 0.5
     vflip: float = 0.5
@@ -41,10 +99,16 @@ class AugmentConfig:
     shift_scale_rotate: float = 0.3
     brightness_contrast: float = 0.3
 
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            _probability(self._key(f.name), getattr(self, f.name))
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Checked):
     """K-fold training settings."""
+
+    SECTION: ClassVar[str] = "train"
 
     folds: int = 5
     train_folds: list[int] | None = None  # train only these folds (e.g. one per Kaggle kernel)
@@ -63,10 +127,32 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     verbose: int = 1
 
+    def check(self) -> None:
+        _at_least(self._key("folds"), self.folds, 2)
+        if self.train_folds is not None:
+            _not_empty(self._key("train_folds"), self.train_folds)
+            bad = [k for k in self.train_folds if not 0 <= k < self.folds]
+            if bad:
+                raise ConfigError(f"{self._key('train_folds')}: folds {bad} outside 0..{self.folds - 1} "
+                                  f"(train.folds = {self.folds})")
+        for name in ("epochs", "batch_size", "workers", "steps_per_epoch"):
+            _at_least(self._key(name), getattr(self, name), 1)
+        _positive(self._key("learning_rate"), self.learning_rate)
+        _not_empty(self._key("loss"), self.loss)
+        _at_least(self._key("early_stopping_patience"), self.early_stopping_patience, 0)
+        _at_least(self._key("reduce_lr_patience"), self.reduce_lr_patience, 0)
+        if not 0 < self.reduce_lr_factor < 1:
+            raise ConfigError(f"{self._key('reduce_lr_factor')}: must be in (0, 1) (the factor that multiplies "
+                              f"the learning rate on a plateau), got {self.reduce_lr_factor!r}")
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"{self._key('verbose')}: must be 0, 1 or 2 (as Keras fit), got {self.verbose!r}")
+
 
 @dataclass
-class PostprocessConfig:
+class PostprocessConfig(_Checked):
     """Binarisation and clean-up of probabilities, tuned per class on out-of-fold predictions."""
+
+    SECTION: ClassVar[str] = "postprocess"
 
     tune: bool = True
     threshold: float = 0.5  # used when tune is false
@@ -74,26 +160,47 @@ class PostprocessConfig:
     threshold_grid: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(2, 19)])
     min_area_grid: list[int] = field(default_factory=lambda: [0])
 
+    def check(self) -> None:
+        _probability(self._key("threshold"), self.threshold)
+        _at_least(self._key("min_area"), self.min_area, 0)
+        _not_empty(self._key("threshold_grid"), self.threshold_grid)
+        for i, t in enumerate(self.threshold_grid):
+            _probability(self._key(f"threshold_grid.{i}"), t)
+        _not_empty(self._key("min_area_grid"), self.min_area_grid)
+        for i, a in enumerate(self.min_area_grid):
+            _at_least(self._key(f"min_area_grid.{i}"), a, 0)
+
 
 @dataclass
-class PredictConfig:
+class PredictConfig(_Checked):
     """Test-time augmentation and ensembling."""
+
+    SECTION: ClassVar[str] = "predict"
 
     tta: list[str] | None = None  # None: the competition's default
     batch_size: int = 8
     models: list[str] | None = None  # model tags to ensemble; None: all trained
 
+    def check(self) -> None:
+        _at_least(self._key("batch_size"), self.batch_size, 1)
+
 
 @dataclass
-class OutputConfig:
+class OutputConfig(_Checked):
     """Where runs and submissions go."""
+
+    SECTION: ClassVar[str] = "output"
 
     runs_dir: str = "runs"
     submissions_dir: str = "submissions"
 
+    def check(self) -> None:
+        _not_empty(self._key("runs_dir"), self.runs_dir)
+        _not_empty(self._key("submissions_dir"), self.submissions_dir)
+
 
 @dataclass
-class Config:
+class Config(_Checked):
     """A whole run: one competition, one or more model architectures, K folds each."""
 
     name: str = "run"
@@ -105,6 +212,13 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     kaggle: dict[str, Any] = field(default_factory=dict)  # checked by segkit.kaggle
+
+    def check(self) -> None:
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
+            raise ConfigError(f"name: {self.name!r} cannot name a run folder; use letters, digits, '-' or '_'")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: must be in 0..2**32-1, got {self.seed}")
+        _not_empty("models", self.models)
 
     @property
     def run_dir(self) -> Path:
@@ -120,20 +234,32 @@ class Config:
 
 # --- loading -------------------------------------------------------------------------------
 
-def resolve_config_path(path_or_name: str | Path) -> Path:
-    """A config path, or a bare name looked up in the repo's configs/ folder."""
+def builtin_configs() -> dict[str, Traversable]:
+    """The configs shipped inside the segkit package, by name (file name without .yaml)."""
+    folder = resources.files("segkit") / BUILTIN_CONFIGS
+    if not folder.is_dir():
+        return {}
+    entries = sorted((e for e in folder.iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
+    return {e.name[: -len(".yaml")]: e for e in entries}
+
+
+def resolve_config_path(path_or_name: str | Path) -> Path | Traversable:
+    """A config file: an existing path, or a bare name (`demo`, `cloud38.yaml`) of a built-in config."""
     p = Path(path_or_name)
     if p.is_file():
         return p
-    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
-        if cand.is_file():
-            return cand
-    known = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    raise ConfigError(f"{path_or_name}: config file not found (built-in configs: {', '.join(known) or 'none'})")
+    builtin = builtin_configs()
+    if len(p.parts) == 1:  # a bare name, never a path that happens to end like a built-in one
+        found = builtin.get(p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name)
+        if found is not None:
+            return found
+    raise ConfigError(f"{path_or_name}: config file not found; give a YAML file or a built-in config name "
+                      f"({', '.join(builtin) or 'none installed'})")
 
 
 def load_config(path_or_name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config (with optional `base:` inheritance), apply `key.sub=value` overrides, validate."""
+    """Load a YAML config (file or built-in name, with optional `base:` inheritance), apply `key.sub=value`
+    overrides, validate types and ranges."""
     raw: dict[str, Any] = _load_yaml_tree(resolve_config_path(path_or_name)) if path_or_name else {}
     for item in overrides:
         apply_override(raw, item)
@@ -145,19 +271,47 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return from_dict(Config, raw, "")
 
 
-def _load_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' inheritance loops back to itself")
+def read_yaml(source: Path | Traversable) -> Any:
+    """Parse a YAML file; ConfigError naming the file for an unreadable, binary or malformed one."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not a UTF-8 YAML file (byte {exc.start} is not text); "
+                          "give a YAML config") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"{source}: not valid YAML{where}: {what}") from None
+    except yaml.YAMLError as exc:  # e.g. control characters: not a text file
+        raise ConfigError(f"{source}: not a UTF-8 YAML file ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
+
+
+def _load_yaml_tree(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if str(source) in seen:
+        raise ConfigError(f"{source}: 'base' inheritance loops back to itself")
+    raw = read_yaml(source)
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(f"{source}: expected a mapping (key: value lines) at the top level, "
+                          f"got a {type(raw).__name__}")
     base = raw.pop("base", None)
     if base:
-        parent = _load_yaml_tree(resolve_config_path(path.parent / base if (path.parent / base).is_file() else base), seen + (path,))
-        raw = deep_merge(parent, raw)
+        if not isinstance(base, str):
+            raise ConfigError(f"{source}: 'base' must be a config file or built-in name, got {base!r}")
+        parent = getattr(source, "parent", None)  # a sibling file first, then a path or a built-in name
+        sibling = parent / base if parent is not None else None
+        target = sibling if sibling is not None and sibling.is_file() else resolve_config_path(base)
+        raw = deep_merge(_load_yaml_tree(target, seen + (str(source),)), raw)
     return raw
 
 
@@ -184,6 +338,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if isinstance(node, list):
             node = _list_item(node, part, parts[: i + 1])
             continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[:i])}' is a value, not a section")
         nxt = node.get(part)
         if nxt is None:
             nxt = [] if part == "models" else {}
@@ -195,8 +351,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if idx is None or idx >= len(node):
             raise ConfigError(f"override '{key}': no item {last} in a list of {len(node)}")
         node[idx] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise ConfigError(f"override '{key}': '{'.'.join(parts[:-1])}' is a value, not a section")
 
 
 def _list_item(node: list, part: str, path: list[str]) -> Any:
@@ -220,7 +378,7 @@ def from_dict(cls: type, raw: Any, path: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
@@ -232,10 +390,15 @@ def from_dict(cls: type, raw: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return value if isinstance(value, tp) else from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="segkit", description="Kaggle segmentation submission kit")
     parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
+    parser.add_argument("--version", action="version", version=f"segkit {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -26,6 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version; segkit.__version__ when running from a source tree or a bundle."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segkit")
+    except PackageNotFoundError:
+        import segkit
+
+        return segkit.__version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,5 +62,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The CONFIG argument and `key.sub=value` overrides shared by run commands."""
-    p.add_argument("config", help="config file, or the name of one in configs/ (e.g. demo)")
+    p.add_argument("config", help="config file, or the name of a built-in config (e.g. demo, cloud38)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")

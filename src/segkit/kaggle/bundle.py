@@ -8,17 +8,24 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import segkit
-from segkit.config import REPO_ROOT, Config
+from segkit.config import Config
 from segkit.data.io import atomic_write
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.config import KaggleConfig, kaggle_config
 from segkit.kaggle.credentials import secret_values
 from segkit.kaggle.metadata import METADATA_FILE, kernel_metadata, load_json, title_for, validate_metadata
 
-KERNELS_DIR = REPO_ROOT / "kernels"  # templates: train.py, infer.py, train-metadata.json, infer-metadata.json
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # only for annotations (3.11+)
+
+# The one kernel template (the kind is a parameter) and the fixed part of its metadata, shipped in the package.
+SCRIPT_TEMPLATE = "kernel.py"
+METADATA_TEMPLATE = "kernel-metadata.json"
 BUILD_DIR = Path("build") / "kernels"
 KINDS = ("train", "infer")
 # Never shipped inside a bundle, whatever sits in the package folder.
@@ -59,26 +66,44 @@ def embedded_literal(data: bytes, width: int = 100) -> str:
     return "\n".join(f'    "{text[i:i + width]}"' for i in range(0, len(text), width)) or '    ""'
 
 
+# What each kind of kernel does, for the docstring and the FOLD comment of the built script.
+ROLES = {
+    "train": ("Checkpoints, history and out-of-fold predictions go to <working>/runs/<run>/.",
+              "None trains every fold"),
+    "infer": ("Fold checkpoints are found in the attached kernel / dataset / model sources (as "
+              "<source>/runs/<run>/<model>/fold_<k>/best.keras); the fold x model x TTA ensemble writes "
+              "<working>/submission.csv and validates it.", "inference uses every fold found in the inputs"),
+}
+
+
+def templates_dir() -> Traversable:
+    """The folder of kernel templates inside the installed package (a wheel, a checkout or an unpacked bundle)."""
+    return resources.files("segkit") / "kernels"
+
+
 def render_script(template: str, kind: str, cfg: Config, fold: int | None, bundle: bytes) -> str:
-    """Fill a kernel template: the bundle, the resolved config (JSON) and the fold."""
+    """Fill the kernel template for `kind`: the bundle, the resolved config (JSON) and the fold."""
     digest = hashlib.sha256(bundle).hexdigest()[:16]
     what = f"fold {fold} of run '{cfg.name}'" if fold is not None else f"every fold of run '{cfg.name}'"
     if kind == "infer":
         what = f"fold x model x TTA ensemble of run '{cfg.name}'"
-    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
+        fold = None
+    role, fold_note = ROLES[kind]
     values = {
+        "@@KIND_LITERAL@@": repr(kind),
+        "@@KIND@@": {"train": "training", "infer": "inference"}[kind],
         "@@DESCRIPTION@@": what,
+        "@@ROLE@@": role,
         "@@VERSION@@": segkit.__version__,
         "@@DIGEST@@": digest,
         "@@FOLD@@": repr(fold),
-        "@@CONFIG@@": repr(config_json),
+        "@@FOLD_NOTE@@": fold_note,
+        "@@CONFIG@@": repr(json.dumps(cfg.to_dict(), sort_keys=True)),
         "@@BUNDLE@@": embedded_literal(bundle),
     }
-    for key, value in values.items():
-        if key == "@@FOLD@@" and kind == "infer":
-            continue
+    for key, value in values.items():  # @@KIND_LITERAL@@ goes before @@KIND@@, a prefix of it
         if key not in template:
-            raise KaggleError(f"kernel template for '{kind}' lacks the placeholder {key}")
+            raise KaggleError(f"kernel template lacks the placeholder {key}")
         template = template.replace(key, value)
     return template
 
@@ -107,9 +132,10 @@ def build_kernel(
     out_dir: str | Path = BUILD_DIR,
     owner: str | None = None,
     extra_kernel_sources: list[str] = (),
-    templates: str | Path = KERNELS_DIR,
+    templates: str | Path | Traversable | None = None,
 ) -> BuiltKernel:
-    """Write <out_dir>/<name>/ with the kernel script and its validated metadata; `name` is the kernel slug."""
+    """Write <out_dir>/<name>/ with the kernel script and its validated metadata; `name` is the kernel slug.
+    `templates` is a folder holding kernel.py and kernel-metadata.json (default: the package's own)."""
     if kind not in KINDS:
         raise ConfigError(f"--kind: '{kind}' is not one of {', '.join(KINDS)}")
     kc = kaggle_config(cfg)
@@ -117,16 +143,18 @@ def build_kernel(
         raise ConfigError(f"--fold: {fold} is outside 0..{cfg.train.folds - 1} (train.folds = {cfg.train.folds})")
     if kind == "infer" and fold is not None:
         raise ConfigError("--fold: an inference kernel ensembles every fold; --fold is for training kernels")
-    templates = Path(templates)
-    script_tpl = templates / f"{kind}.py"
-    meta_tpl = templates / f"{kind}-metadata.json"
+    folder_tpl = templates_dir() if templates is None else templates
+    if isinstance(folder_tpl, str):
+        folder_tpl = Path(folder_tpl)
+    script_tpl = folder_tpl / SCRIPT_TEMPLATE
+    meta_tpl = folder_tpl / METADATA_TEMPLATE
     for p in (script_tpl, meta_tpl):
         if not p.is_file():
-            raise KaggleError(f"{p}: kernel template not found")
+            raise KaggleError(f"{p}: kernel template not found; reinstall segkit")
     template_meta = load_json(meta_tpl)
 
     bundle = package_zip()
-    script = render_script(script_tpl.read_text(), kind, cfg, fold, bundle)
+    script = render_script(script_tpl.read_text(encoding="utf-8"), kind, cfg, fold, bundle)
     check_no_secrets(script, name)
     owner = resolve_owner(kc, owner)
     code_name = str(template_meta.get("code_file") or f"{kind}.py")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segkit.errors import KaggleError
 from segkit.kaggle.config import SLUG_RE, KaggleConfig, check_source, slugify
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # only for annotations (3.11+)
 
 METADATA_FILE = "kernel-metadata.json"
 LANGUAGES = ("python", "r", "rmarkdown")
@@ -121,11 +124,13 @@ def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]
     return warnings
 
 
-def load_json(path: Path) -> dict:
-    """A JSON file's content; KaggleError naming the file when it is not valid JSON."""
+def load_json(path: str | Path | Traversable) -> dict:
+    """A JSON file's content (a path, or a package resource); KaggleError naming the file when it is not
+    valid UTF-8 JSON."""
+    source = path if hasattr(path, "read_text") else Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise KaggleError(f"{path}: not valid JSON ({exc})") from None
 
 

@@ -1,10 +1,9 @@
-"""segkit inference kernel: @@DESCRIPTION@@.
+"""segkit @@KIND@@ kernel: @@DESCRIPTION@@.
 
 Built by `segkit kernel build` (segkit @@VERSION@@, package digest @@DIGEST@@). The segkit package and the
-resolved run config are embedded below, so the kernel needs no internet and no pip install. Fold
-checkpoints are found in the attached kernel / dataset / model sources under $SEGKIT_KAGGLE_INPUT (default
-/kaggle/input, as <source>/runs/<run>/<model>/fold_<k>/best.keras); the fold x model x TTA ensemble writes
-$SEGKIT_KAGGLE_WORKING/submission.csv (default /kaggle/working) and validates it. Do not edit: rebuild instead.
+resolved run config are embedded below, so the kernel needs no internet and no pip install. Data and sources
+are read from $SEGKIT_KAGGLE_INPUT (default /kaggle/input); outputs go to $SEGKIT_KAGGLE_WORKING (default
+/kaggle/working). @@ROLE@@ Do not edit: rebuild instead.
 """
 import base64
 import io
@@ -13,8 +12,8 @@ import sys
 import tempfile
 import zipfile
 
-KIND = "infer"
-FOLD = None  # inference uses every fold found in the inputs
+KIND = @@KIND_LITERAL@@
+FOLD = @@FOLD@@  # @@FOLD_NOTE@@
 SEGKIT_CONFIG = json.loads(@@CONFIG@@)
 SEGKIT_BUNDLE = (
 @@BUNDLE@@
