@@ -4,6 +4,8 @@ import ast
 import base64
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -109,6 +111,48 @@ def test_built_script_embeds_the_package_and_the_resolved_config(tmp_path):
         assert zf.read("segkit/kaggle/runtime.py") == (src / "kaggle" / "runtime.py").read_bytes()
     again = build_kernel(cfg, "cloud-net-folds-fold1", "train", 1, tmp_path / "again")
     assert again.code_file.read_bytes() == built.code_file.read_bytes()  # reproducible
+
+
+def test_the_bundle_carries_the_package_data_and_works_unpacked(tmp_path):
+    """Unpacked elsewhere (as the kernel does), the bundle alone finds its built-in configs and template."""
+    built = build_kernel(make_cfg(), "cloud-net-folds-fold1", "train", 1, tmp_path / "b")
+    bundle = base64.b64decode(script_constants(built.code_file)["SEGKIT_BUNDLE"])
+    with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "unpacked")
+    assert {"segkit/configs/demo.yaml", "segkit/configs/cloud38.yaml", "segkit/kernels/kernel.py",
+            "segkit/kernels/kernel-metadata.json"} <= names
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import segkit, segkit.config as c\n"
+        "from segkit.kaggle.bundle import build_kernel\n"
+        "assert segkit.__file__.startswith(sys.argv[1]), segkit.__file__\n"
+        "cfg = c.load_config('cloud38', ['kaggle.owner=someone'])\n"
+        "k = build_kernel(cfg, 'from-the-bundle', 'infer', out_dir=sys.argv[2])\n"
+        "print(sorted(c.builtin_configs()), k.code_file.name)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "unpacked"), str(tmp_path / "out")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "'cloud38'" in res.stdout and "'demo'" in res.stdout and "infer.py" in res.stdout
+    assert script_constants(tmp_path / "out" / "from-the-bundle" / "infer.py")["KIND"] == "infer"
+
+
+@pytest.mark.parametrize("kind, fold", [("train", 2), ("train", None), ("infer", None)])
+def test_one_template_fills_every_kind(tmp_path, kind, fold):
+    built = build_kernel(make_cfg(), f"cloud-net-folds-{kind}", kind, fold, tmp_path)
+    text = built.code_file.read_text()
+    assert "@@" not in text
+    assert script_constants(built.code_file)["KIND"] == kind and script_constants(built.code_file)["FOLD"] == fold
+    assert text.startswith(f'"""segkit {"training" if kind == "train" else "inference"} kernel: ')
+    assert built.code_file.name == f"{kind}.py"
+
+
+def test_missing_templates_are_a_kaggle_error(tmp_path):
+    (tmp_path / "tpl").mkdir()
+    with pytest.raises(KaggleError, match=r"tpl/kernel.py: kernel template not found"):
+        build_kernel(make_cfg(), "cloud-net-folds-fold0", "train", 0, tmp_path / "out", templates=tmp_path / "tpl")
+    assert not (tmp_path / "out").exists()
 
 
 def test_infer_kernel_takes_extra_kernel_sources(tmp_path):
