@@ -27,3 +27,7 @@ class TrainingError(SegkitError):
 
 class KaggleError(SegkitError):
     """The Kaggle API refused or failed a call, or credentials are missing."""
+
+
+class StorageError(SegkitError):
+    """A file or folder cannot be written: disk full, read-only file system, a file where a folder should be."""

@@ -206,7 +206,8 @@ def evaluate_submission(
 
     patches_csv: the test patch list that fixes each scene's patch grid (default: test_patches_38-Cloud.csv
       beside gt_dir's parent; else the submission's own ids). Every listed patch must have a row.
-    patch_size: the side of a patch (default: read from the sibling test_red folder, else 384).
+    patch_size: the side of a patch (default: read from the sibling test_red folder; DataError when absent,
+      as a guess would print wrong figures for other patch sizes).
     """
     from tqdm.auto import tqdm
 
@@ -219,7 +220,11 @@ def evaluate_submission(
     if patches_csv is None:
         patches_csv = fmt.find_ci(gt_dir.parent, fmt.TEST_CSV)
     listed = fmt.read_patch_list(Path(patches_csv)) if patches_csv else list(rows)
-    patch_size = int(patch_size or infer_patch_size(gt_dir) or 384)
+    patch_size = patch_size or infer_patch_size(gt_dir)
+    if not patch_size:
+        raise DataError(f"{gt_dir.parent}: no test_red/ folder beside {gt_dir.name}/ to read the patch size from; "
+                        "pass --patch-size (384 for the real 38-Cloud test set)")
+    patch_size = int(patch_size)
 
     by_lower = {k.lower(): v for k, v in rows.items()}
     listed_lower = {n.strip().lower() for n in listed}

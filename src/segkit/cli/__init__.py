@@ -42,17 +42,26 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one subcommand; a SegkitError is printed without a traceback and exits 1."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Entry point: run one subcommand; a SegkitError (or, as a last resort, any OSError) is printed as one
+    line without a traceback and exits 1."""
+    from segkit.cli.console import DEVICE_COMMANDS, note_device, quiet_tensorflow
+
+    quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if args.command in DEVICE_COMMANDS:
+            note_device(DEVICE_COMMANDS[args.command])
         result = args.func(args)
     except SegkitError as exc:
         print(f"segkit: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # last resort: a file error nobody turned into a SegkitError is still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"segkit: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("segkit: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write scene_metrics.csv and previews/ here")
     p.add_argument("--patches-csv", type=Path, default=None,
                    help="test patch list (default: test_patches_38-Cloud.csv beside the GT folder)")
-    p.add_argument("--patch-size", type=int, default=None, help="patch side (default: read from test_red/, else 384)")
+    p.add_argument("--patch-size", type=int, default=None, help="patch side (default: read from the test_red/ folder beside the GT folder; required without it)")
     p.add_argument("--no-previews", action="store_true", help="skip the PNG previews")
     p.set_defaults(func=cmd_evaluate)
 
@@ -55,7 +55,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if args.patch_size < 8:
             raise ConfigError(f"--patch-size: expected at least 8, got {args.patch_size}")
         options[key] = args.patch_size
-    root = module.generate(Path(args.out), seed=args.seed, **options)
+    root = module.generate(Path(args.out), seed=args.seed, quiet=bool(getattr(args, "quiet", False)), **options)
     print(f"synthetic {args.name} data written to {root}")
     return 0
 

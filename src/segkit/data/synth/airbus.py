@@ -9,7 +9,9 @@ import numpy as np
 from scipy import ndimage
 
 from segkit import rle
-from segkit.data.synth.shapes import check_size, hex_ids, run_generator, smooth_field, to_uint8, write_csv, write_jpeg
+from segkit.data.synth.shapes import (
+    check_size, hex_ids, progress, run_generator, smooth_field, to_uint8, write_csv, write_jpeg,
+)
 from segkit.errors import ConfigError
 
 
@@ -45,12 +47,12 @@ def draw_scene(rng: np.random.Generator, shape: tuple[int, int], max_ships: int,
 
 
 def generate(out: Path, seed: int = 0, image_size: int | tuple[int, int] = 64, n_train: int = 16, n_test: int = 6,
-             max_ships: int = 4, ship_free: float = 0.35) -> Path:
+             max_ships: int = 4, ship_free: float = 0.35, quiet: bool = False) -> Path:
     """Write a synthetic Airbus dataset under `out` and return its root (= `out`).
 
     image_size: side (or (H, W)) of every image (768 in the real data; small by default for tests); the CSV
     refers to it. max_ships: ships per image at most; ship_free: share of images without a ship.
-    Deterministic for a seed; written to a temporary folder and moved into place."""
+    Deterministic for a seed; written to a temporary folder and moved into place; quiet: no progress bar."""
     h, w = check_size(image_size)
     if n_train < 2 or n_test < 1 or max_ships < 1 or not 0 <= ship_free < 1:
         raise ConfigError("synth airbus: need >= 2 training and >= 1 test image, max_ships >= 1, 0 <= ship_free < 1")
@@ -65,13 +67,13 @@ def generate(out: Path, seed: int = 0, image_size: int | tuple[int, int] = 64, n
         (root / "train_v2").mkdir()
         (root / "test_v2").mkdir()
         rows = []
-        for image_id in train_ids:
+        for image_id in progress(train_ids, "synth airbus train", quiet):
             image, ships = draw_scene(rng, (h, w), max_ships, ship_free)
             write_jpeg(root / "train_v2" / image_id, to_uint8(image))
             rows.extend((image_id, rle.encode(s, order="F")) for s in ships)
             if not ships:
                 rows.append((image_id, ""))
-        for image_id in test_ids:
+        for image_id in progress(test_ids, "synth airbus test", quiet):
             image, _ = draw_scene(rng, (h, w), max_ships, ship_free)
             write_jpeg(root / "test_v2" / image_id, to_uint8(image))
         write_csv(root / "train_ship_segmentations_v2.csv", ("ImageId", "EncodedPixels"), rows)

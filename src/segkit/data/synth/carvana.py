@@ -9,7 +9,7 @@ import numpy as np
 
 from segkit import rle
 from segkit.data.synth.shapes import (
-    check_size, hex_ids, run_generator, smooth_field, to_uint8, write_csv, write_gif_mask, write_jpeg,
+    check_size, hex_ids, progress, run_generator, smooth_field, to_uint8, write_csv, write_gif_mask, write_jpeg,
 )
 from segkit.errors import ConfigError
 
@@ -54,12 +54,12 @@ def draw_car(rng: np.random.Generator, shape: tuple[int, int], colour: np.ndarra
 
 
 def generate(out: Path, seed: int = 0, image_size: tuple[int, int] = (64, 96), n_train_cars: int = 6,
-             n_test_cars: int = 2, views: tuple[int, ...] = (1, 5, 9, 13)) -> Path:
+             n_test_cars: int = 2, views: tuple[int, ...] = (1, 5, 9, 13), quiet: bool = False) -> Path:
     """Write a synthetic Carvana dataset under `out` and return its root (= `out`).
 
     image_size: (H, W) of every image (1280x1918 in the real data; small by default for tests).
     n_train_cars / n_test_cars: cars in train/ and test/; `views`: which of the 16 angles each car gets.
-    Deterministic for a seed; written to a temporary folder and moved into place."""
+    Deterministic for a seed; written to a temporary folder and moved into place; quiet: no progress bar."""
     h, w = check_size(image_size)
     views = tuple(int(v) for v in views)
     if n_train_cars < 2 or n_test_cars < 1 or not views or any(not 1 <= v <= VIEWS for v in views):
@@ -76,7 +76,7 @@ def generate(out: Path, seed: int = 0, image_size: tuple[int, int] = (64, 96), n
             (root / sub).mkdir()
         mask_rows, test_rows, meta_rows = [], [], []
         for split, split_cars in (("train", train_cars), ("test", test_cars)):
-            for car in split_cars:
+            for car in progress(split_cars, f"synth carvana {split}", quiet, unit="car"):
                 hue = rng.uniform(0, 1)
                 colour = 60 + 150 * np.abs(np.array([np.sin(2 * np.pi * (hue + k / 3)) for k in range(3)]))
                 colour *= rng.uniform(0.45, 0.8)  # clearly darker than the studio

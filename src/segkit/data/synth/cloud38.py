@@ -17,7 +17,7 @@ import numpy as np
 
 from segkit.data.competitions import cloud38 as fmt
 from segkit.data.io import atomic_write, write_tiff
-from segkit.data.synth.shapes import run_generator
+from segkit.data.synth.shapes import progress, run_generator
 from segkit.errors import ConfigError
 
 NONEMPTY_FRACTION = 0.8  # a patch is "non-empty" when more than this fraction of its pixels is non-zero
@@ -161,6 +161,7 @@ def generate(
     n_additional_scenes: int = 0,
     scene_patches: tuple[float, float] = (3.2, 4.8),
     cloud_cover: tuple[float, float] = (0.08, 0.6),
+    quiet: bool = False,
 ) -> Path:
     """Write a synthetic 38-Cloud dataset under `out` and return its root (= `out`).
 
@@ -172,6 +173,7 @@ def generate(
       of cloud when there are at least three of them, as real data has cloud-free scenes).
     Deterministic for a given seed and arguments. Written into a temporary folder and moved into place,
     so an interrupted run leaves nothing half-written; an existing segkit synthetic dataset is replaced.
+    quiet: no progress bar.
     """
     if patch_size < 8:
         raise ConfigError(f"synth: patch_size must be at least 8, got {patch_size}")
@@ -182,11 +184,12 @@ def generate(
               "n_additional_scenes": n_additional_scenes, "scene_patches": list(scene_patches),
               "cloud_cover": list(cloud_cover)}
     return run_generator(Path(out), params, lambda root: _generate_into(
-        root, seed, patch_size, n_train_scenes, n_test_scenes, n_additional_scenes, scene_patches, cloud_cover))
+        root, seed, patch_size, n_train_scenes, n_test_scenes, n_additional_scenes, scene_patches, cloud_cover, quiet))
 
 
 def _generate_into(root: Path, seed: int, patch_size: int, n_train_scenes: int, n_test_scenes: int,
-                   n_additional_scenes: int, scene_patches: tuple[float, float], cloud_cover: tuple[float, float]) -> None:
+                   n_additional_scenes: int, scene_patches: tuple[float, float], cloud_cover: tuple[float, float],
+                   quiet: bool = False) -> None:
     rng = np.random.default_rng(seed)
     ids: set[str] = set()
 
@@ -203,7 +206,7 @@ def _generate_into(root: Path, seed: int, patch_size: int, n_train_scenes: int, 
 
     train_dir, test_dir = root / fmt.TRAIN_DIR, root / fmt.TEST_DIR
     all_names, all_nonempty = [], []
-    for i in range(n_train_scenes):
+    for i in progress(range(n_train_scenes), "synth cloud38 train", quiet, unit="scene"):
         sid, image, mask = new_scene(i, n_train_scenes)
         names, nonempty = _write_scene_patches(train_dir, "train", "", sid, image, mask, patch_size)
         all_names += names
@@ -212,7 +215,7 @@ def _generate_into(root: Path, seed: int, patch_size: int, n_train_scenes: int, 
     _write_csv(root / fmt.NONEMPTY_CSV, sorted(all_nonempty))  # Kaggle's download keeps it at the root
 
     test_names = []
-    for i in range(n_test_scenes):
+    for i in progress(range(n_test_scenes), "synth cloud38 test", quiet, unit="scene"):
         sid, image, mask = new_scene(i, n_test_scenes)
         names, _ = _write_scene_patches(test_dir, "test", "", sid, image, None, patch_size)
         test_names += names
@@ -222,7 +225,7 @@ def _generate_into(root: Path, seed: int, patch_size: int, n_train_scenes: int, 
     if n_additional_scenes:
         extra_dir = root / fmt.EXTRA_DIR
         extra_names, nonempty95 = [], list(all_nonempty)
-        for i in range(n_additional_scenes):
+        for i in progress(range(n_additional_scenes), "synth 95-cloud extra", quiet, unit="scene"):
             sid, image, mask = new_scene(i, n_additional_scenes)
             names, nonempty = _write_scene_patches(extra_dir, "train", "_additional_to38cloud", sid, image, mask, patch_size)
             extra_names += names

@@ -9,7 +9,9 @@ import numpy as np
 
 from segkit import rle
 from segkit.data.competitions.clouds import LABELS
-from segkit.data.synth.shapes import check_size, hex_ids, run_generator, smooth_field, to_uint8, write_csv, write_jpeg
+from segkit.data.synth.shapes import (
+    check_size, hex_ids, progress, run_generator, smooth_field, to_uint8, write_csv, write_jpeg,
+)
 from segkit.errors import ConfigError
 
 # each pattern: a tint and a texture, so a tiny model can tell them apart
@@ -63,12 +65,12 @@ def draw_scene(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.nda
 
 
 def generate(out: Path, seed: int = 0, image_size: tuple[int, int] = (64, 96), n_train: int = 16,
-             n_test: int = 6) -> Path:
+             n_test: int = 6, quiet: bool = False) -> Path:
     """Write a synthetic Understanding Clouds dataset under `out` and return its root (= `out`).
 
     image_size: (H, W) of every image (1400x2100 in the real data; small by default for tests). train.csv
     refers to this size, as the real one refers to 1400x2100. Deterministic for a seed; written to a
-    temporary folder and moved into place."""
+    temporary folder and moved into place; quiet: no progress bar."""
     h, w = check_size(image_size)
     if n_train < 2 or n_test < 1:
         raise ConfigError("synth clouds: need at least 2 training and 1 test image")
@@ -83,12 +85,12 @@ def generate(out: Path, seed: int = 0, image_size: tuple[int, int] = (64, 96), n
         (root / "train_images").mkdir()
         (root / "test_images").mkdir()
         train_rows, sample_rows = [], []
-        for image_id in train_ids:
+        for image_id in progress(train_ids, "synth clouds train", quiet):
             image, masks = draw_scene(rng, (h, w))
             write_jpeg(root / "train_images" / image_id, to_uint8(image))
             for c, label in enumerate(LABELS):
                 train_rows.append((f"{image_id}_{label}", rle.encode(masks[..., c], order="F")))
-        for image_id in test_ids:
+        for image_id in progress(test_ids, "synth clouds test", quiet):
             image, _ = draw_scene(rng, (h, w))
             write_jpeg(root / "test_images" / image_id, to_uint8(image))
             sample_rows.extend((f"{image_id}_{label}", "1 1") for label in LABELS)

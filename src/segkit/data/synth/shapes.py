@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from segkit.data.io import atomic_dir, atomic_write
 from segkit.errors import ConfigError, DataError
 
+T = TypeVar("T")
 MARKER = ".segkit_synth.json"  # the generator's arguments; the same arguments again reuse the folder
 
 
@@ -68,6 +69,14 @@ def write_gif_mask(path: Path, mask: np.ndarray) -> None:
     image = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8), mode="P")
     image.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
     image.save(path, format="GIF")
+
+
+def progress(items: Iterable[T], desc: str, quiet: bool = False, unit: str = "image") -> Iterator[T]:
+    """`items` with a tqdm progress bar on stderr (none when quiet); synthetic data at real sizes takes minutes."""
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    return iter(tqdm(items, desc=desc, unit=unit, disable=quiet or not items, leave=False))
 
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
