@@ -1,9 +1,14 @@
-"""Losses and metrics against values worked out by hand, including empty masks."""
+"""Losses and metrics against values worked out by hand, including empty masks; composed losses against the
+formulas of the per-pair classes they replace; checkpoints saved with either reload with keras alone."""
+import json
 import math
+import zipfile
 
+import keras
 import numpy as np
 import pytest
 
+import segkit.losses as losses
 from segkit.errors import ConfigError
 from segkit.losses import get_loss, loss_names
 from segkit.metrics import get_metrics
@@ -106,6 +111,153 @@ def test_unknown_loss_and_parameter_are_config_errors():
     with pytest.raises(ConfigError, match="n_classes"):
         get_loss("cce", 1)
     assert {"bce", "dice", "jaccard", "bce_dice", "focal", "lovasz", "cce", "cce_dice"} <= set(loss_names())
+
+
+# --- composed losses --------------------------------------------------------------------------------
+# The per-image formulas of the classes that composed losses replace (BceDiceLoss etc.), in float64 numpy.
+
+def ref_bce(t, p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(t * np.log(p) + (1 - t) * np.log(1 - p)).mean(axis=(1, 2, 3))
+
+
+def ref_dice(t, p, smooth=1.0):
+    inter, total = (t * p).sum(axis=(1, 2)), t.sum(axis=(1, 2)) + p.sum(axis=(1, 2))
+    return 1 - ((2 * inter + smooth) / (total + smooth)).mean(axis=-1)
+
+
+def ref_jaccard(t, p, smooth=1.0):
+    inter, total = (t * p).sum(axis=(1, 2)), t.sum(axis=(1, 2)) + p.sum(axis=(1, 2))
+    return 1 - ((inter + smooth) / (total - inter + smooth)).mean(axis=-1)
+
+
+def ref_focal(t, p, gamma=2.0):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    p_t = t * p + (1 - t) * (1 - p)
+    return (-(1 - p_t) ** gamma * np.log(p_t)).mean(axis=(1, 2, 3))
+
+
+def ref_lovasz_hinge(t, p):
+    """Berman et al.'s lovasz_hinge_flat per image and class on logit(p), mean over classes."""
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    out = np.zeros(t.shape[0])
+    for i in range(t.shape[0]):
+        for c in range(t.shape[-1]):
+            gt, logit = t[i, ..., c].ravel(), np.log(p[i, ..., c] / (1 - p[i, ..., c])).ravel()
+            errors = 1 - logit * (2 * gt - 1)
+            order = np.argsort(-errors, kind="stable")
+            g = gt[order]
+            jac = 1 - (g.sum() - np.cumsum(g)) / (g.sum() + np.cumsum(1 - g))
+            grad = np.concatenate([jac[:1], np.diff(jac)])
+            out[i] += np.maximum(errors[order], 0) @ grad / t.shape[-1]
+    return out
+
+
+def ref_cce(t, p):
+    return (-(t * np.log(np.clip(p, 1e-7, 1))).sum(-1)).mean(axis=(1, 2))
+
+
+@pytest.fixture
+def random_batch():
+    rng = np.random.default_rng(7)
+    t = (rng.random((3, 5, 6, 2)) > 0.6).astype("float32")
+    t[0] = 0  # an empty mask
+    p = rng.random((3, 5, 6, 2)).astype("float32")
+    return t, p
+
+
+def batch_value(name, t, p, n_classes=1, **params):
+    return float(np.asarray(losses.get(name, n_classes, **params)(t, p)))
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("bce_dice", lambda t, p: ref_bce(t, p) + ref_dice(t, p)),
+    ("bce+dice", lambda t, p: ref_bce(t, p) + ref_dice(t, p)),
+    ("bce_jaccard", lambda t, p: ref_bce(t, p) + ref_jaccard(t, p)),
+    ("0.75*bce+0.25*lovasz", lambda t, p: 0.75 * ref_bce(t, p) + 0.25 * ref_lovasz_hinge(t, p)),
+    ("focal + 2*dice", lambda t, p: ref_focal(t, p) + 2 * ref_dice(t, p)),
+    ("bce_dice+0.5*bce", lambda t, p: 1.5 * ref_bce(t, p) + ref_dice(t, p)),
+    ("lovasz", ref_lovasz_hinge),
+])
+def test_composed_losses_equal_the_old_formulas(random_batch, name, reference):
+    t, p = random_batch
+    expected = reference(t.astype("float64"), p.astype("float64")).mean()
+    assert batch_value(name, t, p) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_cce_dice_and_parameters_reach_their_terms():
+    rng = np.random.default_rng(3)
+    t = np.eye(3, dtype="float32")[rng.integers(0, 3, (2, 4, 5))]
+    p = rng.random((2, 4, 5, 3)).astype("float32")
+    p /= p.sum(-1, keepdims=True)
+    t64, p64 = t.astype("float64"), p.astype("float64")
+    assert batch_value("cce_dice", t, p, 3) == pytest.approx((ref_cce(t64, p64) + ref_dice(t64, p64)).mean(), rel=1e-5)
+    assert batch_value("bce+0.5*dice", t, p, smooth=2.0) == pytest.approx(
+        (ref_bce(t64, p64) + 0.5 * ref_dice(t64, p64, 2.0)).mean(), rel=1e-5)
+    assert batch_value("focal", t, p, gamma=1.5) == pytest.approx(ref_focal(t64, p64, 1.5).mean(), rel=1e-5)
+
+
+def test_losses_add_and_scale():
+    loss = losses.get("bce") + 0.5 * losses.get("dice")
+    assert loss.expression == "bce+0.5*dice"
+    assert losses.get("0.75*bce+0.25*lovasz").expression == "0.75*bce+0.25*lovasz"
+    assert losses.get("bce_dice").expression == "bce+dice"
+    with pytest.raises(ConfigError, match="different parameters"):
+        losses.get("dice", smooth=2.0) + losses.get("jaccard")
+
+
+def test_bad_expressions_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown loss term 'dise'; did you mean 'dice'"):
+        losses.get("bce+dise")
+    with pytest.raises(ConfigError, match="did you mean 'lovasz'"):
+        losses.get("0.75*bce+0.25*lovaz")
+    with pytest.raises(ConfigError, match="expected a term name or a weighted sum"):
+        losses.get("0.75*")
+    with pytest.raises(ConfigError, match=r"'cce' in 'bce\+cce' is for softmax outputs"):
+        losses.get("bce+cce")
+    with pytest.raises(ConfigError, match="unknown parameter of 'bce'"):
+        losses.get("bce", smooth=2.0)
+    assert losses.get_loss is losses.get
+
+
+def tiny_model(loss):
+    inp = keras.Input((4, 4, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(inp))
+    model.compile(keras.optimizers.SGD(0.1), loss=loss)
+    return model
+
+
+def test_a_checkpoint_with_a_composed_loss_reloads(random_batch, tmp_path):
+    t, p = random_batch
+    expression = "0.75*bce+0.25*lovasz+dice"
+    tiny_model(losses.get(expression, smooth=3.0)).save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.loss, losses.SegmentationLoss)
+    assert (loaded.loss.expression, loaded.loss.smooth) == (expression, 3.0)
+    assert float(np.asarray(loaded.loss(t, p))) == pytest.approx(batch_value(expression, t, p, smooth=3.0))
+
+
+def test_a_checkpoint_compiled_with_an_old_class_still_loads(random_batch, tmp_path):
+    """The loss entry written by segkit before composed losses, as it stands in such a checkpoint."""
+    t, p = random_batch
+    tiny_model(losses.get("bce")).save(tmp_path / "new.keras")
+    old_loss = {"module": "segkit.losses", "class_name": "BceJaccardLoss", "registered_name": "segkit>BceJaccardLoss",
+                "config": {"name": "bce_jaccard", "reduction": "sum_over_batch_size", "bce_weight": 0.5,
+                           "overlap_weight": 1.0, "smooth": 2.0}}
+    with zipfile.ZipFile(tmp_path / "new.keras") as src, zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["compile_config"]["loss"] = old_loss
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    loaded = keras.models.load_model(tmp_path / "old.keras")
+    assert type(loaded.loss).__name__ == "BceJaccardLoss" and loaded.loss.expression == "0.5*bce+jaccard"
+    t64, p64 = t.astype("float64"), p.astype("float64")
+    expected = (0.5 * ref_bce(t64, p64) + ref_jaccard(t64, p64, 2.0)).mean()
+    assert float(np.asarray(loaded.loss(t, p))) == pytest.approx(expected, rel=1e-5)
+    assert loaded.loss.get_config()["bce_weight"] == 0.5  # re-saved, it stays loadable by the old name
 
 
 def test_metrics_pooled_hand_counts():

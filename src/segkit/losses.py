@@ -2,30 +2,33 @@
 
 Every loss takes `y_true` of the model's output shape (N, H, W, C) with values in {0, 1} and `y_pred`
 probabilities (the models end in sigmoid or softmax), and returns one value per image (so sample weights
-work); Keras averages them over the batch. Each class is registered with Keras, so a model compiled with
-one of them saves and reloads with `keras.models.load_model(path)` and no `custom_objects`.
+work); Keras averages them over the batch. A loss is one `SegmentationLoss`: a weighted sum of named terms,
+registered with Keras, so a model compiled with it saves and reloads with `keras.models.load_model(path)`
+(after `import segkit.losses`) and no `custom_objects`.
 
-Names for `get_loss` (also the `train.loss` config key):
+`get(name)` (also the `train.loss` config key) takes a term, a weighted sum of terms such as
+"bce+dice" or "0.75*bce+0.25*lovasz", or one of the older pair names. Terms:
 
 sigmoid outputs (binary or multi-label masks, one channel per class)
     bce             binary cross-entropy, mean over pixels and classes
     dice            1 − soft Dice, per image and class (smooth 1), mean over classes
     jaccard         1 − soft Jaccard (IoU), per image and class (smooth 1), mean over classes
-    bce_dice        bce + dice (the Carvana winners' recipe)
-    bce_jaccard     bce + jaccard
     focal           binary focal loss (gamma 2; alpha balancing off by default)
     lovasz          Lovász hinge, per image and class (on the logits recovered from the probabilities)
 softmax outputs (multi-class, y_true one-hot over all n_classes channels, background included)
     cce             categorical cross-entropy, mean over pixels
-    cce_dice        cce + dice
     categorical_focal   categorical focal loss (gamma 2)
     lovasz_softmax  Lovász-softmax, per image, averaged over the classes present in the image
-"dice" and "jaccard" work for both output kinds.
+"dice" and "jaccard" work for both output kinds. Older names: bce_dice = bce+dice, bce_jaccard =
+bce+jaccard, cce_dice = cce+dice; the classes of earlier versions (BceDiceLoss ...) stay registered so
+checkpoints compiled with them still load.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import keras
 from keras import ops
@@ -155,201 +158,209 @@ def lovasz_softmax_loss(y_true, y_pred):
     return ops.sum(per_class * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
 
 
-# --- Keras loss objects (serialisable) ----------------------------------------------------------
+# --- terms and expressions ----------------------------------------------------------------------
 
-class _SegmentationLoss(keras.losses.Loss):
-    """Base: a per-image loss function plus its keyword parameters, saved in the config."""
+@dataclass(frozen=True)
+class Term:
+    """One named loss term: its per-image function, the parameters it takes, the outputs it is for."""
 
-    default_name = ""
+    fn: Callable
+    params: tuple[str, ...] = ()
+    softmax_only: bool = False
 
-    def __init__(self, name: str | None = None, **kwargs):
-        super().__init__(name=name or self.default_name, **kwargs)
 
-    def _params(self) -> dict[str, Any]:
-        return {}
+TERMS: dict[str, Term] = {
+    "bce": Term(binary_crossentropy),
+    "dice": Term(soft_dice_loss, ("smooth",)),
+    "jaccard": Term(soft_jaccard_loss, ("smooth",)),
+    "focal": Term(binary_focal_loss, ("gamma", "alpha")),
+    "lovasz": Term(lovasz_hinge_loss),
+    "cce": Term(categorical_crossentropy, softmax_only=True),
+    "categorical_focal": Term(categorical_focal_loss, ("gamma",), softmax_only=True),
+    "lovasz_softmax": Term(lovasz_softmax_loss, softmax_only=True),
+}
+# Names from before losses were composed; `train.loss: bce_dice` in existing configs.
+ALIASES: dict[str, str] = {"bce_dice": "bce+dice", "bce_jaccard": "bce+jaccard", "cce_dice": "cce+dice"}
+DEFAULTS: dict[str, Any] = {"smooth": 1.0, "gamma": 2.0, "alpha": None}
+
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_TERM_RE = re.compile(rf"^\s*(?:({_NUMBER})\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+def _unknown(what: str, name: str, known: list[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"train.loss: unknown {what} '{name}'{hint} (known: {', '.join(sorted(known))})"
+
+
+def parse(expression: str) -> list[tuple[float, str]]:
+    """'0.75*bce+0.25*lovasz' → [(0.75, 'bce'), (0.25, 'lovasz')]; aliases expand, repeated terms add up.
+
+    ConfigError for an unknown term (with the closest name) or text that is not a weighted sum of terms."""
+    weights: dict[str, float] = {}
+    for part in str(expression).split("+"):
+        m = _TERM_RE.match(part)
+        if not m:
+            raise ConfigError(f"train.loss: cannot read '{expression}' as a loss; expected a term name or a weighted "
+                              "sum such as 'bce+dice' or '0.75*bce+0.25*lovasz'")
+        weight = float(m.group(1)) if m.group(1) else 1.0
+        name = m.group(2)
+        if name in ALIASES:
+            inner = parse(ALIASES[name])
+        elif name in TERMS:
+            inner = [(1.0, name)]
+        else:
+            raise ConfigError(_unknown("loss" if part.strip() == str(expression).strip() else "loss term",
+                                       name, list(TERMS) + list(ALIASES)))
+        for w, term in inner:
+            weights[term] = weights.get(term, 0.0) + weight * w
+    return list((w, t) for t, w in weights.items())
+
+
+def _weight_text(w: float) -> str:
+    text = repr(float(w))  # repr round-trips exactly, so a saved expression gives the same weights back
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_expression(terms: list[tuple[float, str]]) -> str:
+    """The canonical text of parsed terms: 'bce+dice', '0.75*bce+0.25*lovasz'."""
+    return "+".join(t if w == 1.0 else f"{_weight_text(w)}*{t}" for w, t in terms)
+
+
+# --- the Keras loss (serialisable) --------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="segkit")
+class SegmentationLoss(keras.losses.Loss):
+    """A weighted sum of named terms, e.g. SegmentationLoss("0.75*bce+0.25*lovasz").
+
+    `smooth` goes to dice/jaccard, `gamma` to the focal terms, `alpha` to binary focal. Saved with its
+    expression, so a model compiled with it reloads with `keras.models.load_model` after `import segkit.losses`.
+    Losses add and scale: `get("bce") + 0.5 * get("dice")`.
+    """
+
+    def __init__(self, expression: str = "bce+dice", smooth: float = 1.0, gamma: float = 2.0,
+                 alpha: float | None = None, name: str | None = None, **kwargs: Any):
+        self.terms = parse(expression)
+        self.expression = format_expression(self.terms)
+        self.smooth, self.gamma = float(smooth), float(gamma)
+        self.alpha = None if alpha is None else float(alpha)
+        super().__init__(name=name or _scope_name(self.expression), **kwargs)
+
+    def params(self) -> dict[str, Any]:
+        """The term parameters (smooth, gamma, alpha)."""
+        return {"smooth": self.smooth, "gamma": self.gamma, "alpha": self.alpha}
+
+    def call(self, y_true, y_pred):
+        params = self.params()
+        total = None
+        for w, name in self.terms:
+            term = TERMS[name]
+            value = term.fn(y_true, y_pred, **{k: params[k] for k in term.params})
+            if w != 1.0:
+                value = w * value
+            total = value if total is None else total + value
+        return total
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **self._params()}
+        return {**super().get_config(), "expression": self.expression, **self.params()}
+
+    def _combine(self, other: SegmentationLoss, scale_self: float = 1.0, scale_other: float = 1.0):
+        if self.params() != other.params():
+            raise ConfigError(f"losses '{self.expression}' and '{other.expression}' have different parameters "
+                              f"({self.params()} vs {other.params()}); give both the same")
+        terms = [(scale_self * w, t) for w, t in self.terms] + [(scale_other * w, t) for w, t in other.terms]
+        return SegmentationLoss(format_expression(terms), **self.params())
+
+    def __add__(self, other: Any) -> SegmentationLoss:
+        if not isinstance(other, SegmentationLoss):
+            return NotImplemented
+        return self._combine(other)
+
+    def __mul__(self, factor: Any) -> SegmentationLoss:
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 0:
+            return NotImplemented
+        return SegmentationLoss(format_expression([(float(factor) * w, t) for w, t in self.terms]), **self.params())
+
+    __rmul__ = __mul__
 
 
-@keras.saving.register_keras_serializable(package="segkit")
-class BinaryCrossentropy(_SegmentationLoss):
-    """Binary cross-entropy (sigmoid outputs)."""
-
-    default_name = "bce"
-
-    def call(self, y_true, y_pred):
-        return binary_crossentropy(y_true, y_pred)
+def _scope_name(expression: str) -> str:
+    """A loss name every backend accepts as a name scope ('0.75*bce+dice' → '0.75_bce_dice')."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", expression)
 
 
-@keras.saving.register_keras_serializable(package="segkit")
-class DiceLoss(_SegmentationLoss):
-    """1 − soft Dice per image and class."""
+# --- the classes of earlier versions, so checkpoints compiled with them still load -----------------
 
-    default_name = "dice"
+class _LegacyLoss(SegmentationLoss):
+    """A fixed expression under an old class name, with the old constructor arguments and config."""
 
-    def __init__(self, smooth: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.smooth = float(smooth)
+    legacy_name = ""
+    legacy_params: dict[str, Any] = {}
+    legacy_expression = ""  # str.format template over legacy_params
 
-    def _params(self):
-        return {"smooth": self.smooth}
+    def __init__(self, name: str | None = None, **kwargs: Any):
+        old = {k: kwargs.pop(k, v) for k, v in self.legacy_params.items()}
+        self._legacy = old
+        expression = self.legacy_expression.format(**{k: _weight_text(v) for k, v in old.items()
+                                                      if k.endswith("_weight")})
+        params = {k: v for k, v in old.items() if k in DEFAULTS}
+        super().__init__(expression, name=name or self.legacy_name, **params, **kwargs)
 
-    def call(self, y_true, y_pred):
-        return soft_dice_loss(y_true, y_pred, self.smooth)
-
-
-@keras.saving.register_keras_serializable(package="segkit")
-class JaccardLoss(DiceLoss):
-    """1 − soft Jaccard per image and class."""
-
-    default_name = "jaccard"
-
-    def call(self, y_true, y_pred):
-        return soft_jaccard_loss(y_true, y_pred, self.smooth)
+    def get_config(self) -> dict[str, Any]:
+        return {**keras.losses.Loss.get_config(self), **self._legacy}
 
 
-@keras.saving.register_keras_serializable(package="segkit")
-class BceDiceLoss(_SegmentationLoss):
-    """bce_weight · BCE + overlap_weight · (1 − soft Dice)."""
-
-    default_name = "bce_dice"
-
-    def __init__(self, bce_weight: float = 1.0, overlap_weight: float = 1.0, smooth: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.bce_weight, self.overlap_weight, self.smooth = float(bce_weight), float(overlap_weight), float(smooth)
-
-    def _params(self):
-        return {"bce_weight": self.bce_weight, "overlap_weight": self.overlap_weight, "smooth": self.smooth}
-
-    def _overlap(self, y_true, y_pred):
-        return soft_dice_loss(y_true, y_pred, self.smooth)
-
-    def call(self, y_true, y_pred):
-        return self.bce_weight * binary_crossentropy(y_true, y_pred) + self.overlap_weight * self._overlap(
-            y_true, y_pred
-        )
+def _legacy(class_name: str, legacy_name: str, expression: str, **params: Any) -> type[SegmentationLoss]:
+    cls = type(class_name, (_LegacyLoss,), {
+        "__doc__": f"Earlier name of `get('{legacy_name}')`, kept so checkpoints compiled with it still load.",
+        "__module__": __name__,
+        "legacy_name": legacy_name, "legacy_params": params, "legacy_expression": expression,
+    })
+    return keras.saving.register_keras_serializable(package="segkit")(cls)
 
 
-@keras.saving.register_keras_serializable(package="segkit")
-class BceJaccardLoss(BceDiceLoss):
-    """bce_weight · BCE + overlap_weight · (1 − soft Jaccard)."""
-
-    default_name = "bce_jaccard"
-
-    def _overlap(self, y_true, y_pred):
-        return soft_jaccard_loss(y_true, y_pred, self.smooth)
-
-
-@keras.saving.register_keras_serializable(package="segkit")
-class FocalLoss(_SegmentationLoss):
-    """Binary focal loss."""
-
-    default_name = "focal"
-
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.gamma = float(gamma)
-        self.alpha = None if alpha is None else float(alpha)
-
-    def _params(self):
-        return {"gamma": self.gamma, "alpha": self.alpha}
-
-    def call(self, y_true, y_pred):
-        return binary_focal_loss(y_true, y_pred, self.gamma, self.alpha)
+_PAIR = {"bce_weight": 1.0, "overlap_weight": 1.0, "smooth": 1.0}
+BinaryCrossentropy = _legacy("BinaryCrossentropy", "bce", "bce")
+DiceLoss = _legacy("DiceLoss", "dice", "dice", smooth=1.0)
+JaccardLoss = _legacy("JaccardLoss", "jaccard", "jaccard", smooth=1.0)
+BceDiceLoss = _legacy("BceDiceLoss", "bce_dice", "{bce_weight}*bce+{overlap_weight}*dice", **_PAIR)
+BceJaccardLoss = _legacy("BceJaccardLoss", "bce_jaccard", "{bce_weight}*bce+{overlap_weight}*jaccard", **_PAIR)
+FocalLoss = _legacy("FocalLoss", "focal", "focal", gamma=2.0, alpha=None)
+LovaszHingeLoss = _legacy("LovaszHingeLoss", "lovasz", "lovasz")
+CategoricalCrossentropy = _legacy("CategoricalCrossentropy", "cce", "cce")
+CceDiceLoss = _legacy("CceDiceLoss", "cce_dice", "{bce_weight}*cce+{overlap_weight}*dice", **_PAIR)
+CategoricalFocalLoss = _legacy("CategoricalFocalLoss", "categorical_focal", "categorical_focal", gamma=2.0)
+LovaszSoftmaxLoss = _legacy("LovaszSoftmaxLoss", "lovasz_softmax", "lovasz_softmax")
 
 
-@keras.saving.register_keras_serializable(package="segkit")
-class LovaszHingeLoss(_SegmentationLoss):
-    """Lovász hinge (sigmoid outputs)."""
-
-    default_name = "lovasz"
-
-    def call(self, y_true, y_pred):
-        return lovasz_hinge_loss(y_true, y_pred)
-
-
-@keras.saving.register_keras_serializable(package="segkit")
-class CategoricalCrossentropy(_SegmentationLoss):
-    """Categorical cross-entropy (softmax outputs, one-hot truth)."""
-
-    default_name = "cce"
-
-    def call(self, y_true, y_pred):
-        return categorical_crossentropy(y_true, y_pred)
-
-
-@keras.saving.register_keras_serializable(package="segkit")
-class CceDiceLoss(BceDiceLoss):
-    """cce_weight · CCE + overlap_weight · (1 − soft Dice) (softmax outputs)."""
-
-    default_name = "cce_dice"
-
-    def call(self, y_true, y_pred):
-        return self.bce_weight * categorical_crossentropy(y_true, y_pred) + self.overlap_weight * self._overlap(
-            y_true, y_pred
-        )
-
-
-@keras.saving.register_keras_serializable(package="segkit")
-class CategoricalFocalLoss(_SegmentationLoss):
-    """Categorical focal loss (softmax outputs)."""
-
-    default_name = "categorical_focal"
-
-    def __init__(self, gamma: float = 2.0, **kwargs):
-        super().__init__(**kwargs)
-        self.gamma = float(gamma)
-
-    def _params(self):
-        return {"gamma": self.gamma}
-
-    def call(self, y_true, y_pred):
-        return categorical_focal_loss(y_true, y_pred, self.gamma)
-
-
-@keras.saving.register_keras_serializable(package="segkit")
-class LovaszSoftmaxLoss(_SegmentationLoss):
-    """Lovász-softmax (softmax outputs, one-hot truth)."""
-
-    default_name = "lovasz_softmax"
-
-    def call(self, y_true, y_pred):
-        return lovasz_softmax_loss(y_true, y_pred)
-
-
-LOSSES: dict[str, type[_SegmentationLoss]] = {
-    cls.default_name: cls
-    for cls in (
-        BinaryCrossentropy, DiceLoss, JaccardLoss, BceDiceLoss, BceJaccardLoss, FocalLoss, LovaszHingeLoss,
-        CategoricalCrossentropy, CceDiceLoss, CategoricalFocalLoss, LovaszSoftmaxLoss,
-    )
-}
-SOFTMAX_ONLY = ("cce", "cce_dice", "categorical_focal", "lovasz_softmax")
-
+# --- by name ------------------------------------------------------------------------------------
 
 def loss_names() -> list[str]:
-    """Every name `get_loss` accepts."""
-    return sorted(LOSSES)
+    """Every single name `get` accepts (terms and the old pair names); any weighted sum of terms works too."""
+    return sorted([*TERMS, *ALIASES])
 
 
-def get_loss(name: str, n_classes: int = 1, **params: Any) -> keras.losses.Loss:
-    """The loss called `name` (see the module docstring), with optional parameters (e.g. smooth, gamma).
+def get(name: str, n_classes: int = 1, **params: Any) -> SegmentationLoss:
+    """The loss `name`: a term ('focal'), an old pair name ('bce_dice') or a weighted sum ('0.75*bce+0.25*lovasz'),
+    with optional term parameters (smooth, gamma, alpha).
 
-    Unknown names or parameters raise ConfigError with the closest valid one; a softmax-only loss with
-    n_classes < 2 is a ConfigError too (a single-channel softmax is constant).
+    ConfigError, naming the closest valid spelling, for an unknown term or a parameter no term of the
+    expression takes; also for a softmax-only term with n_classes < 2 (a one-channel softmax is constant).
     """
-    if name not in LOSSES:
-        close = difflib.get_close_matches(str(name), list(LOSSES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"train.loss: unknown loss '{name}'{hint} (known: {', '.join(loss_names())})")
-    if name in SOFTMAX_ONLY and n_classes < 2:
-        raise ConfigError(f"train.loss: '{name}' is for softmax outputs with n_classes >= 2, got n_classes={n_classes}")
-    cls = LOSSES[name]
-    valid = list(cls()._params())
+    terms = parse(name)
+    softmax = [t for _, t in terms if TERMS[t].softmax_only]
+    if softmax and n_classes < 2:
+        raise ConfigError(f"train.loss: '{softmax[0]}' in '{name}' is for softmax outputs with n_classes >= 2, "
+                          f"got n_classes={n_classes}")
+    valid = sorted({p for _, t in terms for p in TERMS[t].params})
     for key in params:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"train.loss.{key}: unknown parameter of '{name}'{hint} (valid: {', '.join(valid) or 'none'})")
-    return cls(**params)
+            raise ConfigError(f"train.loss.{key}: unknown parameter of '{name}'{hint} "
+                              f"(valid: {', '.join(valid) or 'none'})")
+    return SegmentationLoss(format_expression(terms), name=_scope_name(str(name).replace(" ", "")),
+                            **{**DEFAULTS, **params})
+
+
+get_loss = get  # the name before segkit.losses.get
