@@ -13,13 +13,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from segkit.errors import KaggleError
 from segkit.kaggle.config import KaggleConfig
 from segkit.kaggle.credentials import SETUP_HELP, Credentials, find_credentials
 
 log = logging.getLogger("segkit.kaggle")
+T = TypeVar("T")
 
 # Kernel session states after which nothing more will happen.
 DONE_STATES = {"COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
@@ -215,20 +216,33 @@ class KaggleClient:
         return KernelStatus(state, resp.failure_message or "")
 
     def wait(self, kernel: str, on_poll: Callable[[KernelStatus], None] | None = None) -> KernelStatus:
-        """Poll the kernel until it finishes, the interval growing from poll_seconds; KaggleError with the
-        failure message on ERROR or cancel, or when timeout_minutes pass."""
+        """Poll the kernel until it finishes; KaggleError with the failure message on ERROR or cancel, or
+        when timeout_minutes pass."""
+
+        def finished(st: KernelStatus) -> bool:
+            if st.state in DONE_STATES and st.state != "COMPLETE":
+                raise KaggleError(f"kernel {kernel} ended with {st.state}: {st.failure_message or 'no message'}")
+            return st.state == "COMPLETE"
+
+        return self.poll(lambda: self.status(kernel), finished, on_poll,
+                         lambda st: f"kernel {kernel} still {st.state} after {self.kc.timeout_minutes:g} minutes")
+
+    def poll(self, fetch: Callable[[], T | None], finished: Callable[[T], bool],
+             on_poll: Callable[[T], None] | None, timeout_message: Callable[[T | None], str]) -> T:
+        """Call fetch until `finished` accepts what it returns (it raises on failure; None means not there
+        yet), waiting poll_seconds, then 1.5 times longer each time up to max_backoff_seconds; KaggleError
+        with timeout_message(last) once timeout_minutes have passed."""
         interval = self.kc.poll_seconds
         deadline = self.clock() + 60 * self.kc.timeout_minutes
         while True:
-            st = self.status(kernel)
-            if on_poll:
-                on_poll(st)
-            if st.state == "COMPLETE":
-                return st
-            if st.state in DONE_STATES:
-                raise KaggleError(f"kernel {kernel} ended with {st.state}: {st.failure_message or 'no message'}")
+            item = fetch()
+            if item is not None:
+                if on_poll:
+                    on_poll(item)
+                if finished(item):
+                    return item
             if self.clock() + interval > deadline:
-                raise KaggleError(f"kernel {kernel} still {st.state} after {self.kc.timeout_minutes:g} minutes")
+                raise KaggleError(timeout_message(item))
             self.sleep(interval)
             interval = min(interval * 1.5, max(self.kc.poll_seconds, self.kc.max_backoff_seconds))
 
@@ -379,24 +393,20 @@ class KaggleClient:
                        on_poll: Callable[[Submission], None] | None = None) -> Submission:
         """Poll ListSubmissions until submission `ref` (the newest when ref is 0) is scored; KaggleError with
         Kaggle's error description when scoring fails."""
-        interval = self.kc.poll_seconds
-        deadline = self.clock() + 60 * self.kc.timeout_minutes
-        while True:
+
+        def fetch() -> Submission | None:
             subs = self.submissions(competition)
-            sub = next((s for s in subs if s.ref == ref), None) if ref else (subs[0] if subs else None)
-            if sub is not None:
-                if on_poll:
-                    on_poll(sub)
-                if sub.status == "COMPLETE":
-                    return sub
-                if sub.status == "ERROR":
-                    raise KaggleError(
-                        f"submission {sub.ref} to {competition} failed: {sub.error_description or 'no description'}"
-                    )
-            if self.clock() + interval > deadline:
-                raise KaggleError(f"submission {ref} to {competition} not scored after {self.kc.timeout_minutes:g} min")
-            self.sleep(interval)
-            interval = min(interval * 1.5, max(self.kc.poll_seconds, self.kc.max_backoff_seconds))
+            return next((s for s in subs if s.ref == ref), None) if ref else (subs[0] if subs else None)
+
+        def finished(sub: Submission) -> bool:
+            if sub.status == "ERROR":
+                raise KaggleError(
+                    f"submission {sub.ref} to {competition} failed: {sub.error_description or 'no description'}"
+                )
+            return sub.status == "COMPLETE"
+
+        return self.poll(fetch, finished, on_poll, lambda _: (
+            f"submission {ref} to {competition} not scored after {self.kc.timeout_minutes:g} min"))
 
 
 # --- helpers ---------------------------------------------------------------------------------
