@@ -1,4 +1,4 @@
-"""SegmentationDataset + augmentations: shapes, normalisation, alignment under every augmentation,
+"""SegmentationDataset + augmentations: shapes, raw float32 values, alignment under every augmentation,
 per-epoch variation, reproducibility, and a real Keras fit with worker threads."""
 from __future__ import annotations
 
@@ -53,17 +53,19 @@ def batches(ds):
     return [ds[i] for i in range(len(ds))]
 
 
-def test_plain_batches_are_normalised_cache_items(aligned) -> None:
+def test_plain_batches_are_raw_cache_items_as_float32(aligned) -> None:
+    """The model normalises its input itself, so batches carry the raw 16-bit values, exactly, as float32."""
     adapter, cache = aligned
-    ds = SegmentationDataset(cache, np.arange(len(cache)), 3, adapter.normalise)
+    ds = SegmentationDataset(cache, np.arange(len(cache)), 3)
     x, y = ds[0]
     assert x.shape == (3, P, P, 4) and x.dtype == np.float32 and y.shape == (3, P, P, 1) and y.dtype == np.float32
-    np.testing.assert_array_equal(x[1], adapter.normalise(cache.images[1]))
+    assert cache.images.dtype == np.uint16 and x.max() > 1000
+    np.testing.assert_array_equal(x[1], cache.images[1].astype(np.float32))
     np.testing.assert_array_equal(y[1], cache.masks[1])
     assert len(ds) == -(-len(cache) // 3) and len(ds[len(ds) - 1][0]) == len(cache) - 3 * (len(ds) - 1)
-    xt = SegmentationDataset(cache, [2, 0], 4, adapter.normalise, with_masks=False)[0]
+    xt = SegmentationDataset(cache, [2, 0], 4, with_masks=False)[0]
     assert isinstance(xt, np.ndarray) and xt.shape == (2, P, P, 4)
-    np.testing.assert_array_equal(xt[0], adapter.normalise(cache.images[2]))
+    np.testing.assert_array_equal(xt[0], cache.images[2])
 
 
 @pytest.mark.parametrize("name", augment.AUGMENTATIONS + ("all_geometric",))
@@ -72,7 +74,7 @@ def test_image_and_mask_stay_aligned(aligned, name: str) -> None:
     (brightness/contrast would move the NIR levels this check reads; alone it must leave the mask be)."""
     adapter, cache = aligned
     cfg = dataclasses.replace(AugmentConfig(), brightness_contrast=0.0) if name == "all_geometric" else only(name)
-    ds = SegmentationDataset(cache, np.arange(len(cache)), 4, adapter.normalise, augment=cfg, seed=3)
+    ds = SegmentationDataset(cache, np.arange(len(cache)), 4, augment=cfg, seed=3)
     changed = 0
     for epoch in range(3):
         ds.epoch = epoch
@@ -81,10 +83,10 @@ def test_image_and_mask_stay_aligned(aligned, name: str) -> None:
             assert set(np.unique(y)) <= {0.0, 1.0}
             items = ds.order(epoch)[b * 4: b * 4 + len(x)]
             for xi, yi, i in zip(x, y, items):
-                nir, mask = xi[..., 3] * 65535, yi[..., 0]
+                nir, mask = xi[..., 3], yi[..., 0]
                 if name == "brightness_contrast":  # photometric only: the mask must not move at all
                     np.testing.assert_array_equal(mask, cache.masks[i][..., 0])
-                    changed += not np.allclose(xi, adapter.normalise(cache.images[i]))
+                    changed += not np.allclose(xi, cache.images[i])
                     continue
                 # NIR is LOW/HIGH inside the image and 0 in the fill; with a linear image and nearest mask
                 # interpolation, a pixel mostly (> 80 %) HIGH must be cloud and mostly LOW must not be,
@@ -104,7 +106,7 @@ def test_image_and_mask_stay_aligned(aligned, name: str) -> None:
 def test_fill_outside_is_zero_for_image_and_mask(aligned) -> None:
     adapter, cache = aligned
     cfg = only("shift_scale_rotate")
-    ds = SegmentationDataset(cache, np.arange(len(cache)), len(cache), adapter.normalise, augment=cfg, seed=1)
+    ds = SegmentationDataset(cache, np.arange(len(cache)), len(cache), augment=cfg, seed=1)
     x, y = ds[0]
     outside = x.max(-1) == 0
     assert outside.any() and np.all(y[..., 0][outside] == 0)
@@ -112,7 +114,7 @@ def test_fill_outside_is_zero_for_image_and_mask(aligned) -> None:
 
 def test_different_per_epoch_reproducible_per_seed(aligned) -> None:
     adapter, cache = aligned
-    make = lambda seed: SegmentationDataset(cache, np.arange(len(cache)), 2, adapter.normalise,  # noqa: E731
+    make = lambda seed: SegmentationDataset(cache, np.arange(len(cache)), 2,  # noqa: E731
                                             augment=AugmentConfig(), shuffle=True, seed=seed)
     a, b, c = make(5), make(5), make(6)
     first = batches(a)
@@ -166,11 +168,14 @@ def test_keras_fit_with_worker_threads(aligned) -> None:
 
     adapter, cache = aligned
     keras.utils.set_random_seed(0)
+    from segkit.models.layers import InputNormalisation
+
     inp = keras.Input((P, P, 4))
-    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(inp))
+    x = InputNormalisation(*adapter.input_normalisation(cache.images.dtype))(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
     model.compile("adam", "binary_crossentropy")
-    ds = SegmentationDataset(cache, np.arange(len(cache)), 2, adapter.normalise, augment=AugmentConfig(),
-                             shuffle=True, seed=0, workers=2)
+    ds = SegmentationDataset(cache, np.arange(len(cache)), 2, augment=AugmentConfig(), shuffle=True, seed=0,
+                             workers=2)
     history = model.fit(ds, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     assert ds.epoch >= 1
@@ -178,8 +183,7 @@ def test_keras_fit_with_worker_threads(aligned) -> None:
 
 def test_tf_data_feed_serves_the_same_batches_and_advances_epochs(aligned) -> None:
     adapter, cache = aligned
-    ds = SegmentationDataset(cache, np.arange(len(cache)), 4, adapter.normalise, augment=AugmentConfig(),
-                             shuffle=True, seed=5)
+    ds = SegmentationDataset(cache, np.arange(len(cache)), 4, augment=AugmentConfig(), shuffle=True, seed=5)
     feed = ds.as_tf_dataset(parallel_calls=2)
     epoch0 = [(x.numpy(), y.numpy()) for x, y in feed]
     expected0 = [ds.batch(i, 0) for i in range(len(ds))]

@@ -43,15 +43,26 @@ def resolve_tta(cfg: Config, adapter) -> list[str]:
 
 def predict_probabilities(models: Sequence, cache, indices: np.ndarray, normalise: Callable, tta: list[str],
                           batch_size: int, quiet: bool = False) -> Iterator[np.ndarray]:
-    """Yield, batch by batch, probabilities (B, H, W, C) averaged over models × TTA for cache[indices]."""
+    """Yield, batch by batch, probabilities (B, H, W, C) averaged over models × TTA for cache[indices].
+
+    Models get the raw images as float32 (they normalise them in their first layer); `normalise` (the
+    adapter's) is applied only for checkpoints saved by older segkit versions without that layer.
+    """
     from tqdm import tqdm
 
+    from segkit.models.registry import has_input_normalisation
+
+    raw_input = [has_input_normalisation(m) for m in models]
     starts = range(0, len(indices), batch_size)
     for start in tqdm(starts, desc="predict", disable=quiet or len(starts) < 2, leave=False):
         idx = indices[start:start + batch_size]
-        x = np.stack([normalise(np.asarray(cache.images[i])) for i in idx]).astype(np.float32)
+        raw = np.stack([np.asarray(cache.images[i]) for i in idx])
+        inputs: dict[bool, np.ndarray] = {}  # raw float32, and normalised for old checkpoints, made once
         total = None
-        for model in models:
+        for model, takes_raw in zip(models, raw_input):
+            if takes_raw not in inputs:
+                inputs[takes_raw] = (raw if takes_raw else np.stack([normalise(im) for im in raw])).astype(np.float32)
+            x = inputs[takes_raw]
             for name in tta:
                 forward, inverse = TTA[name]
                 p = np.asarray(model.predict_on_batch(np.ascontiguousarray(forward(x))), dtype=np.float32)

@@ -114,7 +114,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     train_idx = np.flatnonzero(run.folds != k)
     val_idx = np.flatnonzero(run.folds == k)
     n_classes = len(run.adapter.classes)
-    common = dict(normalise=run.adapter.normalise, workers=tc.workers, use_multiprocessing=tc.use_multiprocessing)
+    common = dict(workers=tc.workers, use_multiprocessing=tc.use_multiprocessing)
     train_ds = SegmentationDataset(run.cache, train_idx, tc.batch_size, augment=tc.augment, shuffle=True,
                                    seed=cfg.seed + k, **common)
     val_ds = SegmentationDataset(run.cache, val_idx, tc.batch_size, augment=None, shuffle=False, seed=0, **common)
@@ -123,12 +123,13 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     last_path = fdir / "last.keras"
     state = json.loads(state_path.read_text()) if state_path.is_file() and last_path.is_file() else None
     if state:
-        model = load_model(last_path)
+        model = load_model(last_path, raw_input=True)
         if not quiet:
             print(f"[{tag} fold {k}] resuming after epoch {state['epoch']}")
     else:
         h, w = cfg.data.image_size
-        model = build_model(spec, (h, w, run.adapter.bands), n_classes, where=f"models.{cfg.models.index(spec)}")
+        model = build_model(spec, (h, w, run.adapter.bands), n_classes, where=f"models.{cfg.models.index(spec)}",
+                            normalisation=run.adapter.input_normalisation(run.cache.images.dtype))
         model.compile(
             optimizer=keras.optimizers.Adam(tc.learning_rate),
             loss=get_loss(tc.loss, n_classes),

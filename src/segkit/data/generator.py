@@ -1,4 +1,7 @@
-"""A keras.utils.PyDataset over a prepared cache: batches of normalised, augmented images and masks.
+"""A keras.utils.PyDataset over a prepared cache: batches of raw (float32), augmented images and masks.
+
+Images stay in the dataset's own range (e.g. 0..65535 for 38-Cloud): the model normalises them in its first
+layer, so training, prediction and a checkpoint used on its own all see the same input.
 
 Keras runs `__getitem__` in worker threads (or processes); every batch depends only on (seed, epoch, batch
 index), never on call order, so a run is reproducible with any number of workers and differs per epoch.
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -17,11 +20,11 @@ from segkit.data import augment as aug
 
 
 class SegmentationDataset(keras.utils.PyDataset):
-    """Batches `(x float32 (B, H, W, bands), y float32 (B, H, W, classes))`, or `x` alone with with_masks=False.
+    """Batches `(x float32 (B, H, W, bands), y float32 (B, H, W, classes))`, or `x` alone with with_masks=False;
+    x holds the raw values as float32 (exact for 8- and 16-bit images).
 
-    cache: a segkit.data.cache.Cache; indices: which of its items to serve; normalise: raw image → float32
-    (the adapter's); augment: an AugmentConfig (None for validation/prediction); shuffle: a new order every
-    epoch; seed: fixes order and augmentations.
+    cache: a segkit.data.cache.Cache; indices: which of its items to serve; augment: an AugmentConfig (None
+    for validation/prediction); shuffle: a new order every epoch; seed: fixes order and augmentations.
     """
 
     def __init__(
@@ -29,7 +32,6 @@ class SegmentationDataset(keras.utils.PyDataset):
         cache,
         indices: Sequence[int] | np.ndarray,
         batch_size: int,
-        normalise: Callable[[np.ndarray], np.ndarray],
         augment: AugmentConfig | None = None,
         shuffle: bool = False,
         seed: int = 0,
@@ -46,7 +48,6 @@ class SegmentationDataset(keras.utils.PyDataset):
         if batch_size < 1:
             raise ValueError(f"SegmentationDataset: batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.normalise = normalise
         self.augment_cfg = augment
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -132,7 +133,7 @@ class SegmentationDataset(keras.utils.PyDataset):
                 data = {"image": np.asarray(image)} if y is None else {"image": np.asarray(image), "mask": np.asarray(mask)}
                 out = aug.apply(pipe, seed, **data)
                 image, mask = out["image"], out.get("mask")
-            x[pos] = self.normalise(image)
+            x[pos] = image  # raw values as float32; the model's first layer normalises them
             if y is not None:
                 y[pos] = mask
         return x if y is None else (x, y)

@@ -11,8 +11,9 @@ then gives the response the RGB image of the same grey would).
 
 The decoder follows the encoder's feature pyramid: starting from the deepest feature it doubles the size
 back to the input's, concatenating the backbone feature of the same stride where there is one, each step
-followed by (3×3 Conv → BatchNorm → ReLU) × 2. Inputs go to the backbone as given (the kit's normalised
-float32 bands); KerasHub's ImageNet scaling is not applied.
+followed by (3×3 Conv → BatchNorm → ReLU) × 2 (the U-Net's `conv_block`). Inputs go to the backbone as the
+model's InputNormalisation layer leaves them (the adapter's scaling); KerasHub's ImageNet scaling is not
+applied.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import numpy as np
 from keras import layers
 
 from segkit.errors import ConfigError
-from segkit.models.layers import check_choice, check_input_shape, output_head, upsample
+from segkit.models.layers import (Normalisation, check_choice, check_input_shape, conv_block, model_input,
+                                  output_head, upsample)
 from segkit.models.registry import register_model
 
 # Architectures of KerasHub's converted timm checkpoints (same hyper-parameters as their presets).
@@ -196,15 +198,6 @@ def _stride_features(backbone, height: int) -> dict[int, Any]:
     return feats
 
 
-def _conv_bn_relu(x, filters: int, name: str, batch_norm: bool):
-    for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
-        if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    return x
-
-
 @register_model("encoder_unet")
 def encoder_unet(
     input_shape: Sequence[int],
@@ -217,12 +210,14 @@ def encoder_unet(
     upsampling: str = "transpose",
     encoder_trainable: bool = True,
     activation: str = "sigmoid",
+    normalisation: Normalisation | None = None,
 ) -> keras.Model:
     """U-Net decoder on a KerasHub backbone (`backbone` from BACKBONES, random weights) or a `preset`.
 
     H and W must divide by the backbone's deepest stride (32 for the built-in backbones). `decoder_filters`
     are the decoder's widths from the deepest step up (the last one is reused if the pyramid is deeper).
     `encoder_trainable=False` freezes the backbone (its BatchNorms then run in inference mode).
+    `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
     """
     check_choice(upsampling, ("transpose", "bilinear"), "upsampling")
     h, w, bands = check_input_shape(input_shape, 0, "encoder_unet")
@@ -242,8 +237,8 @@ def encoder_unet(
     strides = sorted(feats)
     encoder = keras.Model(hub_backbone.inputs, [feats[s] for s in strides], name="encoder")
     encoder.trainable = bool(encoder_trainable)
-    inputs = keras.Input((h, w, bands), name="image")
-    outs = encoder(inputs)
+    inputs, x = model_input((h, w, bands), normalisation)
+    outs = encoder(x)
     by_stride = dict(zip(strides, outs if isinstance(outs, (list, tuple)) else [outs]))
 
     x = by_stride[deepest]
@@ -257,7 +252,7 @@ def encoder_unet(
         x = upsample(x, width, upsampling, f"dec{stride}")
         if stride in by_stride:
             x = layers.Concatenate(name=f"dec{stride}_concat")([x, by_stride[stride]])
-        x = _conv_bn_relu(x, width, f"dec{stride}", bool(decoder_batch_norm))
+        x = conv_block(x, width, f"dec{stride}", batch_norm=bool(decoder_batch_norm))
         step += 1
     outputs = output_head(x, int(n_classes), activation)
     return keras.Model(inputs, outputs, name="encoder_unet")
@@ -267,7 +262,7 @@ def encoder_unet(
 def resnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str = "resnet34", preset: str | None = None,
                 rgb_bands: Sequence[int] = (0, 1, 2), decoder_filters: Sequence[int] = (256, 128, 64, 32, 16),
                 decoder_batch_norm: bool = True, upsampling: str = "transpose", encoder_trainable: bool = True,
-                activation: str = "sigmoid") -> keras.Model:
+                activation: str = "sigmoid", normalisation: Normalisation | None = None) -> keras.Model:
     """`encoder_unet` with a ResNet (resnet18/34/50/101/152, resnet_v2_50/101) by default."""
     return encoder_unet(**{k: v for k, v in locals().items()})
 
@@ -277,6 +272,6 @@ def efficientnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str 
                       preset: str | None = None, rgb_bands: Sequence[int] = (0, 1, 2),
                       decoder_filters: Sequence[int] = (256, 128, 64, 32, 16), decoder_batch_norm: bool = True,
                       upsampling: str = "transpose", encoder_trainable: bool = True,
-                      activation: str = "sigmoid") -> keras.Model:
+                      activation: str = "sigmoid", normalisation: Normalisation | None = None) -> keras.Model:
     """`encoder_unet` with an EfficientNet (efficientnet_b0 … b5) by default."""
     return encoder_unet(**{k: v for k, v in locals().items()})

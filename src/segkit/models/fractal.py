@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from segkit.errors import ConfigError
-from segkit.models.layers import check_choice, per_level, unet_skeleton
+from segkit.models.layers import Normalisation, check_choice, per_level, unet_skeleton
 from segkit.models.registry import register_model
 
 INFERENCE_MODES = ("mean", "deepest")
@@ -166,6 +166,7 @@ def fractal_unet(
     upsampling: str = "transpose",
     activation: str = "sigmoid",
     seed: int | None = None,
+    normalisation: Normalisation | None = None,
 ) -> keras.Model:
     """FractalNet-U-Net with `columns` columns per block (see the module docstring).
 
@@ -174,6 +175,7 @@ def fractal_unet(
     local drop probability p per join input; `global_ratio`: share of batches in global mode.
     `deepest_only`: at inference keep only the deepest column. With base_filters 16 and 3 columns it costs
     about as much as a base-32 U-Net (a 3-column block costs ≈ 3.4 U-Net blocks of equal width).
+    `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
     """
     columns, depth = int(columns), int(depth)
     if not 1 <= columns <= 6:
@@ -192,7 +194,7 @@ def fractal_unet(
                              drop_prob=float(drop_path_local), inference=inference, seed=seed)
 
     return unet_skeleton(input_shape, int(n_classes), block, depth, int(base_filters), upsampling, activation,
-                         name="fractal_unet", extra_inputs=sampler)
+                         name="fractal_unet", extra_inputs=sampler, normalisation=normalisation)
 
 
 def set_join_inference(model: keras.Model, mode: str) -> keras.Model:

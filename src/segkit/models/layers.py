@@ -1,14 +1,21 @@
-"""Building blocks shared by the U-Net family: the encoder/decoder skeleton, up-sampling, the output head.
+"""Building blocks shared by the U-Net family: the input normalisation layer, the encoder/decoder skeleton,
+the (Conv → BN → ReLU) × 2 block, up-sampling, the output head.
 
 A U-Net and a FractalNet-U-Net differ only in the block that replaces each double convolution, so both are
-built by `unet_skeleton` with their own `block(x, filters, level, name)` function.
+built by `unet_skeleton` with their own `block(x, filters, level, name)` function; the encoder U-Net's
+decoder uses the same `conv_block` as the U-Net.
+
+Every model starts with `model_input`: the raw image (in the dataset's range, e.g. uint16 digital numbers
+given as float32 or uint16) goes through an `InputNormalisation` layer holding the adapter's per-band
+scale and offset, so a saved `.keras` file maps raw images to probabilities on its own.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
 from segkit.errors import ConfigError
 
@@ -16,6 +23,74 @@ UPSAMPLING = ("transpose", "bilinear")
 ACTIVATIONS = ("sigmoid", "softmax")
 
 Block = Callable[..., "keras.KerasTensor"]
+# per-band (scale, offset): the model computes x * scale + offset on the raw image
+Normalisation = tuple[Sequence[float], Sequence[float]]
+
+
+@keras.saving.register_keras_serializable(package="segkit")
+class InputNormalisation(layers.Layer):
+    """`float32(x) * scale + offset` per band: the dataset's input scaling, stored in the model's config.
+
+    Always computes in float32 (also under a mixed-precision policy, before the first convolution casts to
+    half precision), so raw 16-bit values keep their precision; integer inputs are cast first.
+    """
+
+    def __init__(self, scale: Sequence[float], offset: Sequence[float], **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.scale = [float(v) for v in np.ravel(scale)]
+        self.offset = [float(v) for v in np.ravel(offset)]
+        if not self.scale or len(self.scale) != len(self.offset):
+            raise ConfigError(f"input normalisation: scale {self.scale} and offset {self.offset} need the same, "
+                              "non-zero number of values (one per band, or one for all)")
+        self._scale = np.asarray(self.scale, np.float32)
+        self._offset = np.asarray(self.offset, np.float32)
+
+    def build(self, input_shape) -> None:
+        bands = input_shape[-1]
+        if len(self.scale) not in (1, bands) and bands is not None:
+            raise ConfigError(f"input normalisation: {len(self.scale)} per-band values for {bands}-band images")
+        self.built = True
+
+    def call(self, x):
+        return ops.cast(x, "float32") * self._scale + self._offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+def model_input(input_shape: Sequence[int], normalisation: Normalisation | None):
+    """(inputs, x): the model's image input and, when `normalisation` is given, that input normalised by an
+    `InputNormalisation` layer (else the input itself)."""
+    inputs = keras.Input(tuple(input_shape), name="image")
+    if normalisation is None:
+        return inputs, inputs
+    scale, offset = normalisation
+    return inputs, InputNormalisation(scale, offset, name="input_normalisation")(inputs)
+
+
+def input_normalisation_of(model) -> InputNormalisation | None:
+    """The model's own InputNormalisation layer, or None for a checkpoint saved before segkit had one."""
+    for layer in model.layers:
+        if isinstance(layer, InputNormalisation):
+            return layer
+    return None
+
+
+def conv_block(x, filters: int, name: str, batch_norm: bool = True, dropout: float = 0.0):
+    """(Conv 3×3 → [BatchNorm] → ReLU) × 2, with optional dropout after the pair: the U-Net's level block and
+    the encoder U-Net's decoder step. The convolution has no bias when BatchNorm follows it."""
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=f"{name}_drop")(x)
+    return x
 
 
 def check_choice(value: str, choices: Sequence[str], key: str) -> None:
@@ -83,6 +158,7 @@ def unet_skeleton(
     activation: str,
     name: str,
     extra_inputs: Callable | None = None,
+    normalisation: Normalisation | None = None,
 ) -> keras.Model:
     """Encoder (block + 2×2 max-pool per level), bridge block, decoder (up-sample, concat skip, block).
 
@@ -90,6 +166,8 @@ def unet_skeleton(
     mirrored decoder), level `depth` the bridge. Filters double per level from `base_filters`.
     `extra_inputs(inputs)`, when given, runs once on the input tensor before the network (the FractalNet uses
     it to draw its per-batch drop-path decision) and its result is passed to every block as `context=`.
+    `normalisation` (per-band scale, offset) puts an InputNormalisation layer first, so the model takes raw
+    images.
     """
     if int(depth) < 1:
         raise ConfigError(f"depth: must be >= 1, got {depth}")
@@ -97,11 +175,10 @@ def unet_skeleton(
         raise ConfigError(f"base_filters: must be >= 1, got {base_filters}")
     check_choice(upsampling, UPSAMPLING, "upsampling")
     h, w, b = check_input_shape(input_shape, depth, name)
-    inputs = keras.Input((h, w, b), name="image")
+    inputs, x = model_input((h, w, b), normalisation)
     context = extra_inputs(inputs) if extra_inputs else None
     kw = {"context": context} if extra_inputs else {}
 
-    x = inputs
     skips = []
     for level in range(depth):
         x = block(x, base_filters * 2**level, level, f"enc{level}", **kw)

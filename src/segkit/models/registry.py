@@ -2,24 +2,19 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from segkit.config import check_kwargs
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, TrainingError
 
-_BUILDERS: dict[str, Callable[..., Any]] = {}
-# name -> module under segkit.models that registers it (imported on first use)
-_MODULES = {
-    "unet": "unet",
-    "fractal_unet": "fractal",
-    "encoder_unet": "encoders",
-    "resnet_unet": "encoders",
-    "efficientnet_unet": "encoders",
-}
+_BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by the architecture modules segkit.models imports
 
 
-def register_model(name: str, module: str | None = None) -> Callable:
-    """Decorator for a builder `f(input_shape, n_classes, **params) -> keras.Model`."""
+def register_model(name: str) -> Callable:
+    """Decorator for a builder `f(input_shape, n_classes, **params, normalisation=None) -> keras.Model`."""
 
     def deco(fn: Callable) -> Callable:
         _BUILDERS[name] = fn
@@ -30,31 +25,21 @@ def register_model(name: str, module: str | None = None) -> Callable:
 
 def model_names() -> list[str]:
     """Every model name a config may use."""
-    _import_all()
     return sorted(_BUILDERS)
 
 
-def _import_all() -> None:
-    for mod in set(_MODULES.values()) | {"encoders"}:
-        try:
-            importlib.import_module(f"segkit.models.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"segkit.models.{mod}":
-                raise
+def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_classes: int, where: str = "models.0",
+                normalisation: tuple[Sequence[float], Sequence[float]] | None = None):
+    """Build the model a config entry describes; unknown names or parameters are ConfigErrors.
 
-
-def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_classes: int, where: str = "models.0"):
-    """Build the model a config entry describes; unknown names or parameters are ConfigErrors."""
+    `normalisation` (the adapter's per-band scale and offset, `adapter.input_normalisation(dtype)`) becomes
+    the model's first layer, so the model — and its saved checkpoint — takes raw images.
+    """
     spec = dict(spec)
     name = spec.pop("name", None)
     spec.pop("tag", None)
     if not name:
         raise ConfigError(f"{where}.name: missing model name")
-    if name not in _BUILDERS:
-        if name in _MODULES:
-            importlib.import_module(f"segkit.models.{_MODULES[name]}")
-        else:
-            _import_all()
     if name not in _BUILDERS:
         import difflib
 
@@ -62,26 +47,73 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}.name: unknown model '{name}'{hint} (known: {', '.join(sorted(_BUILDERS))})")
     builder = _BUILDERS[name]
-    check_kwargs(builder, spec, where, skip=("input_shape", "n_classes"))
-    return builder(input_shape, n_classes, **spec)
+    check_kwargs(builder, spec, where, skip=("input_shape", "n_classes", "normalisation"))
+    return builder(input_shape, n_classes, **spec, normalisation=normalisation)
 
 
-def load_model(path, compile: bool = True):
+def retrain_hint(path: str | Path) -> str:
+    """What to do about a bad checkpoint: retrain its fold when it lies in a `fold_K` folder."""
+    fold = re.fullmatch(r"fold_(\d+)", Path(path).parent.name)
+    if fold:
+        return f"retrain that fold: segkit train <config> --restart-fold {fold.group(1)}"
+    return "save or train the model again"
+
+
+def load_model(path: str | Path, compile: bool = True, raw_input: bool = False):
     """Load a saved `.keras` model after registering every segkit layer, loss and metric.
 
-    Plain `keras.models.load_model(path)` works as well once the defining modules are imported; this helper
-    imports them all first, so callers need not know which architecture a checkpoint holds.
+    Plain `keras.models.load_model(path)` works as well after `import segkit.models`; this helper also
+    turns a missing, empty, truncated or corrupt file into a TrainingError naming the file and the fix.
+    `raw_input=True` (resuming training on raw images) also refuses a checkpoint written before segkit put
+    the input normalisation inside the model; without it such a model loads and `has_input_normalisation`
+    tells the caller to normalise its input (as `predict_probabilities` does).
     """
     import keras
 
-    _import_all()
-    importlib.import_module("segkit.losses")
-    importlib.import_module("segkit.metrics")
-    try:  # registers KerasHub's layers, which encoder U-Nets may contain
+    import segkit.models  # noqa: F401  registers every architecture, loss and metric
+
+    try:  # registers KerasHub's layers, which encoder U-Nets on other KerasHub versions may contain
         importlib.import_module("keras_hub")
     except ImportError:
         pass
-    return keras.models.load_model(path, compile=compile)
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: checkpoint not found; {retrain_hint(path)}")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        what = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
+        raise TrainingError(f"{path} is not a readable Keras checkpoint ({what}); {retrain_hint(path)}")
+    try:
+        model = keras.models.load_model(path, compile=compile)
+    except Exception as exc:  # a damaged archive or config: keras' own message, on one line, with the file
+        detail = " ".join(str(exc).split())[:300]
+        raise TrainingError(f"{path} is not a readable Keras checkpoint ({type(exc).__name__}: {detail}); "
+                            f"{retrain_hint(path)}") from exc
+    if raw_input and not has_input_normalisation(model):
+        raise TrainingError(f"{path} was saved by an older segkit without the input normalisation layer, so "
+                            f"training cannot resume from it on raw images; delete it or {retrain_hint(path)}")
+    return model
+
+
+def has_input_normalisation(model) -> bool:
+    """True when the model normalises raw images itself (its first layers hold an InputNormalisation);
+    False for checkpoints saved by older segkit versions, whose input the caller must normalise."""
+    from segkit.models.layers import input_normalisation_of
+
+    return input_normalisation_of(model) is not None
+
+
+def check_checkpoint_input(model, expected: Sequence[int], path: str | Path) -> None:
+    """TrainingError when a loaded checkpoint does not take (H, W, bands) images as the config says
+    (`data.image_size` and the competition's bands); None in the model's shape matches anything."""
+    got = tuple(model.input_shape[1:])
+    expected = tuple(int(v) for v in expected)
+    if len(got) != len(expected) or any(g is not None and g != e for g, e in zip(got, expected)):
+        shape = "x".join("?" if g is None else str(g) for g in got)
+        raise TrainingError(
+            f"{path}: the checkpoint takes {shape} images but the config gives {'x'.join(map(str, expected))} "
+            "(data.image_size × bands); predict with the config the run was trained with "
+            f"(runs/<name>/config.yaml) or {retrain_hint(path)}"
+        )
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -4,22 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-from keras import layers
 
-from segkit.models.layers import per_level, unet_skeleton
+from segkit.models.layers import Normalisation, conv_block, per_level, unet_skeleton
 from segkit.models.registry import register_model
-
-
-def double_conv(x, filters: int, name: str, batch_norm: bool = True, dropout: float = 0.0):
-    """(Conv 3×3 → [BatchNorm] → ReLU) × 2, with optional dropout after the pair."""
-    for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
-        if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    if dropout > 0:
-        x = layers.Dropout(dropout, name=f"{name}_drop")(x)
-    return x
 
 
 @register_model("unet")
@@ -32,6 +19,7 @@ def unet(
     dropout: float | Sequence[float] = 0.0,
     upsampling: str = "transpose",
     activation: str = "sigmoid",
+    normalisation: Normalisation | None = None,
 ) -> keras.Model:
     """A U-Net of `depth` down-samplings (H and W must divide by 2**depth).
 
@@ -39,12 +27,14 @@ def unet(
     decoder reuses its level's rate). `upsampling`: "transpose" (2×2 transposed conv) or "bilinear" (resize +
     1×1 conv). `activation`: "sigmoid" for binary / multi-label masks, "softmax" for one-hot multi-class.
     The output is float32 (N, H, W, n_classes) probabilities, also under mixed precision.
+    `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
     """
     rates = per_level(dropout, int(depth), "dropout")
 
     def block(x, filters, level, name):
-        return double_conv(x, filters, name, batch_norm=bool(batch_norm), dropout=rates[level])
+        return conv_block(x, filters, name, batch_norm=bool(batch_norm), dropout=rates[level])
 
     return unet_skeleton(
-        input_shape, int(n_classes), block, int(depth), int(base_filters), upsampling, activation, name="unet"
+        input_shape, int(n_classes), block, int(depth), int(base_filters), upsampling, activation, name="unet",
+        normalisation=normalisation,
     )

@@ -48,10 +48,21 @@ class Adapter:
         """The ground truth as uint8 {0, 1} of shape (H, W, classes)."""
         raise NotImplementedError
 
+    def input_normalisation(self, dtype: np.dtype | type | str) -> tuple[list[float], list[float]]:
+        """Per-band (scale, offset) taking raw images of `dtype` to model input as `x * scale + offset`.
+
+        The model holds them in its first layer (so a checkpoint takes raw images); default: divide by the
+        integer dtype's maximum (/255 for uint8, /65535 for uint16), float images unchanged.
+        """
+        dtype = np.dtype(dtype)
+        scale = 1.0 / float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+        return [scale] * self.bands, [0.0] * self.bands
+
     def normalise(self, image: np.ndarray) -> np.ndarray:
-        """Raw image → float32 model input; default divides by the dtype's maximum."""
-        scale = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
-        return image.astype(np.float32) / scale
+        """Raw image → float32 model input in numpy, the same `x * scale + offset` as the model's own layer;
+        only needed for checkpoints saved by older segkit versions, which lack that layer."""
+        scale, offset = self.input_normalisation(image.dtype)
+        return image.astype(np.float32) * np.asarray(scale, np.float32) + np.asarray(offset, np.float32)
 
     # --- writing -------------------------------------------------------------------------
     def sample_submission_path(self) -> Path | None:

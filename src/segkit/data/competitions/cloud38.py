@@ -338,11 +338,13 @@ class Cloud38Adapter(Adapter):
             self._size_cache[key] = tiff_shape(key)
         return self._size_cache[key]
 
-    def normalise(self, image: np.ndarray) -> np.ndarray:
-        """Raw DN → float32: /65535 (Cloud-Net's choice), or (x - mean) / std with per-band statistics."""
+    def input_normalisation(self, dtype: np.dtype | type | str) -> tuple[list[float], list[float]]:
+        """Raw DN → model input: /65535 (Cloud-Net's choice), or (x - mean) / std with per-band statistics
+        (as scale 1/std, offset -mean/std)."""
         if self.band_mean is not None:
-            return (image.astype(np.float32) - self.band_mean) / self.band_std
-        return np.multiply(image, np.float32(1.0 / 65535.0), dtype=np.float32)  # one pass, no temporary
+            std = self.band_std.astype(np.float64)
+            return (1.0 / std).tolist(), (-self.band_mean.astype(np.float64) / std).tolist()
+        return [1.0 / 65535.0] * self.bands, [0.0] * self.bands
 
     # --- writing -------------------------------------------------------------------------
     def submission_size(self, sample: Sample) -> tuple[int, int]:
