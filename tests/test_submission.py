@@ -5,7 +5,7 @@ import pytest
 
 from segkit import rle
 from segkit.errors import SubmissionError
-from segkit.submission import MAX_PER_KIND, rules_for, validate_submission, write_rows
+from segkit.submission import MAX_PER_KIND, format_for, validate_submission, write_rows
 
 
 def write(path, text):
@@ -83,16 +83,16 @@ def test_write_rows_streams(tmp_path):
     assert given == list(range(5))
 
 
-# --- rules -----------------------------------------------------------------------------------------
+# --- the declared formats --------------------------------------------------------------------------
 
-def test_rules_come_from_the_adapters():
-    carvana, clouds, airbus = rules_for("carvana"), rules_for("clouds"), rules_for("airbus")
+def test_formats_come_from_the_adapters():
+    carvana, clouds, airbus = format_for("carvana"), format_for("clouds"), format_for("airbus")
     assert carvana.header == ("img", "rle_mask") and carvana.order == "C" and carvana.shape == (1280, 1918)
     assert clouds.header == ("Image_Label", "EncodedPixels") and clouds.shape == (350, 525)
-    assert clouds.labels == ("Fish", "Flower", "Gravel", "Sugar") and clouds.order == "F"
-    assert airbus.object_rows and airbus.shape == (768, 768) and airbus.order == "F"
+    assert clouds.labels == ("Fish", "Flower", "Gravel", "Sugar") and clouds.order == "F" and clouds.rows == "label"
+    assert airbus.rows == "object" and airbus.shape == (768, 768) and airbus.order == "F"
     with pytest.raises(SubmissionError, match="did you mean 'airbus'"):
-        rules_for("airbs")
+        format_for("airbs")
 
 
 # --- validator: clean files ---------------------------------------------------------------------------
@@ -118,25 +118,27 @@ def test_clean_files_pass(tmp_path):
 def test_wrong_header(tmp_path):
     path = write(tmp_path / "s.csv", "id,EncodedPixels\na.jpg,1 1\n")
     assert validate_submission(path, "carvana") == [
-        "line 1: header is id,EncodedPixels; carvana expects img,rle_mask"]
+        f"{path}, line 1: header is id,EncodedPixels; carvana expects img,rle_mask"]
 
 
 def test_wrong_field_count(tmp_path):
     path = write(tmp_path / "s.csv", "img,rle_mask\na.jpg,1 1,extra\nb.jpg\n")
     problems = validate_submission(path, "carvana")
-    assert problems == ["row 1 (line 2): 3 fields, expected 2 (img,rle_mask)",
-                        "row 2 (line 3): 1 fields, expected 2 (img,rle_mask)"]
+    assert problems == [f"{path}, line 2 (row 1), id 'a.jpg': 3 fields, expected 2 (img,rle_mask)",
+                        f"{path}, line 3 (row 2), id 'b.jpg': 1 fields, expected 2 (img,rle_mask)"]
 
 
 def test_blank_line_and_empty_id(tmp_path):
     path = write(tmp_path / "s.csv", "img,rle_mask\na.jpg,1 1\n\n,1 1\n")
     problems = validate_submission(path, "carvana")
-    assert problems == ["row 2 (line 3): blank line", "row 3 (line 4): empty id"]
+    assert problems == [f"{path}, line 3: blank line (pandas skips it; remove it)",
+                        f"{path}, line 4 (row 2): empty id"]
 
 
 def test_duplicate_id(tmp_path):
     path = write(tmp_path / "s.csv", "img,rle_mask\na.jpg,1 1\nb.jpg,\na.jpg,5 1\n")
-    assert validate_submission(path, "carvana") == ["row 3 (line 4): duplicate id 'a.jpg' (first at row 1)"]
+    assert validate_submission(path, "carvana") == [
+        f"{path}, line 4 (row 3), id 'a.jpg': duplicate id (first at line 2)"]
 
 
 @pytest.mark.parametrize("text, words", [
@@ -151,7 +153,7 @@ def test_duplicate_id(tmp_path):
 def test_malformed_rle(tmp_path, text, words):
     path = write(tmp_path / "s.csv", f"img,rle_mask\na.jpg,1 1\nb.jpg,{text}\n")
     problems = validate_submission(path, "carvana")
-    assert len(problems) == 1 and problems[0].startswith("row 2 (line 3), id 'b.jpg': ")
+    assert len(problems) == 1 and problems[0].startswith(f"{path}, line 3 (row 2), id 'b.jpg': ")
     assert words in problems[0] and "(image 1280x1918, order C)" in problems[0]
 
 
@@ -159,7 +161,7 @@ def test_malformed_rle(tmp_path, text, words):
 def test_nan_written_for_empty_mask(tmp_path, text):
     path = write(tmp_path / "s.csv", f"img,rle_mask\na.jpg,{text}\n")
     problems = validate_submission(path, "carvana")
-    assert problems == [f"row 1 (line 2), id 'a.jpg': '{text}' written for an empty mask; leave the field blank"]
+    assert problems == [f"{path}, line 2 (row 1), id 'a.jpg': '{text}' written for an empty mask; leave the field blank"]
 
 
 def test_rle_too_big_for_the_competition_image(tmp_path):
@@ -168,22 +170,24 @@ def test_rle_too_big_for_the_competition_image(tmp_path):
                                               for lab in ("Fish", "Flower", "Gravel", "Sugar")]
     path = write(tmp_path / "s.csv", "\n".join(lines) + "\n")
     problems = validate_submission(path, "clouds")
-    assert len(problems) == 1 and "past the image's 183750 pixels" in problems[0] and "row 1 (line 2)" in problems[0]
+    assert len(problems) == 1 and "past the image's 183750 pixels" in problems[0]
+    assert problems[0].startswith(f"{path}, line 2 (row 1), id 'x.jpg_Fish': ")
 
 
 def test_airbus_overlapping_ships(tmp_path):
     path = write(tmp_path / "s.csv", "ImageId,EncodedPixels\n"
                  f"s.jpg,{ship_rle(0, 5, 0, 5)}\nt.jpg,\ns.jpg,{ship_rle(10, 20, 10, 20)}\ns.jpg,{ship_rle(3, 8, 3, 8)}\n")
     problems = validate_submission(path, "airbus")
-    assert problems == ["row 4, id 's.jpg': its mask overlaps the mask of row 1; masks of one image must not overlap"]
+    assert problems == [f"{path}, line 5 (row 4), id 's.jpg': its mask overlaps the mask of row 1 (line 2); "
+                        "masks of one image must not overlap"]
 
 
 def test_airbus_blank_row_beside_ships(tmp_path):
     path = write(tmp_path / "s.csv", f"ImageId,EncodedPixels\ns.jpg,{ship_rle(0, 5, 0, 5)}\ns.jpg,\ne.jpg,\ne.jpg,\n")
     problems = validate_submission(path, "airbus")
     assert len(problems) == 2
-    assert problems[0].startswith("row 2 (line 3), id 's.jpg': a blank row for an image that already has rows")
-    assert problems[1].startswith("row 4 (line 5), id 'e.jpg': a blank row")
+    assert problems[0].startswith(f"{path}, line 3 (row 2), id 's.jpg': a blank row for an image that already has rows")
+    assert problems[1].startswith(f"{path}, line 5 (row 4), id 'e.jpg': a blank row")
 
 
 def test_clouds_labels_incomplete_or_unknown(tmp_path):
@@ -191,19 +195,19 @@ def test_clouds_labels_incomplete_or_unknown(tmp_path):
                  "x.jpg_Fish,\nx.jpg_Flower,\nx.jpg_Sugar,\nx.jpg_Cirrus,\n")
     problems = validate_submission(path, "clouds")
     assert problems == [
-        "row 4 (line 5): id 'x.jpg_Cirrus' does not end in _<label> with a label of Fish, Flower, Gravel, Sugar",
-        "row 1: image 'x.jpg' lacks rows for Gravel",
+        f"{path}, line 5 (row 4), id 'x.jpg_Cirrus': the id does not end in _<label> with a label of "
+        "Fish, Flower, Gravel, Sugar",
+        f"{path}, line 2 (row 1), id 'x.jpg': the image lacks rows for Gravel",
     ]
 
 
-def test_ids_missing_unknown_and_out_of_order_against_sample(tmp_path):
+def test_ids_missing_and_unknown_against_sample(tmp_path):
     sample = write(tmp_path / "sample.csv", "img,rle_mask\na.jpg,1 1\nb.jpg,1 1\nc.jpg,1 1\nd.jpg,1 1\n")
     path = write(tmp_path / "s.csv", "img,rle_mask\na.jpg,\nc.jpg,\nb.jpg,\nz.jpg,\n")
     problems = validate_submission(path, "carvana", sample)
     assert problems == [
-        "id 'd.jpg' of the sample has no row",
-        "row 4: id 'z.jpg' is not in the sample submission",
-        "row 2: id 'c.jpg' is out of order; the sample has 'b.jpg' there (row 3 in this file)",
+        f"{sample}, line 5, id 'd.jpg': this id of the sample has no row in {path}",
+        f"{path}, line 5 (row 4), id 'z.jpg': not in the sample {sample}",
     ]
     good = write(tmp_path / "good.csv", "img,rle_mask\na.jpg,\nb.jpg,\nc.jpg,1 1\nd.jpg,\n")
     assert validate_submission(good, "carvana", sample) == []
@@ -219,14 +223,15 @@ def test_sample_of_another_competition(tmp_path):
     sample = write(tmp_path / "sample.csv", "ImageId,EncodedPixels\na.jpg,1 2\n")
     path = write(tmp_path / "s.csv", "img,rle_mask\na.jpg,\n")
     problems = validate_submission(path, "carvana", sample)
-    assert len(problems) == 1 and "sample's header is ImageId,EncodedPixels" in problems[0]
+    assert problems == [f"{sample}, line 1: the sample's header is ImageId,EncodedPixels, not the carvana "
+                        "header img,rle_mask: is it the right sample?"]
 
 
 def test_empty_file_and_header_only(tmp_path):
     assert validate_submission(write(tmp_path / "e.csv", ""), "carvana") == [
         f"{tmp_path / 'e.csv'}: the file is empty; expected the header img,rle_mask"]
     assert validate_submission(write(tmp_path / "h.csv", "img,rle_mask\n"), "carvana") == [
-        "the file has a header but no rows"]
+        f"{tmp_path / 'h.csv'}: the file has a header but no rows"]
 
 
 def test_missing_or_unreadable_file_raises(tmp_path):
@@ -240,9 +245,10 @@ def test_missing_or_unreadable_file_raises(tmp_path):
 
 def test_many_problems_are_summarised(tmp_path):
     rows = "".join(f"a{i}.jpg,0 1\n" for i in range(MAX_PER_KIND + 7))
-    problems = validate_submission(write(tmp_path / "s.csv", "img,rle_mask\n" + rows), "carvana")
+    path = write(tmp_path / "s.csv", "img,rle_mask\n" + rows)
+    problems = validate_submission(path, "carvana")
     assert len(problems) == MAX_PER_KIND + 1
-    assert problems[-1] == "... and 7 more problems of the kind 'rle'"
+    assert problems[-1] == f"{path}: ... and 7 more problems of the kind 'rle'"
 
 
 def test_megabyte_rle_field_is_read(tmp_path):

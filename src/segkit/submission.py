@@ -1,14 +1,11 @@
-"""Competition submission CSVs: a streamed, atomic writer and a validator that names every problem by row.
+"""Competition submission CSVs: the format a competition declares, a streamed atomic writer, and a validator
+that names every problem by file, line and id.
 
-The competition's rules (header, pixel order, image size, label rows, one row per object) are read from its
-adapter class, so they live in one place:
-
-- `submission_header`, `rle_order`, `classes` (the base Adapter attributes);
-- `submission_shape`: (H, W) every RLE refers to, or None when it varies by image (then only the RLE's
-  syntax is checked);
-- `label_rows`: one row per image and label, id `<image>_<label>`, every label present (Understanding Clouds);
-- `object_rows`: one row per object with several rows per id, objects of one id never overlapping, and an
-  object-free id written as a single blank row (Airbus).
+Each adapter declares its competition's format once, as a `SubmissionFormat` class attribute
+(`submission_format`): header, pixel order, the (H, W) every RLE refers to, rows per image / per label / per
+object, and the form of an id. The writer (`SubmissionFormat.rows_for`, `write_rows`), the validator
+(`check_submission`, `segkit validate`) and predict (`Adapter.submission_size`, `validate_written`) all read
+that one declaration.
 """
 from __future__ import annotations
 
@@ -17,9 +14,9 @@ import io
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -27,53 +24,123 @@ from segkit import rle
 from segkit.data.io import atomic_write
 from segkit.errors import ConfigError, RLEError, SubmissionError
 
+if TYPE_CHECKING:
+    from segkit.data.competitions.base import Adapter
+    from segkit.data.sample import Sample
+
 MAX_PER_KIND = 20  # problems listed per kind before summarising the rest
+ROWS = ("image", "label", "object")
 _UNBOUNDED = 1 << 62
 
 
 @dataclass(frozen=True)
-class SubmissionRules:
-    """What a valid submission looks like for one competition."""
+class SubmissionFormat:
+    """What a valid submission looks like for one competition, declared once on its adapter.
 
-    competition: str
+    header: the two column names, exactly as Kaggle expects them.
+    order: RLE pixel order, "C" (row-major) or "F" (column-major).
+    shape: (H, W) every RLE refers to; None when it is each image's own size (only the syntax is checked
+        then, unless the validator is given each id's size).
+    own_size: each id is encoded at its own image's size and `shape` is that size in the real data (38-Cloud:
+        384x384 patches; synthetic or cropped data may differ); the validator bounds runs by `shape`.
+    rows: "image" (one row per image), "label" (one row per image and label, id `<image>_<label>`, every label
+        present) or "object" (one row per object, objects of one image disjoint, an object-free image one
+        blank row).
+    labels: the labels of "label" rows, in column order of the mask.
+    id_suffix: every image id ends with it (".jpg": Kaggle ids are the test file names).
+    id_list: the one column of a plain id list that `--sample` may also be (38-Cloud's test_patches CSV,
+        column `name`, read with or without its header row).
+    competition: the registered name, filled in by `register_adapter`.
+    """
+
     header: tuple[str, str]
-    order: str
-    shape: tuple[int, int] | None
+    order: str = "F"
+    shape: tuple[int, int] | None = None
+    own_size: bool = False
+    rows: str = "image"
     labels: tuple[str, ...] = ()
-    object_rows: bool = False
+    id_suffix: str = ""
+    id_list: str = ""
+    competition: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.header) != 2:
+            raise ValueError(f"SubmissionFormat.header: expected two column names, got {self.header!r}")
+        if self.order not in rle.ORDERS:
+            raise ValueError(f"SubmissionFormat.order: expected 'C' or 'F', got {self.order!r}")
+        if self.rows not in ROWS:
+            raise ValueError(f"SubmissionFormat.rows: expected one of {', '.join(ROWS)}, got {self.rows!r}")
+        if (self.rows == "label") != bool(self.labels):
+            raise ValueError("SubmissionFormat.labels: give labels exactly when rows='label'")
+        if self.own_size and self.shape is None:
+            raise ValueError("SubmissionFormat.own_size: needs `shape`, the size in the real data")
+        object.__setattr__(self, "header", tuple(self.header))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
+
+    @property
+    def name(self) -> str:
+        """The competition's name for messages."""
+        return self.competition or "this competition"
+
+    def split_label(self, row_id: str) -> tuple[str, str] | None:
+        """(image, label) of a label row's id `<image>_<label>`, or None when it ends in no declared label
+        (labels may hold "_" themselves, so the longest matching label wins)."""
+        for label in sorted(self.labels, key=len, reverse=True):
+            if row_id.endswith("_" + label) and len(row_id) > len(label) + 1:
+                return row_id[: -len(label) - 1], label
+        return None
+
+    def image_of(self, row_id: str) -> str:
+        """The image a row id belongs to (`<image>_<label>` -> `<image>` for label rows)."""
+        split = self.split_label(row_id) if self.rows == "label" else None
+        return split[0] if split else row_id
+
+    def rows_for(self, image_id: str, mask: np.ndarray) -> Iterator[tuple[str, str]]:
+        """Rows (id, rle) of one image; `mask` is uint8 (H, W, classes) at its submission size."""
+        if self.rows == "label":
+            for c, label in enumerate(self.labels):
+                yield f"{image_id}_{label}", rle.encode(mask[..., c], order=self.order)
+        elif self.rows == "object":
+            from segkit.evaluate import label_objects
+
+            encoded = rle.encode_instances(label_objects(mask[..., 0]), order=self.order)
+            if not encoded:
+                yield image_id, ""
+            for text in encoded:
+                yield image_id, text
+        else:
+            yield image_id, rle.encode(mask[..., 0], order=self.order)
 
 
-def rules_for(competition: str) -> SubmissionRules:
-    """The submission rules of `competition`, taken from its registered adapter class."""
+def format_for(competition: str | SubmissionFormat) -> SubmissionFormat:
+    """The submission format `competition` declares (a format is returned as it is)."""
+    if isinstance(competition, SubmissionFormat):
+        return competition
     from segkit.data.competitions.base import adapter_class
 
     try:
         cls = adapter_class(competition)
     except ConfigError as exc:
         raise SubmissionError(str(exc).replace("data.competition: ", "")) from None
-    shape = getattr(cls, "submission_shape", None)
-    return SubmissionRules(
-        competition=competition,
-        header=tuple(cls.submission_header),
-        order=cls.rle_order,
-        shape=tuple(int(s) for s in shape) if shape else None,
-        labels=tuple(cls.classes) if getattr(cls, "label_rows", False) else (),
-        object_rows=bool(getattr(cls, "object_rows", False)),
-    )
+    return cls.submission_format
 
 
 # --- writing -----------------------------------------------------------------------------------
 
-def write_rows(path: str | os.PathLike, header: Sequence[str], rows: Iterable[tuple[str, str | None]],
-               sample_ids: Sequence[str] | None = None) -> int:
-    """Write `rows` (id, rle) as a CSV, streamed one row at a time into a temporary file that replaces
-    `path` only when every row is written; returns the number of rows.
+def write_rows(path: str | os.PathLike, header: Sequence[str] | SubmissionFormat,
+               rows: Iterable[tuple[str, str | None]], sample_ids: Sequence[str] | None = None) -> int:
+    """Write `rows` (id, rle) as a CSV under `header` (or a format's header), streamed one row at a time into
+    a temporary file that replaces `path` only when every row is written; returns the number of rows.
 
     With `sample_ids` (the first column of sample_submission.csv) the rows come out in that order, all rows
     of one id together: rows already in order go straight to the file; once one arrives out of order the rest
     are spooled to a temporary file on disk and copied back in sample order, so memory never holds the rows.
     An id that is not in the sample, or a sample id that gets no row, raises SubmissionError (nothing written).
     """
+    if isinstance(header, SubmissionFormat):
+        header = header.header
     path = Path(path)
     with atomic_write(path, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -141,12 +208,110 @@ def _csv_line(fields: list[str]) -> str:
     return ",".join(fields) + "\n"
 
 
+# --- reading -----------------------------------------------------------------------------------
+
+@dataclass
+class _Record:
+    """One CSV record: the line it starts on, its fields (None when unreadable) and the reader's error."""
+
+    line: int
+    fields: list[str] | None
+    error: str = ""
+
+
+def _records(path: Path, what: str) -> Iterator[_Record]:
+    """Every record of a CSV, streamed, as pandas would split them: CRLF, LF or lone CR line ends, quoted
+    fields over several lines, a UTF-8 byte-order mark ignored. A record the csv module cannot read (a quote
+    never closed, text after a closing quote) comes back with its error, and reading goes on."""
+    if not path.is_file():
+        raise SubmissionError(f"{path}: {what} not found")
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a noisy full-size RLE runs to megabytes
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh, strict=True)
+            last = 0
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield _Record(last + 1, None, str(exc))
+                    if reader.line_num == last:
+                        return
+                    last = reader.line_num
+                    continue
+                yield _Record(last + 1, fields)
+                last = reader.line_num
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SubmissionError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def _show(text: str) -> str:
+    """An id as one printable line (a line break inside a quoted field shown as \\n)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _csv_error(path: Path, record: _Record) -> str:
+    if "unexpected end of data" in record.error:
+        return (f"{path}, line {record.line}: a quoted field opened on this line is never closed; pandas cannot "
+                f"read the file (close the quote)")
+    return f"{path}, line {record.line}: not valid CSV ({record.error}); pandas would misread this row"
+
+
+@dataclass
+class SampleIds:
+    """The ids of a sample submission (or of a plain id list) in order, each with its line."""
+
+    path: Path
+    header: tuple[str, ...]
+    ids: list[str]
+    lines: dict[str, int]
+    is_list: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def read_sample(sample: str | os.PathLike, fmt: SubmissionFormat | None = None) -> SampleIds:
+    """The ids of a sample_submission.csv in order, each once (Airbus' sample repeats an id per ship). With a
+    format that has `id_list`, a one-column list of ids (with or without its header row) is read too."""
+    path = Path(sample)
+    header: tuple[str, ...] | None = None
+    ids: list[str] = []
+    lines: dict[str, int] = {}
+    problems: list[str] = []
+    is_list = False
+    for record in _records(path, "sample submission"):
+        if record.fields is None:
+            problems.append(_csv_error(path, record))
+            continue
+        if header is None:
+            header = tuple(record.fields)
+            is_list = bool(fmt and fmt.id_list and len(header) == 1 and header != fmt.header)
+            if not is_list or header[0].strip().lower() == fmt.id_list.lower():
+                continue  # a header row; a plain id list may come without one
+        if record.fields and record.fields[0] not in lines:
+            ids.append(record.fields[0])
+            lines[record.fields[0]] = record.line
+    if header is None:
+        raise SubmissionError(f"{path}: the sample submission is empty")
+    return SampleIds(path, header, ids, lines, is_list, problems)
+
+
+def read_sample_ids(sample: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(header, ids in order, each once) of a sample_submission.csv."""
+    got = read_sample(sample)
+    return list(got.header), got.ids
+
+
 # --- validating --------------------------------------------------------------------------------
 
 class _Problems:
     """Problems grouped by kind, each kind listed up to MAX_PER_KIND times, then counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.items: list[str] = []
         self.counts: dict[str, int] = defaultdict(int)
 
@@ -159,141 +324,186 @@ class _Problems:
         out = list(self.items)
         for kind, count in self.counts.items():
             if count > MAX_PER_KIND:
-                out.append(f"... and {count - MAX_PER_KIND} more problems of the kind '{kind}'")
+                out.append(f"{self.path}: ... and {count - MAX_PER_KIND} more problems of the kind '{kind}'")
         return out
 
 
-def _read_csv_rows(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of every line of a CSV, streamed."""
-    if not path.is_file():
-        raise SubmissionError(f"{path}: {what} not found")
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a noisy full-size RLE runs to megabytes
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            for fields in reader:
-                yield reader.line_num, fields
-    except UnicodeDecodeError as exc:
-        raise SubmissionError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise SubmissionError(f"{path}: {what} is not a readable CSV ({exc})") from None
+@dataclass
+class Report:
+    """What the validator found: problems (the file is invalid when there is any), notes (worth knowing,
+    not wrong), and the number of data rows as a CSV reader counts them."""
+
+    path: Path
+    competition: str
+    problems: list[str]
+    notes: list[str]
+    rows: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the file has no problem."""
+        return not self.problems
 
 
-def read_sample_ids(sample: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(header, ids in order) of a sample_submission.csv."""
-    rows = _read_csv_rows(Path(sample), "sample submission")
-    header: list[str] | None = None
-    ids: list[str] = []
-    for _, fields in rows:
-        if header is None:
-            header = [f.strip() for f in fields]
-            continue
-        if fields:
-            ids.append(fields[0])
-    if header is None:
-        raise SubmissionError(f"{sample}: the sample submission is empty")
-    return header, ids
+def validate_submission(path: str | os.PathLike, competition: str | SubmissionFormat,
+                        sample: str | os.PathLike | None = None,
+                        shapes: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
+    """The problems of a submission CSV (empty when valid); see `check_submission`."""
+    return check_submission(path, competition, sample, shapes).problems
 
 
-def validate_submission(path: str | os.PathLike, competition: str,
-                        sample: str | os.PathLike | None = None) -> list[str]:
-    """Check a submission CSV against its competition's rules (and its sample_submission.csv when given):
-    header, field count, duplicate ids, every RLE valid for the image size, labels complete, objects of one
-    image disjoint, ids and their order equal to the sample's. Returns the problems, each naming its row;
-    an empty list means the file is valid."""
+def validate_written(path: str | os.PathLike, adapter: "Adapter", samples: Sequence["Sample"],
+                     sample: str | os.PathLike | None = None) -> list[str]:
+    """The problems of a submission just written for `samples` by `adapter`: its declared format, each
+    image's runs bounded by the size the adapter encoded it at (exact even for per-image sizes)."""
+    fmt = adapter.submission_format
+    shapes = None
+    if fmt.shape is None or fmt.own_size:
+        shapes = {s.id: tuple(adapter.submission_size(s)) for s in samples}
+    return validate_submission(path, fmt, sample, shapes)
+
+
+def check_submission(path: str | os.PathLike, competition: str | SubmissionFormat,
+                     sample: str | os.PathLike | None = None,
+                     shapes: Mapping[str, tuple[int, int]] | None = None) -> Report:
+    """Check a submission CSV against its competition's declared format (and its sample_submission.csv, or
+    for 38-Cloud the test patch list, when given): CSV syntax as pandas reads it, header, field count, ids
+    (exact, no spaces around them, the declared form), duplicates, every RLE valid for the image size (from
+    `shapes`, image id -> (H, W), when given), labels complete, objects of one image disjoint, ids equal to
+    the sample's. Rows in another order than the sample are a note: Kaggle matches rows by id.
+    Every problem names the file, the line (and row) and the id."""
     path = Path(path)
-    rules = rules_for(competition)
-    problems = _Problems()
-    n_pixels = rules.shape[0] * rules.shape[1] if rules.shape else _UNBOUNDED
-    size_text = f"{rules.shape[0]}x{rules.shape[1]}" if rules.shape else "any size"
+    fmt = format_for(competition)
+    problems = _Problems(path)
+    notes: list[str] = []
+    header_text = ",".join(fmt.header)
 
-    order: list[str] = []  # ids (or images for object rows) in order of first appearance
-    first_row: dict[str, int] = {}
+    order: list[str] = []  # ids (images for object rows) in order of first appearance
+    first_row: dict[str, tuple[int, int]] = {}  # id -> (row, line)
     labels_seen: dict[str, set[str]] = defaultdict(set)
-    image_row: dict[str, int] = {}  # first row of each image (label rows)
-    objects: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)  # id -> (row, starts, lengths)
+    image_row: dict[str, tuple[int, int]] = {}  # first (row, line) of each image (label rows)
+    objects: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]]] = defaultdict(list)
     blank_rows: dict[str, int] = {}
     header_seen = False
     row = 0
-    for line, fields in _read_csv_rows(path, "submission"):
+    for record in _records(path, "submission"):
+        line = record.line
+        if record.fields is None:
+            problems.add("csv", _csv_error(path, record))
+            if header_seen:
+                row += 1
+            continue
+        fields = record.fields
         if not header_seen:
             header_seen = True
-            got = tuple(f.strip().lstrip("\ufeff") for f in fields)
-            if got != rules.header:
-                problems.add("header", f"line {line}: header is {','.join(got) or '(empty)'}; "
-                                       f"{competition} expects {','.join(rules.header)}")
+            _check_header(path, line, tuple(fields), fmt, problems)
+            continue
+        if not fields:
+            problems.add("blank line", f"{path}, line {line}: blank line (pandas skips it; remove it)")
             continue
         row += 1
-        where = f"row {row} (line {line})"
-        if not fields:
-            problems.add("blank line", f"{where}: blank line")
-            continue
+        where = f"{path}, line {line} (row {row})"
         if len(fields) != 2:
-            problems.add("field count", f"{where}: {len(fields)} fields, expected 2 ({','.join(rules.header)})")
+            problems.add("field count", f"{where}, id '{_show(fields[0])}': {len(fields)} fields, expected 2 ({header_text})")
             continue
-        row_id, text = fields[0].strip(), fields[1]
+        raw_id, text = fields
+        row_id = raw_id.strip()
+        where_id = f"{where}, id '{_show(raw_id)}'"
         if not row_id:
             problems.add("empty id", f"{where}: empty id")
             continue
-        if row_id in first_row and not rules.object_rows:
-            problems.add("duplicate", f"{where}: duplicate id '{row_id}' (first at row {first_row[row_id]})")
+        if row_id != raw_id:
+            problems.add("spaces", f"{where_id}: spaces around the id; Kaggle matches ids exactly (write '{_show(row_id)}')")
+        if "\n" in row_id or "\r" in row_id:
+            problems.add("line break", f"{where_id}: the id holds a line break (a quoted field over several "
+                                       f"lines); Kaggle would not match it")
+        if row_id in first_row and fmt.rows != "object":
+            problems.add("duplicate", f"{where_id}: duplicate id (first at line {first_row[row_id][1]})")
             continue
         if row_id not in first_row:
-            first_row[row_id] = row
+            first_row[row_id] = (row, line)
             order.append(row_id)
-        if rules.labels:
-            image, sep, label = row_id.rpartition("_")
-            if not sep or label not in rules.labels:
-                problems.add("label", f"{where}: id '{row_id}' does not end in _<label> with a label of "
-                                      f"{', '.join(rules.labels)}")
+        image = row_id
+        if fmt.rows == "label":
+            split = fmt.split_label(row_id)
+            if split is None:
+                problems.add("label", f"{where_id}: the id does not end in _<label> with a label of "
+                                      f"{', '.join(fmt.labels)}")
+                image = ""
             else:
+                image, label = split
                 labels_seen[image].add(label)
-                image_row.setdefault(image, row)
+                image_row.setdefault(image, (row, line))
+        if sample is None and fmt.id_suffix and image and not image.endswith(fmt.id_suffix):
+            form = f"<image>{fmt.id_suffix}_<label>" if fmt.rows == "label" else f"<image>{fmt.id_suffix}"
+            problems.add("id form", f"{where_id}: {fmt.name} ids are {form} (the test file name)")
         if text.strip().lower() in ("nan", "none", "null"):
-            problems.add("rle", f"{where}, id '{row_id}': '{text.strip()}' written for an empty mask; leave the field blank")
+            problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; leave the field blank")
             continue
+        if "\n" in text or "\r" in text:
+            problems.add("line break", f"{where_id}: the RLE holds a line break (a quoted field over several "
+                                       f"lines); write each row on one line")
+            continue
+        shape = shapes.get(image, fmt.shape) if shapes is not None else fmt.shape
         try:
-            starts, lengths = rle.parse_runs(text, n_pixels)
+            starts, lengths = rle.parse_runs(text, shape[0] * shape[1] if shape else _UNBOUNDED)
         except RLEError as exc:
-            problems.add("rle", f"{where}, id '{row_id}': {exc} (image {size_text}, order {rules.order})")
+            size = f"{shape[0]}x{shape[1]}" if shape else "any size"
+            problems.add("rle", f"{where_id}: {exc} (image {size}, order {fmt.order})")
             continue
-        if rules.object_rows:
+        if fmt.rows == "object":
             if starts.size == 0:
                 if row_id in blank_rows or objects[row_id]:
-                    problems.add("object rows", f"{where}, id '{row_id}': a blank row for an image that already has "
-                                                f"rows; an object-free image gets exactly one blank row")
-                blank_rows.setdefault(row_id, row)
+                    problems.add("object rows", f"{where_id}: a blank row for an image that already has rows; "
+                                                f"an object-free image gets exactly one blank row")
+                blank_rows.setdefault(row_id, line)
             else:
                 if row_id in blank_rows:
-                    problems.add("object rows", f"{where}, id '{row_id}': an object row for an image written as "
-                                                f"object-free at row {blank_rows[row_id]}")
-                objects[row_id].append((row, starts, lengths))
+                    problems.add("object rows", f"{where_id}: an object row for an image written as object-free "
+                                                f"at line {blank_rows[row_id]}")
+                objects[row_id].append((row, line, starts, lengths))
 
     if not header_seen:
-        problems.add("header", f"{path}: the file is empty; expected the header {','.join(rules.header)}")
-        return problems.result()
-    if rules.labels:
+        problems.add("header", f"{path}: the file is empty; expected the header {header_text}")
+        return Report(path, fmt.name, problems.result(), notes, 0)
+    if fmt.rows == "label":
         for image, seen in labels_seen.items():
-            missing = [lab for lab in rules.labels if lab not in seen]
+            missing = [lab for lab in fmt.labels if lab not in seen]
             if missing:
-                problems.add("label", f"row {image_row[image]}: image '{image}' lacks rows for {', '.join(missing)}")
-    if rules.object_rows:
+                r, ln = image_row[image]
+                problems.add("label", f"{path}, line {ln} (row {r}), id '{image}': the image lacks rows for "
+                                      f"{', '.join(missing)}")
+    if fmt.rows == "object":
         for image_id, items in objects.items():
-            _check_disjoint(image_id, items, problems)
+            _check_disjoint(path, image_id, items, problems)
     if sample is not None:
-        _compare_with_sample(Path(sample), rules, order, first_row, problems)
+        _compare_with_sample(path, read_sample(sample, fmt), fmt, order, first_row, problems, notes)
     if row == 0:
-        problems.add("rows", "the file has a header but no rows")
-    return problems.result()
+        problems.add("rows", f"{path}: the file has a header but no rows")
+    return Report(path, fmt.name, problems.result(), notes, row)
 
 
-def _check_disjoint(image_id: str, items: list[tuple[int, np.ndarray, np.ndarray]], problems: _Problems) -> None:
+def _check_header(path: Path, line: int, got: tuple[str, ...], fmt: SubmissionFormat, problems: _Problems) -> None:
+    if got == fmt.header:
+        return
+    if tuple(f.strip() for f in got) == fmt.header:
+        spaced = ", ".join(f"'{f}'" for f in got if f != f.strip())
+        problems.add("header", f"{path}, line {line}: spaces around the header name(s) {spaced}; Kaggle matches "
+                               f"column names exactly (write {','.join(fmt.header)})")
+        return
+    problems.add("header", f"{path}, line {line}: header is {','.join(got) or '(empty)'}; "
+                           f"{fmt.name} expects {','.join(fmt.header)}")
+
+
+def _check_disjoint(path: Path, image_id: str, items: list[tuple[int, int, np.ndarray, np.ndarray]],
+                    problems: _Problems) -> None:
     """Report any two object rows of one image whose runs share a pixel."""
     if len(items) < 2:
         return
-    starts = np.concatenate([s for _, s, _ in items])
-    ends = np.concatenate([s + n for _, s, n in items])
-    owner = np.concatenate([np.full(len(s), r) for r, s, _ in items])
+    line_of = {r: ln for r, ln, _, _ in items}
+    starts = np.concatenate([s for _, _, s, _ in items])
+    ends = np.concatenate([s + n for _, _, s, n in items])
+    owner = np.concatenate([np.full(len(s), r) for r, _, s, _ in items])
     order = np.argsort(starts, kind="stable")
     starts, ends, owner = starts[order], ends[order], owner[order]
     running_end = np.maximum.accumulate(ends)
@@ -302,32 +512,36 @@ def _check_disjoint(image_id: str, items: list[tuple[int, np.ndarray, np.ndarray
     for i in clash:
         # the earlier run reaching furthest past this start belongs to the clashing row
         j = int(np.flatnonzero(ends[: i + 1] > starts[i + 1])[-1])
-        pair = tuple(sorted((int(owner[j]), int(owner[i + 1]))))
-        if pair in reported or pair[0] == pair[1]:
+        first, second = sorted((int(owner[j]), int(owner[i + 1])))
+        if (first, second) in reported or first == second:
             continue
-        reported.add(pair)
-        problems.add("overlap", f"row {pair[1]}, id '{image_id}': its mask overlaps the mask of row {pair[0]}; "
-                                f"masks of one image must not overlap")
+        reported.add((first, second))
+        problems.add("overlap", f"{path}, line {line_of[second]} (row {second}), id '{image_id}': its mask overlaps "
+                                f"the mask of row {first} (line {line_of[first]}); masks of one image must not overlap")
 
 
-def _compare_with_sample(sample: Path, rules: SubmissionRules, order: list[str], first_row: dict[str, int],
-                         problems: _Problems) -> None:
-    header, sample_ids = read_sample_ids(sample)
-    if tuple(header) != rules.header:
-        problems.add("sample", f"{sample}: the sample's header is {','.join(header)}, not the "
-                               f"{rules.competition} header {','.join(rules.header)}: is it the right sample?")
-    wanted = set(sample_ids)
+def _compare_with_sample(path: Path, sample: SampleIds, fmt: SubmissionFormat, order: list[str],
+                         first_row: dict[str, tuple[int, int]], problems: _Problems, notes: list[str]) -> None:
+    for text in sample.problems:
+        problems.add("sample", text)
+    if not sample.is_list and sample.header != fmt.header:
+        problems.add("sample", f"{sample.path}, line 1: the sample's header is {','.join(sample.header)}, not the "
+                               f"{fmt.name} header {','.join(fmt.header)}: is it the right sample?")
+    wanted = set(sample.ids)
     got = set(order)
-    for sid in sample_ids:
+    for sid in sample.ids:
         if sid not in got:
-            problems.add("missing id", f"id '{sid}' of the sample has no row")
+            problems.add("missing id", f"{sample.path}, line {sample.lines[sid]}, id '{_show(sid)}': this id of the sample "
+                                       f"has no row in {path}")
     for rid in order:
         if rid not in wanted:
-            problems.add("unknown id", f"row {first_row[rid]}: id '{rid}' is not in the sample submission")
+            row, line = first_row[rid]
+            problems.add("unknown id", f"{path}, line {line} (row {row}), id '{_show(rid)}': not in the sample {sample.path}")
     common_sub = [r for r in order if r in wanted]
-    common_sample = [s for s in sample_ids if s in got]
+    common_sample = [s for s in sample.ids if s in got]
     for rid, sid in zip(common_sub, common_sample):
         if rid != sid:
-            problems.add("order", f"row {first_row[rid]}: id '{rid}' is out of order; the sample has '{sid}' "
-                                  f"there (row {first_row[sid]} in this file)")
+            row, line = first_row[rid]
+            notes.append(f"{path}, line {line} (row {row}), id '{_show(rid)}': rows are in another order than the sample "
+                         f"{sample.path} (it has '{_show(sid)}' there); fine, Kaggle matches rows by id")
             break

@@ -19,6 +19,7 @@ from segkit.data.competitions.base import Adapter, register_adapter
 from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError
+from segkit.submission import SubmissionFormat
 
 TRAIN_CSVS = ("train_ship_segmentations_v2.csv", "train_ship_segmentations.csv")
 SAMPLE_CSVS = ("sample_submission_v2.csv", "sample_submission.csv")
@@ -36,13 +37,6 @@ def separate_touching(labels: np.ndarray) -> np.ndarray:
     return (ship & ~(higher | lower)).astype(np.uint8)
 
 
-def ships_of(mask: np.ndarray) -> np.ndarray:
-    """Label image of the ships in a binary (H, W) mask: 8-connected components, 0 = sea."""
-    from segkit.evaluate import label_objects
-
-    return label_objects(mask)
-
-
 @register_adapter("airbus")
 class AirbusAdapter(Adapter):
     """Airbus: a binary ship mask per image for training; ships split by connected components at submission.
@@ -57,11 +51,11 @@ class AirbusAdapter(Adapter):
 
     classes = ("ship",)
     bands = 3
-    submission_header = ("ImageId", "EncodedPixels")
-    rle_order = "F"
+    # one row per ship (8-connected component; ships of an image disjoint), a ship-free image one blank row;
+    # column-major RLE at 768x768
+    submission_format = SubmissionFormat(header=("ImageId", "EncodedPixels"), order="F", shape=(768, 768),
+                                         rows="object", id_suffix=".jpg")
     default_tta = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
-    submission_shape = (768, 768)
-    object_rows = True  # one row per ship, ships of an image disjoint, a ship-free image one blank row
 
     def __init__(self, root: str | Path, empty_fraction: float = 1.0, separate_ships: bool = True,
                  train_dir: str = "train_v2", test_dir: str = "test_v2") -> None:
@@ -124,19 +118,6 @@ class AirbusAdapter(Adapter):
                 raise DataError(f"{sample.mask[0]}: {sample.id}, ship {k}: {exc}") from None
         mask = separate_touching(labels) if self.separate_ships else (labels > 0).astype(np.uint8)
         return mask[..., None]
-
-    def submission_size(self, sample: Sample) -> tuple[int, int]:
-        """768x768, the competition's image size."""
-        return self.submission_shape
-
-    def submission_rows(self, sample: Sample, mask: np.ndarray):
-        """One row per ship (8-connected component), disjoint by construction; one blank row when no ship."""
-        encoded = rle.encode_instances(ships_of(mask[..., 0]), order=self.rle_order)
-        if not encoded:
-            yield sample.id, ""
-            return
-        for text in encoded:
-            yield sample.id, text
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Airbus' score: F2 over IoU thresholds 0.5-0.95 per image, ships = connected components, mean over

@@ -1,9 +1,10 @@
 """What every competition adapter provides, and the registry that finds adapters by name."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -11,19 +12,23 @@ from segkit.data.sample import Sample
 from segkit.config import check_kwargs
 from segkit.errors import ConfigError
 
+if TYPE_CHECKING:
+    from segkit.submission import SubmissionFormat
+
 
 class Adapter:
     """Reads one competition's raw files into Samples and turns predicted masks into its submission rows.
 
     Images come back in their raw dtype as (H, W, bands); masks as uint8 {0, 1} (H, W, classes).
     Subclasses set the class attributes and implement the methods that raise NotImplementedError.
+    `submission_format` (a segkit.submission.SubmissionFormat) declares the competition's submission once:
+    the writer, the validator and predict all read it.
     """
 
     name: ClassVar[str] = ""
     classes: ClassVar[tuple[str, ...]] = ("foreground",)
     bands: ClassVar[int] = 3
-    submission_header: ClassVar[tuple[str, str]] = ("id", "EncodedPixels")
-    rle_order: ClassVar[str] = "F"
+    submission_format: ClassVar["SubmissionFormat"]
     default_tta: ClassVar[tuple[str, ...]] = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
 
     def __init__(self, root: str | Path) -> None:
@@ -69,15 +74,34 @@ class Adapter:
         """The competition's sample_submission.csv (fixes row ids and order), or None when it has none."""
         return None
 
+    @property
+    def submission_header(self) -> tuple[str, str]:
+        """The submission's two column names (from `submission_format`)."""
+        return self.submission_format.header
+
+    @property
+    def rle_order(self) -> str:
+        """The competition's RLE pixel order, "C" or "F" (from `submission_format`)."""
+        return self.submission_format.order
+
     def submission_size(self, sample: Sample) -> tuple[int, int]:
-        """(H, W) that the submission's RLE refers to for this sample."""
-        raise NotImplementedError
+        """(H, W) that the submission's RLE refers to for this sample: the declared shape, or the sample's
+        own size when the format declares sizes per image."""
+        fmt = self.submission_format
+        if fmt.shape is not None and not fmt.own_size:
+            return fmt.shape
+        return self.stored_size(sample)
+
+    def stored_size(self, sample: Sample) -> tuple[int, int]:
+        """(H, W) of the sample's stored image, from its header (no pixels read)."""
+        from segkit.data.competitions.kaggle_files import image_size
+
+        return image_size(sample.image[0])
 
     def submission_rows(self, sample: Sample, mask: np.ndarray) -> Iterator[tuple[str, str]]:
-        """Rows (id, rle) for one test sample; `mask` is uint8 (H, W, classes) at submission_size."""
-        from segkit import rle
-
-        yield sample.id, rle.encode(mask[..., 0], order=self.rle_order)
+        """Rows (id, rle) for one test sample as the format declares them; `mask` is uint8 (H, W, classes)
+        at submission_size."""
+        yield from self.submission_format.rows_for(sample.id, mask)
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """The competition's metric for one class over a stack of masks (N, H, W); higher is better.
@@ -105,6 +129,10 @@ def register_adapter(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
     """Class decorator: make an adapter findable by `name` in configs."""
 
     def deco(cls: type[Adapter]) -> type[Adapter]:
+        fmt = getattr(cls, "submission_format", None)
+        if fmt is None:
+            raise TypeError(f"adapter {cls.__name__} declares no submission_format")
+        cls.submission_format = dataclasses.replace(fmt, competition=name)
         cls.name = name
         _ADAPTERS[name] = cls
         return cls

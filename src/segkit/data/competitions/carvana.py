@@ -20,6 +20,7 @@ from segkit.data.competitions.kaggle_files import (
 from segkit.data.io import read_image
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError
+from segkit.submission import SubmissionFormat
 
 MASKS_CSV = "train_masks.csv"
 SAMPLE_CSV = "sample_submission.csv"
@@ -37,10 +38,10 @@ class CarvanaAdapter(Adapter):
 
     classes = ("car",)
     bands = 3
-    submission_header = ("img", "rle_mask")
-    rle_order = "C"
+    # one row per image `<car>_<view>.jpg`, row-major RLE at full resolution (every image is 1918x1280)
+    submission_format = SubmissionFormat(header=("img", "rle_mask"), order="C", shape=(1280, 1918),
+                                         id_suffix=".jpg")
     default_tta = ("identity", "hflip")
-    submission_shape = (1280, 1918)  # every Carvana image is 1918 wide, 1280 high
 
     def __init__(self, root: str | Path, masks: str = "auto", train_dir: str = "train", test_dir: str = "test",
                  masks_dir: str = "train_masks") -> None:
@@ -113,14 +114,6 @@ class CarvanaAdapter(Adapter):
             mask = (read_image(sample.mask[0], grayscale=True) > 0).astype(np.uint8)
             check_mask_shape(mask, shape, sample.mask[0], sample.image[0])
         return mask[..., None]
-
-    def submission_size(self, sample: Sample) -> tuple[int, int]:
-        """1280x1918: Carvana scores masks at full resolution."""
-        return self.submission_shape
-
-    def submission_rows(self, sample: Sample, mask: np.ndarray):
-        """One row per image: `<id>.jpg,<row-major RLE>`."""
-        yield sample.id, rle.encode(mask[..., 0], order=self.rle_order)
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Carvana's score: mean Dice over images (both empty = 1)."""

@@ -29,6 +29,7 @@ from segkit.data.competitions.base import Adapter, register_adapter
 from segkit.data.io import read_tiff
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError
+from segkit.submission import SubmissionFormat
 
 BANDS = ("red", "green", "blue", "nir")  # Landsat 8 B4, B3, B2, B5; the model sees them in this order
 TRAIN_DIR = "38-Cloud_training"
@@ -197,8 +198,10 @@ class Cloud38Adapter(Adapter):
 
     classes = ("cloud",)
     bands = 4
-    rle_order = "F"
-    submission_header = ("id", "EncodedPixels")
+    # one row per test patch (its name as in test_patches_38-Cloud.csv), column-major RLE at the patch's own
+    # size: 384x384 in the real data; `segkit validate --sample` also takes that patch list
+    submission_format = SubmissionFormat(header=("id", "EncodedPixels"), order="F", shape=(384, 384),
+                                         own_size=True, id_list="name")
     extra_training = False  # 95-Cloud sets this
 
     def __init__(
@@ -347,8 +350,8 @@ class Cloud38Adapter(Adapter):
         return [1.0 / 65535.0] * self.bands, [0.0] * self.bands
 
     # --- writing -------------------------------------------------------------------------
-    def submission_size(self, sample: Sample) -> tuple[int, int]:
-        """The patch's own size (384x384 in the real data): one RLE per test patch."""
+    def stored_size(self, sample: Sample) -> tuple[int, int]:
+        """The patch's size from its red band's header (384x384 in the real data)."""
         return self._band_shape(sample)
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:

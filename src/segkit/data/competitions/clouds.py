@@ -19,6 +19,7 @@ from segkit.data.competitions.base import Adapter, register_adapter
 from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
 from segkit.data.sample import Sample
 from segkit.errors import DataError
+from segkit.submission import SubmissionFormat
 
 TRAIN_CSV = "train.csv"
 SAMPLE_CSV = "sample_submission.csv"
@@ -43,11 +44,10 @@ class CloudsAdapter(Adapter):
 
     classes = LABELS
     bands = 3
-    submission_header = ("Image_Label", "EncodedPixels")
-    rle_order = "F"
+    # one row per image and label `<id>.jpg_<Label>`, column-major RLE at 350x525 (a quarter of each side)
+    submission_format = SubmissionFormat(header=("Image_Label", "EncodedPixels"), order="F", shape=(350, 525),
+                                         rows="label", labels=LABELS, id_suffix=".jpg")
     default_tta = ("identity", "hflip", "vflip")
-    submission_shape = (350, 525)
-    label_rows = True  # one row per image and label, every label present
 
     def __init__(self, root: str | Path, train_dir: str = "train_images", test_dir: str = "test_images") -> None:
         super().__init__(root)
@@ -98,15 +98,6 @@ class CloudsAdapter(Adapter):
             except rle.RLEError as exc:
                 raise DataError(f"{sample.mask[0]}: {sample.id}_{label}: {exc}") from None
         return np.stack(planes, axis=-1)
-
-    def submission_size(self, sample: Sample) -> tuple[int, int]:
-        """350x525, the competition's submission size."""
-        return self.submission_shape
-
-    def submission_rows(self, sample: Sample, mask: np.ndarray):
-        """Four rows per image, `<id>.jpg_<Label>`, column-major RLE (blank for an absent label)."""
-        for c, label in enumerate(LABELS):
-            yield f"{sample.id}_{label}", rle.encode(mask[..., c], order=self.rle_order)
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Understanding Clouds' score for one label: mean Dice over images (both empty = 1)."""

@@ -10,6 +10,7 @@ one row per image and class (`<stem>_<class>`) for several, RLE at the image's o
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from segkit.data.competitions.kaggle_files import IMAGE_EXTENSIONS, check_mask_s
 from segkit.data.io import read_image
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError
+from segkit.submission import SubmissionFormat
 
 
 def read_any(path: str | Path) -> np.ndarray:
@@ -51,8 +53,8 @@ class FolderAdapter(Adapter):
       rle_order: "F" (Kaggle's usual column-major) or "C".
     """
 
-    submission_header = ("id", "EncodedPixels")
-    submission_shape = None  # each image's own size
+    # each image's own size; the instance sets the pixel order and, for several classes, `<stem>_<class>` rows
+    submission_format = SubmissionFormat(header=("id", "EncodedPixels"), order="F", shape=None)
     default_tta = ("identity", "hflip")
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, values: list[int] | None = None,
@@ -61,7 +63,6 @@ class FolderAdapter(Adapter):
         super().__init__(root)
         if rle_order not in rle.ORDERS:
             raise ConfigError(f"data.options.rle_order: expected 'F' or 'C', got {rle_order!r}")
-        self.rle_order = rle_order
         self.images_dir = self.root / images_dir
         self.masks_dir = self.root / masks_dir
         self.test_dir = self.root / test_dir
@@ -94,6 +95,10 @@ class FolderAdapter(Adapter):
             self.values = tuple(values)
             default_names = ("foreground",) if len(values) == 1 else tuple(f"class_{v}" for v in values)
             self.classes = tuple(classes) if classes else default_names
+        several = len(self.classes) > 1
+        self.submission_format = dataclasses.replace(
+            type(self).submission_format, order=rle_order, rows="label" if several else "image",
+            labels=self.classes if several else ())
 
     # --- layout --------------------------------------------------------------------------
     @staticmethod
@@ -178,15 +183,3 @@ class FolderAdapter(Adapter):
         check_mask_shape(mask, image_size(sample.image[0]), sample.mask[0], sample.image[0])
         return mask
 
-    # --- writing -------------------------------------------------------------------------
-    def submission_size(self, sample: Sample) -> tuple[int, int]:
-        """The image's own size."""
-        return image_size(sample.image[0])
-
-    def submission_rows(self, sample: Sample, mask: np.ndarray):
-        """`<stem>,<rle>` for one class; `<stem>_<class>,<rle>` per class for several."""
-        if len(self.classes) == 1:
-            yield sample.id, rle.encode(mask[..., 0], order=self.rle_order)
-            return
-        for c, name in enumerate(self.classes):
-            yield f"{sample.id}_{name}", rle.encode(mask[..., c], order=self.rle_order)
