@@ -15,7 +15,8 @@ from segkit.config import config_from_dict
 from segkit.errors import DataError, TrainingError
 from segkit.kaggle.bundle import build_kernel
 from segkit.kaggle.config import KaggleConfig
-from segkit.kaggle.runtime import KernelDirs, find_fold_dirs, gather_checkpoints, resolve_data_root
+from segkit.kaggle.runtime import KernelDirs, gather_checkpoints, resolve_data_root
+from segkit.runs import find_fold_dirs
 
 RAW = {
     "name": "ktest",

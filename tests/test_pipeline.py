@@ -74,8 +74,9 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
     from segkit.data.competitions.base import make_adapter
     from segkit.postprocess import apply, load_postprocess
     from segkit.models.registry import load_model
-    from segkit.predict import checkpoint_paths, predict_probabilities
-    from segkit.train import train
+    from segkit.pipeline import train
+    from segkit.predict import predict_probabilities
+    from segkit.runs import checkpoint_paths
 
     cfg = load_config("demo", tiny_overrides(synth_root, tmp_path))
     run_dir = train(cfg, quiet=True)
@@ -99,7 +100,7 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
     cache = prepare(adapter, samples, (32, 32), cfg.data.cache_dir, name="cloud38-test-32x32", quiet=True,
                     with_masks=False)
     models = [load_model(p) for p in checkpoint_paths(cfg)]
-    thresholds, areas = load_postprocess(cfg)
+    thresholds, areas, _ = load_postprocess(cfg, adapter.classes)
     probs = np.concatenate(list(predict_probabilities(models, cache, np.arange(len(samples)), adapter.normalise,
                                                       ["identity", "hflip"], 8, quiet=True)))
     for p, (_, row) in zip(probs, sub.iterrows()):

@@ -125,7 +125,7 @@ class TrainConfig(_Checked):
     use_multiprocessing: bool = False
     mixed_precision: str | None = None  # "mixed_float16" or "mixed_bfloat16"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    verbose: int = 1
+    verbose: int | None = None  # Keras fit verbosity; None: 1 (bars) on a terminal, 2 (a line an epoch) in logs
 
     def check(self) -> None:
         _at_least(self._key("folds"), self.folds, 2)
@@ -144,7 +144,7 @@ class TrainConfig(_Checked):
         if not 0 < self.reduce_lr_factor < 1:
             raise ConfigError(f"{self._key('reduce_lr_factor')}: must be in (0, 1) (the factor that multiplies "
                               f"the learning rate on a plateau), got {self.reduce_lr_factor!r}")
-        if self.verbose not in (0, 1, 2):
+        if self.verbose is not None and self.verbose not in (0, 1, 2):
             raise ConfigError(f"{self._key('verbose')}: must be 0, 1 or 2 (as Keras fit), got {self.verbose!r}")
 
 

@@ -1,7 +1,6 @@
 """The demo: synthetic 38-Cloud data in the real file format, end to end to a validated, scored submission."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from segkit.config import Config, load_config
-from segkit.data.io import atomic_write
+from segkit.runs import RunDir, model_tags, open_run_data
 
 JACCARD_TARGET = 0.80
 MINUTES_TARGET = 10.0
@@ -20,8 +19,7 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
     """synth → prepare → train K folds × models → tune on OOF → predict with TTA → submission.csv → evaluate;
     prints a summary table and writes curves and overlays. Returns 0 when the submission validates."""
     from segkit.data.synth import generate
-    from segkit.predict import predict
-    from segkit.train import train
+    from segkit.pipeline import predict, train
 
     start = time.time()
     out = Path(out)
@@ -37,8 +35,7 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
     scenes = evaluate_scenes(cfg, submission)
     plots = write_plots(cfg)
     metrics = demo_metrics(cfg, submission, scenes, (time.time() - start) / 60)
-    with atomic_write(cfg.run_dir / "metrics.json") as fh:
-        json.dump(metrics, fh, indent=2)
+    RunDir.of(cfg).write_metrics(metrics)
     print_summary(metrics, scenes, plots)
     return 0
 
@@ -49,27 +46,26 @@ def evaluate_scenes(cfg: Config, submission: Path):
     from segkit.scene_eval import evaluate_submission
 
     adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
-    return evaluate_submission(submission, adapter.scene_gt_dir(), out_dir=cfg.run_dir / "evaluation",
+    return evaluate_submission(submission, adapter.scene_gt_dir(), out_dir=RunDir.of(cfg).evaluation,
                                patch_size=cfg.data.image_size[0])
 
 
 def write_plots(cfg: Config) -> list[Path]:
     """Training curves of every fold and an overlay of a few out-of-fold predictions."""
     from segkit import plots
-    from segkit.postprocess import load_oof, load_postprocess
-    from segkit.train import fold_dir, model_tags, open_run_data
+    from segkit.postprocess import apply, load_oof, load_postprocess
 
+    rd = RunDir.of(cfg)
     histories = {}
     for tag in model_tags(cfg):
         for k in range(cfg.train.folds):
-            path = fold_dir(cfg, tag, k) / "history.csv"
+            path = rd.fold(tag, k).history
             if path.is_file():
                 histories[f"{tag} fold {k}"] = pd.read_csv(path)
-    written = [plots.training_curves(histories, cfg.run_dir / "plots" / "training_curves.png")]
+    written = [plots.training_curves(histories, rd.plots / "training_curves.png")]
     run = open_run_data(cfg, quiet=True)
     oof = load_oof(cfg, len(run.samples))
-    thresholds, areas = load_postprocess(cfg)
-    from segkit.postprocess import apply
+    thresholds, areas, _ = load_postprocess(cfg, run.adapter.classes)
 
     cover = np.asarray(run.cache.masks).reshape(len(run.samples), -1).mean(1)
     picks = np.argsort(np.abs(cover - 0.4))[:6]
@@ -78,21 +74,20 @@ def write_plots(cfg: Config) -> list[Path]:
         [np.asarray(run.cache.masks[i])[..., 0] for i in picks],
         [apply(oof[i], thresholds, areas)[..., 0] for i in picks],
         [run.samples[i].id[:28] for i in picks],
-        cfg.run_dir / "plots" / "oof_overlays.png",
+        rd.plots / "oof_overlays.png",
     ))
     return written
 
 
 def demo_metrics(cfg: Config, submission: Path, scenes, minutes: float) -> dict:
-    """Everything the demo reports, as saved in runs/<name>/metrics.json."""
-    from segkit.train import fold_dir, model_tags
-
+    """Everything the demo reports, as saved in the run's metrics file."""
+    rd = RunDir.of(cfg)
     folds = []
     for tag in model_tags(cfg):
         for k in range(cfg.train.folds):
-            done = json.loads((fold_dir(cfg, tag, k) / "done.json").read_text())
+            done = rd.fold(tag, k).read_done()
             folds.append({"model": tag, "fold": k, "val_dice": done["best"], "epochs": done["epochs"]})
-    post = json.loads((cfg.run_dir / "postprocess.json").read_text())
+    post = rd.read_postprocess()
     return {
         "folds": folds,
         "postprocess": post["classes"],

@@ -1,20 +1,14 @@
 """Post-processing: per-class probability threshold and minimum component area, tuned on OOF predictions."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from segkit.config import Config
 from segkit.errors import TrainingError
-
-if TYPE_CHECKING:
-    from segkit.train import RunData
-
-POSTPROCESS_FILE = "postprocess.json"
+from segkit.runs import RunData, RunDir, model_tags, open_run_data
 
 
 def apply(probs: np.ndarray, thresholds: list[float], min_areas: list[int]) -> np.ndarray:
@@ -40,35 +34,44 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
 def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None, channel: int | None = None) -> np.ndarray:
     """Out-of-fold probabilities of every training sample, averaged over the run's models: (N, H, W, C), or
     (N, H, W) for one `channel` (tuning goes class by class so memory holds one class at a time)."""
-    from segkit.train import fold_dir, model_tags
-
+    rd = RunDir.of(cfg)
     tags = tags or model_tags(cfg)
     total = None
     for tag in tags:
         covered = np.zeros(n_samples, dtype=bool)
         for k in range(cfg.train.folds):
-            fdir = fold_dir(cfg, tag, k)
-            if not (fdir / "oof.npy").is_file():
-                raise TrainingError(f"{fdir}: no out-of-fold predictions; finish training first (segkit train)")
-            probs = np.load(fdir / "oof.npy", mmap_mode="r")
+            fold = rd.fold(tag, k)
+            if not fold.oof.is_file():
+                raise TrainingError(f"{fold.path}: no out-of-fold predictions; finish training first (segkit train)")
+            probs, index = _read_oof(fold)
             if channel is not None:
                 probs = probs[..., channel]
-            index = np.load(fdir / "oof_index.npy")
             if total is None:
                 total = np.zeros((n_samples,) + probs.shape[1:], dtype=np.float32)
             total[index] += probs
             covered[index] = True
         if not covered.all():
-            raise TrainingError(f"{cfg.run_dir / tag}: out-of-fold predictions miss {int((~covered).sum())} samples")
+            raise TrainingError(f"{rd.path / tag}: out-of-fold predictions miss {int((~covered).sum())} samples")
     total /= len(tags)
     return total
 
 
-def tune(cfg: Config, run: "RunData | None" = None, quiet: bool = False) -> dict:
-    """Choose per class the threshold and minimum area that maximise the competition's metric on the
-    ensemble's OOF predictions; save them (with before/after scores) as the run's postprocess.json."""
-    from segkit.train import open_run_data
+def _read_oof(fold) -> tuple[np.ndarray, np.ndarray]:
+    """One fold's OOF probabilities (memory-mapped) and sample indices; TrainingError naming a damaged file."""
+    try:
+        probs = np.load(fold.oof, mmap_mode="r")
+        index = np.load(fold.oof_index)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{fold.path}: out-of-fold predictions unreadable ({' '.join(str(exc).split())[:120]}); "
+                            f"run {fold.restart_hint()}") from None
+    if index.ndim != 1 or len(index) != len(probs):
+        raise TrainingError(f"{fold.oof_index}: does not match {fold.oof.name}; run {fold.restart_hint()}")
+    return probs, index
 
+
+def tune(cfg: Config, run: RunData | None = None, quiet: bool = False) -> dict:
+    """Choose per class the threshold and minimum area that maximise the competition's metric on the
+    ensemble's OOF predictions; save them (with before/after scores) as the run's post-processing file."""
     run = run or open_run_data(cfg, quiet=quiet)
     pc = cfg.postprocess
     masks = run.cache.masks  # memory-mapped (N, H, W, C)
@@ -92,10 +95,7 @@ def tune(cfg: Config, run: "RunData | None" = None, quiet: bool = False) -> dict
         "oof_score_tuned": float(np.mean([c["oof_score_tuned"] for c in classes])),
         "metric": type(run.adapter).score_class.__doc__.strip().splitlines()[0] if type(run.adapter).score_class.__doc__ else "",
     }
-    from segkit.data.io import atomic_write
-
-    with atomic_write(cfg.run_dir / POSTPROCESS_FILE) as fh:
-        json.dump(result, fh, indent=2)
+    RunDir.of(cfg).write_postprocess(result)
     if not quiet:
         for c in classes:
             print(f"[tune] {c['name']}: threshold {c['threshold']:.2f}, min_area {c['min_area']}: "
@@ -139,13 +139,32 @@ def _label_sizes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, sizes
 
 
-def load_postprocess(cfg: Config) -> tuple[list[float], list[int]]:
-    """The run's tuned (or configured) thresholds and minimum areas, one per class."""
-    path = cfg.run_dir / POSTPROCESS_FILE
-    if not path.is_file():
-        if cfg.postprocess.tune:
-            raise TrainingError(f"{path}: post-processing not tuned yet; finish training (segkit train) first, "
-                                "or set postprocess.tune=false")
-        return [cfg.postprocess.threshold], [cfg.postprocess.min_area]
-    data = json.loads(Path(path).read_text())
-    return [c["threshold"] for c in data["classes"]], [c["min_area"] for c in data["classes"]]
+class Postprocess(NamedTuple):
+    """The post-processing in force: per-class thresholds and minimum areas, and where they come from."""
+
+    thresholds: list[float]
+    min_areas: list[int]
+    source: str
+
+
+def load_postprocess(cfg: Config, classes: Sequence[str] | None = None) -> Postprocess:
+    """The post-processing predict applies, one threshold and minimum area per class: the config's
+    `postprocess.threshold` / `min_area` when `postprocess.tune` is false (a tuned file is then ignored), else
+    the run's tuned file (TrainingError when it is missing or damaged)."""
+    rd = RunDir.of(cfg)
+    pc = cfg.postprocess
+    n = len(classes) if classes is not None else 1
+    if not pc.tune:
+        unused = f"; {rd.postprocess} not used" if rd.postprocess.is_file() else ""
+        return Postprocess([pc.threshold] * n, [pc.min_area] * n,
+                           f"from config (postprocess.tune=false): threshold {pc.threshold:g}, "
+                           f"min_area {pc.min_area}{unused}")
+    if not rd.postprocess.is_file():
+        raise TrainingError(f"{rd.postprocess}: post-processing not tuned yet; finish training (segkit train) "
+                            "or run `segkit tune CONFIG`, or set postprocess.tune=false")
+    rows = rd.read_postprocess(classes)["classes"]
+    thresholds = [float(c["threshold"]) for c in rows]
+    areas = [int(c["min_area"]) for c in rows]
+    names = [str(c.get("name", i)) for i, c in enumerate(rows)]
+    each = "; ".join(f"{name}: threshold {t:g}, min_area {a}" for name, t, a in zip(names, thresholds, areas))
+    return Postprocess(thresholds, areas, f"tuned on OOF ({rd.postprocess}): {each}")

@@ -7,7 +7,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from segkit.config import Config
-from segkit.errors import ConfigError, SubmissionError, TrainingError
+from segkit.errors import ConfigError, SubmissionError
+from segkit.runs import checkpoint_paths
 
 # name -> (forward, inverse) on batches (B, H, W, C)
 TTA: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
@@ -71,23 +72,6 @@ def predict_probabilities(models: Sequence, cache, indices: np.ndarray, normalis
         yield total / (len(models) * len(tta))
 
 
-def checkpoint_paths(cfg: Config) -> list[Path]:
-    """Best checkpoints of every fold of every ensembled model; a missing one is an error."""
-    from segkit.train import fold_dir, model_tags
-
-    tags = model_tags(cfg)
-    wanted = cfg.predict.models or tags
-    unknown = [t for t in wanted if t not in tags]
-    if unknown:
-        raise ConfigError(f"predict.models: no model tagged {unknown} in this config (tags: {tags})")
-    paths = [fold_dir(cfg, t, k) / "best.keras" for t in wanted for k in range(cfg.train.folds)]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise TrainingError(f"missing fold checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
-                            " — run `segkit train` first")
-    return paths
-
-
 def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> Path:
     """Ensemble every fold checkpoint with TTA over the test set, post-process, and write the competition's
     submission CSV (atomically, row by row); the written file is validated before returning its path."""
@@ -97,7 +81,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     from segkit.data.competitions.base import make_adapter
     from segkit.models.registry import load_model
     from segkit.postprocess import apply, load_postprocess
-    from segkit.submission import validate_submission, write_rows
+    from segkit.submission import read_sample_ids, validate_written, write_rows
 
     adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
     samples = adapter.test_samples()
@@ -109,10 +93,9 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
                     quiet=quiet, with_masks=False)
     models = [load_model(p) for p in checkpoint_paths(cfg)]
-    thresholds, min_areas = load_postprocess(cfg)
-    n_classes = len(adapter.classes)
-    if len(thresholds) == 1 and n_classes > 1:
-        thresholds, min_areas = thresholds * n_classes, min_areas * n_classes
+    thresholds, min_areas, source = load_postprocess(cfg, adapter.classes)
+    if not quiet:
+        print(f"[predict] post-processing: {source}", flush=True)
     tta = resolve_tta(cfg, adapter)
 
     def rows() -> Iterator[tuple[str, str]]:
@@ -132,11 +115,9 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     sample = adapter.sample_submission_path()
     sample_ids = None
     if sample is not None:
-        import pandas as pd
-
-        sample_ids = list(dict.fromkeys(pd.read_csv(sample, usecols=[0], dtype=str).iloc[:, 0]))
-    write_rows(path, adapter.submission_header, rows(), sample_ids=sample_ids)
-    problems = validate_submission(path, cfg.data.competition, sample=sample)
+        sample_ids = read_sample_ids(sample)[1]
+    write_rows(path, adapter.submission_format, rows(), sample_ids=sample_ids)
+    problems = validate_written(path, adapter, samples, sample)
     if problems:
         raise SubmissionError(f"{path}: the written submission fails validation:\n  " + "\n  ".join(problems[:10]))
     if not quiet:

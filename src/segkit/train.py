@@ -1,65 +1,23 @@
-"""K-fold training: per model and fold a best checkpoint, history, out-of-fold probabilities; resumable."""
+"""K-fold training: per model and fold a best checkpoint, history, out-of-fold probabilities; resumable.
+
+A fold records the settings that shape its weights (segkit.runs.fold_fingerprint); a rerun with other such
+settings refuses instead of silently reusing folds trained with the old ones."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import keras
 import numpy as np
 
-from segkit.config import Config, save_config
+from segkit.config import Config
 from segkit.data.io import atomic_save_npy, atomic_write
-from segkit.errors import TrainingError
-
-
-@dataclass
-class RunData:
-    """What every stage of a run needs: the adapter, training samples, their cache and fold split."""
-
-    adapter: object
-    samples: list
-    cache: object
-    folds: np.ndarray
-
-
-def open_run_data(cfg: Config, quiet: bool = False) -> RunData:
-    """Read the competition's training list, prepare its cache and load (or make) the fold split."""
-    from segkit.data.cache import prepare
-    from segkit.data.competitions.base import make_adapter
-    from segkit.data.folds import load_or_assign_folds
-    from segkit.errors import DataError
-
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
-    samples = adapter.train_samples()
-    if cfg.data.max_train_samples:
-        samples = samples[: cfg.data.max_train_samples]
-    if not samples:
-        raise DataError(f"{cfg.data.root}: no training samples found for {cfg.data.competition}")
-    h, w = cfg.data.image_size
-    cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-train-{h}x{w}", with_masks=True,
-                    quiet=quiet)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    folds = load_or_assign_folds(cfg.run_dir / "folds.csv", samples, cfg.train.folds, cfg.seed)
-    return RunData(adapter, samples, cache, folds)
-
-
-def fold_dir(cfg: Config, tag: str, fold: int) -> Path:
-    """Where one fold of one model keeps its checkpoints, history and OOF predictions."""
-    return cfg.run_dir / tag / f"fold_{fold}"
-
-
-def model_tags(cfg: Config) -> list[str]:
-    """The folder name of each architecture in the config, in order."""
-    from segkit.models.registry import model_tag
-
-    tags = [model_tag(spec, i) for i, spec in enumerate(cfg.models)]
-    if len(set(tags)) != len(tags):
-        raise TrainingError(f"models: two entries share a tag ({tags}); give each a distinct 'tag'")
-    return tags
+from segkit.errors import ConfigError, TrainingError
+from segkit.predict import predict_probabilities, resolve_tta
+from segkit.runs import RESTART_HINT, FoldDir, RunData, RunDir, changed_keys, fold_fingerprint, model_tags, \
+    open_run_data
 
 
 def folds_to_train(cfg: Config) -> list[int]:
@@ -67,63 +25,120 @@ def folds_to_train(cfg: Config) -> list[int]:
     wanted = cfg.train.train_folds if cfg.train.train_folds is not None else list(range(cfg.train.folds))
     bad = [k for k in wanted if not 0 <= k < cfg.train.folds]
     if bad:
-        from segkit.errors import ConfigError
-
         raise ConfigError(f"train.train_folds: folds {bad} outside 0..{cfg.train.folds - 1}")
     return list(wanted)
 
 
-def train(cfg: Config, quiet: bool = False) -> Path:
+def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold: int | None = None) -> Path:
     """Train every model of the config on its folds, skipping finished folds and resuming an interrupted one.
-    When every fold of every model is done, tune post-processing on the out-of-fold predictions."""
-    run = open_run_data(cfg, quiet=quiet)
-    save_config(cfg, cfg.run_dir / "config.yaml")
+
+    `restart` wipes the run folder first; `restart_fold` wipes fold K of every model (and the tuned
+    post-processing, which no longer describes the run). A run whose folds were trained with other weight
+    settings than `cfg` gives now is refused with a TrainingError naming the changed keys. Returns the run folder.
+    """
+    rd = RunDir.of(cfg)
     tags = model_tags(cfg)
+    wanted = folds_to_train(cfg)
+    if restart_fold is not None and not 0 <= restart_fold < cfg.train.folds:
+        raise ConfigError(f"--restart-fold: fold {restart_fold} outside 0..{cfg.train.folds - 1} "
+                          f"(train.folds = {cfg.train.folds})")
+    if restart and rd.path.exists():
+        if not quiet:
+            print(f"[train] --restart: deleting {rd.path}")
+        rd.wipe()
+    run = open_run_data(cfg, quiet=quiet)
+    if restart_fold is not None:
+        if not quiet:
+            print(f"[train] --restart-fold {restart_fold}: deleting fold {restart_fold} of {', '.join(tags)}")
+        for tag in tags:
+            rd.fold(tag, restart_fold).wipe()
+        rd.postprocess.unlink(missing_ok=True)
+    ids = [s.id for s in run.samples]
+    fingerprints = {tag: fold_fingerprint(cfg, tag, ids, run.folds) for tag in tags}
+    check_trained_with(cfg, rd, fingerprints)
+    rd.write_config(cfg)  # only now: every trained fold agrees with it
     for spec, tag in zip(cfg.models, tags):
-        for k in folds_to_train(cfg):
-            fdir = fold_dir(cfg, tag, k)
-            if (fdir / "done.json").is_file():
+        for k in wanted:
+            fold = rd.fold(tag, k)
+            if fold.is_done():
                 if not quiet:
                     print(f"[{tag} fold {k}] already trained, skipping")
                 continue
-            train_fold(cfg, run, spec, tag, k, quiet=quiet)
-    if all_folds_done(cfg):
-        from segkit.postprocess import tune
-
-        tune(cfg, run=run, quiet=quiet)
-    return cfg.run_dir
+            train_fold(cfg, run, spec, tag, k, fingerprints[tag], quiet=quiet)
+    if not quiet:
+        print_fold_table(rd, tags, wanted)
+    return rd.path
 
 
-def all_folds_done(cfg: Config) -> bool:
-    """True when every fold of every model has finished (OOF predictions written)."""
-    return all((fold_dir(cfg, t, k) / "done.json").is_file() for t in model_tags(cfg) for k in range(cfg.train.folds))
+def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict]) -> None:
+    """TrainingError naming every weight setting (and `train.epochs`) on which an existing fold differs from
+    the config, with the ways out; folds that record no settings (older segkit) are trusted."""
+    changes: dict[str, list[str]] = {}
+    for tag, new in fingerprints.items():
+        for k in range(cfg.train.folds):
+            fold = rd.fold(tag, k)
+            old = fold.read_fingerprint()
+            found = changed_keys(old, new) if old is not None else []
+            found += _epoch_change(fold, cfg.train.epochs)
+            for change in found:
+                changes.setdefault(change, []).append(str(fold.path.relative_to(rd.path)))
+    if changes:
+        listed = "; ".join(f"{c} ({', '.join(where)})" for c, where in changes.items())
+        raise TrainingError(
+            f"{rd.path}: trained with other settings than the config gives now: {listed}. Keep the old settings, "
+            f"or train a new run (name=...), wipe this one (`segkit train CONFIG --restart`), or retrain one fold "
+            f"({RESTART_HINT.format(k='K')})")
 
 
-def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: bool = False) -> None:
+def _epoch_change(fold: FoldDir, epochs: int) -> list[str]:
+    """A fold that ran for other epochs than `train.epochs` asks for: a finished fold that ran every epoch
+    of a different count, or one that stopped early after more epochs than now allowed. An unfinished fold
+    simply resumes up to the new count (unless it is already past it)."""
+    if fold.is_done():
+        done = fold.read_done()
+        ran, early = int(done["epochs"]), bool(done.get("stopped_early"))
+    else:
+        state = fold.read_state()
+        if state is None:
+            return []
+        ran, early = int(state["epoch"]), bool(state.get("stopped"))
+        if not early and ran <= epochs:
+            return []
+    if ran == epochs or (early and ran < epochs):
+        return []
+    how = "stopped early after" if early else "ran"
+    return [f"train.epochs: {epochs} asked, the fold {how} {ran}"]
+
+
+def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerprint: dict, quiet: bool = False) -> None:
     """Train one model on one fold (resuming from its last finished epoch) and write its OOF predictions."""
     from segkit.data.generator import SegmentationDataset
     from segkit.losses import get_loss
     from segkit.metrics import get_metrics
     from segkit.models.registry import build_model, load_model, set_precision
 
-    fdir = fold_dir(cfg, tag, k)
-    fdir.mkdir(parents=True, exist_ok=True)
+    fold = RunDir.of(cfg).fold(tag, k)
+    state = fold.read_state()
+    fold.write_fingerprint(fingerprint)
     tc = cfg.train
     set_precision(tc.mixed_precision)
     keras.utils.set_random_seed(cfg.seed + 1000 * k)
     train_idx = np.flatnonzero(run.folds != k)
     val_idx = np.flatnonzero(run.folds == k)
     n_classes = len(run.adapter.classes)
+    if not quiet:
+        print(f"[{tag} fold {k}] {len(train_idx)} train / {len(val_idx)} val patches "
+              f"(fold {k + 1} of {tc.folds})", flush=True)
     common = dict(workers=tc.workers, use_multiprocessing=tc.use_multiprocessing)
     train_ds = SegmentationDataset(run.cache, train_idx, tc.batch_size, augment=tc.augment, shuffle=True,
                                    seed=cfg.seed + k, **common)
     val_ds = SegmentationDataset(run.cache, val_idx, tc.batch_size, augment=None, shuffle=False, seed=0, **common)
 
-    state_path = fdir / "state.json"
-    last_path = fdir / "last.keras"
-    state = json.loads(state_path.read_text()) if state_path.is_file() and last_path.is_file() else None
     if state:
-        model = load_model(last_path, raw_input=True)
+        try:
+            model = load_model(fold.last, raw_input=True)
+        except TrainingError as exc:
+            raise TrainingError(f"{exc} (or delete {fold.last} to restart the fold from scratch)") from None
         if not quiet:
             print(f"[{tag} fold {k}] resuming after epoch {state['epoch']}")
     else:
@@ -140,12 +155,14 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)
     reduce = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=tc.reduce_lr_patience,
                                                factor=tc.reduce_lr_factor, verbose=0)
-    keeper = EpochKeeper(fdir, monitor, mode, early, reduce, state)
+    keeper = EpochKeeper(fold, monitor, mode, early, reduce, state)
     initial_epoch = state["epoch"] if state else 0
     if initial_epoch < tc.epochs and not (state or {}).get("stopped"):
         train_ds.epoch = initial_epoch  # a resumed fold sees the augmentations it would have seen
         train_feed, feed_callbacks = train_ds.keras_feed()
         val_feed, _ = val_ds.keras_feed()
+        if not quiet:
+            print(f"[{tag} fold {k}] compiling… (the first epoch includes it)", flush=True)
         model.fit(
             train_feed,
             validation_data=val_feed,
@@ -154,27 +171,52 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, quiet: b
             steps_per_epoch=tc.steps_per_epoch,
             shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
             callbacks=[*feed_callbacks, early, reduce, keeper],
-            verbose=0 if quiet else tc.verbose,
+            verbose=fit_verbosity(tc.verbose, quiet),
         )
-    best = load_model(fdir / "best.keras") if (fdir / "best.keras").is_file() else model
-    write_oof(cfg, run, best, val_idx, fdir, quiet=quiet)
-    with atomic_write(fdir / "done.json") as fh:
-        json.dump({"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
-                   "epochs": keeper.epoch, "n_val": int(len(val_idx))}, fh)
-    if last_path.is_file():
-        last_path.unlink()  # resume point no longer needed; best.keras stays
+    best = load_model(fold.best) if fold.best.is_file() else model
+    write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
+    fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
+                                "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx))})
+    fold.last.unlink(missing_ok=True)  # the resume point is no longer needed; the best checkpoint stays
     keras.backend.clear_session()
 
 
-def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fdir: Path, quiet: bool = False) -> None:
+def fit_verbosity(setting: int | None, quiet: bool = False) -> int:
+    """Keras fit's `verbose`: 0 when quiet, else train.verbose, else 1 (progress bar) on a terminal and 2 (one
+    line per epoch, no ANSI bars) when stdout goes to a log."""
+    if quiet:
+        return 0
+    if setting is not None:
+        return int(setting)
+    return 1 if sys.stdout.isatty() else 2
+
+
+def print_fold_table(rd: RunDir, tags: Sequence[str], folds: Sequence[int]) -> None:
+    """The end-of-training table: per model and fold the epochs run and the best monitored value."""
+    rows = []
+    for tag in tags:
+        for k in folds:
+            fold = rd.fold(tag, k)
+            if fold.is_done():
+                done = fold.read_done()
+                best = done["best"]
+                rows.append((tag, str(k), str(done["epochs"]), str(done.get("monitor", "")),
+                             "-" if best is None else f"{best:.4f}"))
+    if not rows:
+        return
+    head = ("model", "fold", "epochs", "monitor", "best")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print("[train] finished folds:")
+    for r in [head, *rows]:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fold: FoldDir, quiet: bool = False) -> None:
     """Out-of-fold probabilities of the validation samples (float16, with their sample indices), streamed batch
     by batch into a memory-mapped .npy that is moved into place when complete."""
-    from segkit.predict import predict_probabilities, resolve_tta
-
     tta = resolve_tta(cfg, run.adapter)
     h, w = run.cache.images.shape[1:3]
-    tmp = fdir / ".oof.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+    out = np.lib.format.open_memmap(fold.oof_tmp, mode="w+", dtype=np.float16,
                                     shape=(len(val_idx), h, w, len(run.adapter.classes)))
     pos = 0
     for probs in predict_probabilities([model], run.cache, val_idx, run.adapter.normalise, tta,
@@ -183,22 +225,23 @@ def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fdir: Path,
         pos += len(probs)
     out.flush()
     del out
-    os.replace(tmp, fdir / "oof.npy")
-    atomic_save_npy(fdir / "oof_index.npy", val_idx.astype(np.int64))
+    os.replace(fold.oof_tmp, fold.oof)
+    atomic_save_npy(fold.oof_index, val_idx.astype(np.int64))
 
 
 class EpochKeeper(keras.callbacks.Callback):
     """Keras callback saving, after every epoch, the best checkpoint, a resumable last checkpoint, the
     early-stopping / LR-reduction state and the history CSV, all atomically, so a killed run resumes."""
 
-    def __init__(self, fdir: Path, monitor: str, mode: str, early, reduce, state: dict | None) -> None:
+    def __init__(self, fold: FoldDir, monitor: str, mode: str, early, reduce, state: dict | None) -> None:
         super().__init__()
-        self.fdir, self.monitor, self.mode = fdir, monitor, mode
+        self.fold, self.monitor, self.mode = fold, monitor, mode
         self.early, self.reduce = early, reduce
         self.state = state
         self.history: list[dict] = list(state["history"]) if state else []
         self.best = state["best"] if state else None
         self.epoch = state["epoch"] if state else 0
+        self.stopped = bool(state.get("stopped")) if state else False
 
     def on_train_begin(self, logs=None) -> None:
         if not self.state:
@@ -210,30 +253,31 @@ class EpochKeeper(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        logs["lr"] = float(self.model.optimizer.learning_rate)
+        if "learning_rate" not in logs:  # Keras 3 logs it already (ReduceLROnPlateau); one column either way
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.history.append({"epoch": epoch + 1, **logs})
         value = logs.get(self.monitor)
         improved = value is not None and (
             self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         )
-        if improved or not (self.fdir / "best.keras").is_file():
+        if improved or not self.fold.best.is_file():
             self.best = value if improved else self.best
-            _save_model(self.model, self.fdir / "best.keras")
+            _save_model(self.model, self.fold.best)
         self.epoch = epoch + 1
-        _save_model(self.model, self.fdir / "last.keras")
+        self.stopped = bool(getattr(self.model, "stop_training", False))
+        _save_model(self.model, self.fold.last)
         state = {
             "epoch": self.epoch,
             "best": self.best,
             "history": self.history,
-            "stopped": bool(getattr(self.model, "stop_training", False)),
+            "stopped": self.stopped,
             "early": {"wait": int(self.early.wait), "best": _num(self.early.best),
                       "stopped_epoch": int(self.early.stopped_epoch)},
             "reduce": {"wait": int(self.reduce.wait), "best": _num(self.reduce.best),
                        "cooldown_counter": int(self.reduce.cooldown_counter)},
         }
-        write_history_csv(self.fdir / "history.csv", self.history)
-        with atomic_write(self.fdir / "state.json") as fh:
-            json.dump(state, fh)
+        write_history_csv(self.fold.history, self.history)
+        self.fold.write_json(self.fold.state, state)
 
 
 def _num(x) -> float | None:
@@ -241,7 +285,7 @@ def _num(x) -> float | None:
 
 
 def _save_model(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    tmp = FoldDir.temp_for(path)
     model.save(tmp)
     os.replace(tmp, path)
 
@@ -252,8 +296,3 @@ def write_history_csv(path: Path, history: Sequence[dict]) -> None:
 
     with atomic_write(path) as fh:
         pd.DataFrame(list(history)).to_csv(fh, index=False)
-
-
-def clear_fold(cfg: Config, tag: str, k: int) -> None:
-    """Forget one fold's results so it trains again from scratch."""
-    shutil.rmtree(fold_dir(cfg, tag, k), ignore_errors=True)

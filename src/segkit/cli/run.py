@@ -10,6 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the run commands to the `segkit` parser."""
     p = sub.add_parser("train", help="K-fold training (resumes an interrupted run), then OOF tuning")
     add_config_args(p)
+    p.add_argument("--restart", action="store_true", help="delete the run folder first and train from scratch")
+    p.add_argument("--restart-fold", type=int, metavar="K",
+                   help="delete fold K of every model first and train it again")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("tune", help="re-tune post-processing on the run's out-of-fold predictions")
@@ -36,16 +39,16 @@ def _load(args):
 
 def _train(args) -> int:
     cfg = _load(args)  # config errors come before the slow TensorFlow import
-    from segkit.train import train
+    from segkit.pipeline import train
 
-    run_dir = train(cfg, quiet=args.quiet)
+    run_dir = train(cfg, quiet=args.quiet, restart=args.restart, restart_fold=args.restart_fold)
     print(f"run folder: {run_dir}")
     return 0
 
 
 def _tune(args) -> int:
     cfg = _load(args)
-    from segkit.postprocess import tune
+    from segkit.pipeline import tune
 
     tune(cfg, quiet=args.quiet)
     return 0
@@ -53,7 +56,7 @@ def _tune(args) -> int:
 
 def _predict(args) -> int:
     cfg = _load(args)
-    from segkit.predict import predict
+    from segkit.pipeline import predict
 
     path = predict(cfg, quiet=args.quiet, out=args.out)
     print(f"submission: {path}")

@@ -1,14 +1,13 @@
-"""K-fold splits grouped by a key (scene, car) and stratified by a bin (cloud cover), saved with the run."""
+"""K-fold splits grouped by a key (scene, car) and stratified by a bin (cloud cover); segkit.runs saves them with
+the run."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from segkit.data.sample import Sample
-from segkit.errors import ConfigError, TrainingError
+from segkit.errors import ConfigError
 
 
 def assign_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> np.ndarray:
@@ -35,31 +34,4 @@ def assign_folds(samples: Sequence[Sample], n_folds: int, seed: int) -> np.ndarr
         folds[val_idx] = k
     if (np.bincount(folds, minlength=n_folds) == 0).any():
         raise ConfigError(f"train.folds: could not give every one of {n_folds} folds a validation sample")
-    return folds
-
-
-def save_folds(path: str | Path, samples: Sequence[Sample], folds: np.ndarray) -> None:
-    """Write the split as CSV (id, group, stratum, fold), atomically."""
-    from segkit.data.io import atomic_write
-
-    frame = pd.DataFrame(
-        {"id": [s.id for s in samples], "group": [s.group for s in samples],
-         "stratum": [s.stratum for s in samples], "fold": folds}
-    )
-    with atomic_write(path) as fh:
-        frame.to_csv(fh, index=False)
-
-
-def load_or_assign_folds(path: Path, samples: Sequence[Sample], n_folds: int, seed: int) -> np.ndarray:
-    """The run's saved split when it exists (so a resumed run keeps its folds), else a new one saved there."""
-    if path.is_file():
-        frame = pd.read_csv(path, dtype={"id": str})
-        if list(frame["id"]) != [s.id for s in samples] or frame["fold"].max() + 1 != n_folds:
-            raise TrainingError(
-                f"{path}: this run was split for other samples or another fold count; "
-                "use a new run name (name=...) or delete the run folder"
-            )
-        return frame["fold"].to_numpy()
-    folds = assign_folds(samples, n_folds, seed)
-    save_folds(path, samples, folds)
     return folds

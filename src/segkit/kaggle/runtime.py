@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import DataError, SegkitError, TrainingError
+from segkit.runs import RunDir, ensembled_tags, find_fold_dirs, fold_source_pattern, model_tags
 
 
 @dataclass
@@ -90,70 +91,44 @@ def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
     return cfg, kc
 
 
-def find_fold_dirs(root: Path, name: str, tags: list[str], max_depth: int = 5) -> dict[tuple[str, int], Path]:
-    """Finished fold folders `<...>/<name>/<tag>/fold_<k>/best.keras` anywhere up to max_depth below root
-    (kernel outputs, datasets and models mount at different depths)."""
-    found: dict[tuple[str, int], Path] = {}
-    for depth in range(max_depth + 1):
-        pattern = "/".join(["*"] * depth + [name, "*", "fold_*", "best.keras"])
-        for ckpt in sorted(root.glob(pattern)):
-            fdir = ckpt.parent
-            tag, k = fdir.parent.name, fdir.name[len("fold_"):]
-            if tag not in tags or not k.isdigit():
-                continue
-            key = (tag, int(k))
-            better = key not in found or (
-                (fdir / "done.json").is_file() and not (found[key] / "done.json").is_file()
-            )
-            if better:
-                found[key] = fdir
-    return found
-
-
 def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
     """Link every fold of every model found in the input into the scratch run folder (copying the split and
     any tuned post-processing); TrainingError naming the missing folds."""
-    from segkit.postprocess import POSTPROCESS_FILE
-    from segkit.train import model_tags
+    from segkit.data.io import atomic_write
 
-    tags = model_tags(cfg)
-    wanted = cfg.predict.models or tags
-    found = find_fold_dirs(dirs.input, cfg.name, tags)
+    wanted = ensembled_tags(cfg)
+    found = find_fold_dirs(dirs.input, cfg.name, model_tags(cfg))
     missing = [f"{t} fold {k}" for t in wanted for k in range(cfg.train.folds) if (t, k) not in found]
     if missing:
         raise TrainingError(
             f"checkpoints of {', '.join(missing)} not found under {dirs.input} (looked for "
-            f"<source>/runs/{cfg.name}/<model>/fold_<k>/best.keras); attach the training kernels as kernel sources"
+            f"{fold_source_pattern(cfg.name)}); attach the training kernels as kernel sources"
         )
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir.of(cfg)
+    run.path.mkdir(parents=True, exist_ok=True)
     for (tag, k), src in found.items():
-        dst = run_dir / tag / f"fold_{k}"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.exists():
-            if dst.is_symlink() or dst.is_file():
-                dst.unlink()
-            else:
-                shutil.rmtree(dst)
-        dst.symlink_to(src.resolve(), target_is_directory=True)
-    split_files = {src.parent.parent / "folds.csv" for src in found.values()}
-    split_texts = {p.read_text() for p in split_files if p.is_file()}
+        dst = run.fold(tag, k)
+        dst.path.parent.mkdir(parents=True, exist_ok=True)
+        dst.wipe()
+        dst.path.symlink_to(src.resolve(), target_is_directory=True)
+    sources = [RunDir.containing(src) for src in found.values()]
+    split_texts = {s.folds.read_text() for s in sources if s.folds.is_file()}
     if len(split_texts) > 1:
         raise TrainingError(f"the training kernels of run '{cfg.name}' used different fold splits; retrain them "
                             "from one config")
     if split_texts:
-        (run_dir / "folds.csv").write_text(split_texts.pop())
-    for src in found.values():
-        tuned = src.parent.parent / POSTPROCESS_FILE
-        if tuned.is_file():
-            shutil.copyfile(tuned, run_dir / POSTPROCESS_FILE)
+        with atomic_write(run.folds) as fh:
+            fh.write(split_texts.pop())
+    for source in sources:
+        if source.postprocess.is_file():
+            shutil.copyfile(source.postprocess, run.postprocess)
             break
-    return run_dir
+    return run.path
 
 
 def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False) -> Path:
     """Train the embedded config (one fold, or all) into <working>/runs/<name>/."""
-    from segkit.train import train
+    from segkit.pipeline import train
 
     cfg, _ = kernel_config(raw, "train", fold, dirs)
     print(f"[segkit kernel] training {'all folds' if fold is None else f'fold {fold}'} of '{cfg.name}' "
@@ -164,16 +139,16 @@ def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False
 def run_infer(raw: dict, dirs: KernelDirs, quiet: bool = False) -> Path:
     """Gather the fold checkpoints, tune post-processing on their OOF predictions when no tuned file came
     with them, predict the test set and write <working>/<submission_file>, validated."""
-    from segkit.postprocess import POSTPROCESS_FILE, tune
-    from segkit.predict import predict
+    from segkit.pipeline import predict, tune
+
     cfg, kc = kernel_config(raw, "infer", None, dirs)
-    run_dir = gather_checkpoints(cfg, dirs)
-    if cfg.postprocess.tune and not (run_dir / POSTPROCESS_FILE).is_file():
+    run = RunDir(gather_checkpoints(cfg, dirs))
+    if cfg.postprocess.tune and not run.postprocess.is_file():
         tune(cfg, quiet=quiet)  # needs the training data and every fold's OOF predictions
     out = dirs.working / kc.submission_file
     predict(cfg, quiet=quiet, out=out)  # validates what it writes (against the sample submission if any)
-    if (run_dir / POSTPROCESS_FILE).is_file():
-        shutil.copyfile(run_dir / POSTPROCESS_FILE, dirs.working / POSTPROCESS_FILE)
+    if run.postprocess.is_file():
+        shutil.copyfile(run.postprocess, dirs.working / run.postprocess.name)
     print(f"[segkit kernel] submission written and validated: {out}", flush=True)
     return out
 

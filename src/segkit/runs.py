@@ -1,0 +1,448 @@
+"""The run folder `runs/<name>/`: the one module that knows its layout and file names.
+
+    runs/<name>/config.yaml          the resolved config the weights were trained with
+                folds.csv            the fold split (id, group, stratum, fold)
+                postprocess.json     thresholds / minimum areas tuned on the out-of-fold predictions
+                metrics.json plots/ evaluation/   reports (the demo)
+                <tag>/fold_<k>/      best.keras, last.keras (resume point), state.json, history.csv,
+                                     oof.npy, oof_index.npy, fingerprint.json, done.json
+
+Train, post-processing, predict, the demo and the Kaggle runtime ask this module for paths; reading a damaged
+run file raises a TrainingError naming the file and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from segkit.config import Config
+from segkit.errors import ConfigError, SegkitError, TrainingError
+
+_CONFIG = "config.yaml"
+_FOLDS = "folds.csv"
+_POSTPROCESS = "postprocess.json"
+_METRICS = "metrics.json"
+_FOLD_PREFIX = "fold_"
+_BEST, _LAST = "best.keras", "last.keras"
+_DONE, _STATE, _FINGERPRINT = "done.json", "state.json", "fingerprint.json"
+
+# How to retrain; messages show it with the fold filled in.
+RESTART_HINT = "`segkit train CONFIG --restart-fold {k}`"
+
+
+class FoldDir:
+    """One fold of one model: `runs/<name>/<tag>/fold_<k>/` and the files in it."""
+
+    def __init__(self, path: str | Path, tag: str, k: int) -> None:
+        self.path, self.tag, self.k = Path(path), tag, int(k)
+
+    def __repr__(self) -> str:
+        return f"FoldDir({self.path})"
+
+    @property
+    def best(self) -> Path:
+        return self.path / _BEST
+
+    @property
+    def last(self) -> Path:
+        return self.path / _LAST
+
+    @property
+    def state(self) -> Path:
+        return self.path / _STATE
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def oof(self) -> Path:
+        return self.path / "oof.npy"
+
+    @property
+    def oof_index(self) -> Path:
+        return self.path / "oof_index.npy"
+
+    @property
+    def oof_tmp(self) -> Path:
+        """Where OOF probabilities stream to before they are moved to `oof`."""
+        return self.path / ".oof.tmp.npy"
+
+    @property
+    def done(self) -> Path:
+        return self.path / _DONE
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.path / _FINGERPRINT
+
+    @staticmethod
+    def temp_for(path: Path) -> Path:
+        """A hidden sibling to write `path` to before moving it into place (Keras needs the .keras suffix)."""
+        return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+    def is_done(self) -> bool:
+        """True once the fold has finished (checkpoint and OOF predictions written)."""
+        return self.done.is_file()
+
+    def restart_hint(self) -> str:
+        return RESTART_HINT.format(k=self.k)
+
+    def read_done(self) -> dict[str, Any]:
+        """The finished fold's summary; TrainingError naming the file when it is damaged."""
+        return _read_json(self.done, f"delete it and run {self.restart_hint()} to retrain this fold",
+                          need=("epochs", "best"))
+
+    def read_state(self) -> dict[str, Any] | None:
+        """The resume point (state.json beside last.keras), or None when there is none to resume from."""
+        if not (self.state.is_file() and self.last.is_file()):
+            return None
+        return _read_json(self.state, f"delete {self.last} to restart this fold from scratch, or run "
+                          f"{self.restart_hint()}", need=("epoch", "best", "history"))
+
+    def read_fingerprint(self) -> dict[str, Any] | None:
+        """The settings this fold was trained with, or None for a fold that records none (not started, or
+        written by an older segkit)."""
+        if not self.fingerprint.is_file():
+            return None
+        data = _read_json(self.fingerprint, f"delete it (the fold is then trusted) or run {self.restart_hint()}")
+        return data.get("settings", data)
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        """Write one of this fold's JSON files atomically."""
+        from segkit.data.io import atomic_write
+
+        with atomic_write(path) as fh:
+            json.dump(data, fh)
+
+    def write_fingerprint(self, settings: dict[str, Any]) -> None:
+        """Record the settings that shape this fold's weights."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_json(self.fingerprint, {"settings": settings})
+
+    def wipe(self) -> None:
+        """Delete the fold's folder (or the link to it) so it trains again from scratch."""
+        if self.path.is_symlink() or self.path.is_file():
+            self.path.unlink()
+        elif self.path.exists():
+            shutil.rmtree(self.path)
+
+
+class RunDir:
+    """A run folder `runs/<name>/`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "RunDir":
+        """The run folder of a config (`output.runs_dir/name`)."""
+        return cls(cfg.run_dir)
+
+    @classmethod
+    def containing(cls, fold_path: str | Path) -> "RunDir":
+        """The run folder a fold folder belongs to."""
+        return cls(Path(fold_path).parent.parent)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path})"
+
+    @property
+    def config(self) -> Path:
+        return self.path / _CONFIG
+
+    @property
+    def folds(self) -> Path:
+        return self.path / _FOLDS
+
+    @property
+    def postprocess(self) -> Path:
+        return self.path / _POSTPROCESS
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / _METRICS
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "evaluation"
+
+    def fold(self, tag: str, k: int) -> FoldDir:
+        return FoldDir(self.path / tag / f"{_FOLD_PREFIX}{int(k)}", tag, k)
+
+    def wipe(self) -> None:
+        """Delete the whole run folder (`segkit train --restart`)."""
+        if self.path.is_symlink():
+            self.path.unlink()
+        elif self.path.exists():
+            shutil.rmtree(self.path)
+
+    # --- the fold split ---------------------------------------------------------------------
+
+    def read_folds(self, samples: Sequence, n_folds: int) -> np.ndarray | None:
+        """The saved split for these samples, or None when there is none yet; TrainingError naming folds.csv
+        when it is damaged or was made for other samples or another fold count."""
+        import pandas as pd
+
+        path = self.folds
+        if not path.is_file():
+            return None
+        fix = "delete it (a new split is made) or run `segkit train CONFIG --restart`, or use a new name=..."
+        try:
+            frame = pd.read_csv(path, dtype={"id": str})
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise TrainingError(f"{path}: not a readable fold split ({_short(exc)}); {fix}") from None
+        missing = [c for c in ("id", "fold") if c not in frame.columns]
+        if missing:
+            raise TrainingError(f"{path}: columns {missing} missing (has {list(frame.columns)}); {fix}")
+        if len(frame) != len(samples):
+            raise TrainingError(f"{path}: {len(frame)} rows, the data has {len(samples)} training samples; {fix}")
+        ids = [s.id for s in samples]
+        if list(frame["id"]) != ids:
+            bad = next(i for i, (a, b) in enumerate(zip(frame["id"], ids)) if a != b)
+            raise TrainingError(f"{path}: row {bad + 2} has id '{frame['id'][bad]}', the data has '{ids[bad]}' "
+                                f"there (split for other samples); {fix}")
+        folds = pd.to_numeric(frame["fold"], errors="coerce")
+        if folds.isna().any() or not folds.between(0, n_folds - 1).all() or (folds % 1 != 0).any():
+            raise TrainingError(f"{path}: 'fold' must hold integers 0..{n_folds - 1} (train.folds={n_folds}); {fix}")
+        folds = folds.to_numpy().astype(np.int64)
+        if len(np.unique(folds)) != n_folds:
+            raise TrainingError(f"{path}: split into {len(np.unique(folds))} folds, train.folds is {n_folds}; {fix}")
+        return folds
+
+    def write_folds(self, samples: Sequence, folds: np.ndarray) -> None:
+        """Save the split as CSV (id, group, stratum, fold), atomically."""
+        import pandas as pd
+
+        from segkit.data.io import atomic_write
+
+        frame = pd.DataFrame({"id": [s.id for s in samples], "group": [s.group for s in samples],
+                              "stratum": [s.stratum for s in samples], "fold": folds})
+        with atomic_write(self.folds) as fh:
+            frame.to_csv(fh, index=False)
+
+    # --- post-processing --------------------------------------------------------------------
+
+    def read_postprocess(self, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """The tuned post-processing; TrainingError naming postprocess.json when it is damaged or was tuned
+        for another set of classes."""
+        fix = "delete it and run `segkit tune CONFIG` to tune it again"
+        data = _read_json(self.postprocess, fix, need=("classes",))
+        rows = data["classes"]
+        ok = isinstance(rows, list) and rows and all(
+            isinstance(c, dict) and _is_number(c.get("threshold")) and _is_number(c.get("min_area")) for c in rows)
+        if not ok:
+            raise TrainingError(f"{self.postprocess}: 'classes' must list {{threshold, min_area}} per class; {fix}")
+        if classes is not None and len(rows) != len(classes):
+            raise TrainingError(f"{self.postprocess}: tuned for {len(rows)} classes, the data has {len(classes)}; {fix}")
+        return data
+
+    def write_postprocess(self, data: dict[str, Any]) -> None:
+        """Save tuned post-processing atomically."""
+        from segkit.data.io import atomic_write
+
+        with atomic_write(self.postprocess) as fh:
+            json.dump(data, fh, indent=2)
+
+    # --- the saved config -------------------------------------------------------------------
+
+    def read_config(self) -> Config | None:
+        """The config saved with the run, or None when there is none."""
+        from segkit.config import load_config
+
+        if not self.config.is_file():
+            return None
+        try:
+            return load_config(self.config)
+        except SegkitError as exc:
+            raise TrainingError(f"{self.config}: not a valid saved config ({_short(exc)}); delete it to use the "
+                                "given config as it is") from None
+
+    def write_config(self, cfg: Config) -> None:
+        """Save the resolved config beside the weights it describes."""
+        from segkit.config import save_config
+
+        save_config(cfg, self.config)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Save a run report as metrics.json, atomically."""
+        from segkit.data.io import atomic_write
+
+        with atomic_write(self.metrics) as fh:
+            json.dump(metrics, fh, indent=2)
+
+
+@dataclass
+class RunData:
+    """What every stage of a run needs: the adapter, training samples, their cache and fold split."""
+
+    adapter: Any
+    samples: list
+    cache: Any
+    folds: np.ndarray
+
+
+def open_run_data(cfg: Config, quiet: bool = False) -> RunData:
+    """Read the competition's training list, prepare its cache and load the run's fold split (made and saved
+    on first use, so a resumed run keeps its folds)."""
+    from segkit.data.cache import prepare
+    from segkit.data.competitions.base import make_adapter
+    from segkit.data.folds import assign_folds
+    from segkit.errors import DataError
+
+    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    samples = adapter.train_samples()
+    if cfg.data.max_train_samples:
+        samples = samples[: cfg.data.max_train_samples]
+    if not samples:
+        raise DataError(f"{cfg.data.root}: no training samples found for {cfg.data.competition}")
+    h, w = cfg.data.image_size
+    cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-train-{h}x{w}",
+                    with_masks=True, quiet=quiet)
+    run = RunDir.of(cfg)
+    folds = run.read_folds(samples, cfg.train.folds)
+    if folds is None:
+        folds = assign_folds(samples, cfg.train.folds, cfg.seed)
+        run.write_folds(samples, folds)
+    return RunData(adapter, samples, cache, folds)
+
+
+def model_tags(cfg: Config) -> list[str]:
+    """The folder name of each architecture in the config, in order."""
+    from segkit.models.registry import model_tag
+
+    tags = [model_tag(spec, i) for i, spec in enumerate(cfg.models)]
+    if len(set(tags)) != len(tags):
+        raise ConfigError(f"models: two entries share a tag ({tags}); give each a distinct 'tag'")
+    return tags
+
+
+def all_folds_done(cfg: Config) -> bool:
+    """True when every fold of every model has finished (OOF predictions written)."""
+    run = RunDir.of(cfg)
+    return all(run.fold(t, k).is_done() for t in model_tags(cfg) for k in range(cfg.train.folds))
+
+
+def ensembled_tags(cfg: Config) -> list[str]:
+    """The model tags predict ensembles (predict.models, or every model)."""
+    tags = model_tags(cfg)
+    wanted = cfg.predict.models or tags
+    unknown = [t for t in wanted if t not in tags]
+    if unknown:
+        raise ConfigError(f"predict.models: no model tagged {unknown} in this config (tags: {tags})")
+    return list(wanted)
+
+
+def checkpoint_paths(cfg: Config) -> list[Path]:
+    """Best checkpoints of every fold of every ensembled model; a missing one is an error."""
+    run = RunDir.of(cfg)
+    paths = [run.fold(t, k).best for t in ensembled_tags(cfg) for k in range(cfg.train.folds)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise TrainingError(f"missing fold checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                            " — run `segkit train` first")
+    return paths
+
+
+def find_fold_dirs(root: Path, name: str, tags: list[str], max_depth: int = 5) -> dict[tuple[str, int], Path]:
+    """Fold folders of run `name` with a best checkpoint (`<...>/<name>/<tag>/fold_<k>/best.keras`) anywhere up to
+    max_depth below root (Kaggle mounts kernel outputs, datasets and models at different depths); a finished fold
+    wins over an unfinished one."""
+    found: dict[tuple[str, int], Path] = {}
+    for depth in range(max_depth + 1):
+        pattern = "/".join(["*"] * depth + [name, "*", f"{_FOLD_PREFIX}*", _BEST])
+        for ckpt in sorted(Path(root).glob(pattern)):
+            fdir = ckpt.parent
+            tag, k = fdir.parent.name, fdir.name[len(_FOLD_PREFIX):]
+            if tag not in tags or not k.isdigit():
+                continue
+            key = (tag, int(k))
+            better = key not in found or (FoldDir(fdir, tag, int(k)).is_done()
+                                          and not FoldDir(found[key], tag, int(k)).is_done())
+            if better:
+                found[key] = fdir
+    return found
+
+
+def fold_source_pattern(name: str) -> str:
+    """How a fold checkpoint is looked for inside the Kaggle input (for messages)."""
+    return f"<source>/runs/{name}/<model>/{_FOLD_PREFIX}<k>/{_BEST}"
+
+
+# --- what shapes the weights ----------------------------------------------------------------
+
+TRAIN_WEIGHT_KEYS = ("folds", "loss", "metrics", "learning_rate", "batch_size", "augment", "steps_per_epoch",
+                     "mixed_precision", "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor")
+DATA_WEIGHT_KEYS = ("competition", "options", "image_size", "max_train_samples")
+
+
+def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
+    """The settings that shape trained weights, flat by dotted key (`train.loss`, `models.unet`); `epochs`
+    is left out (a finished fold is checked against it separately). One model's spec when `tag` is given."""
+    out: dict[str, Any] = {"seed": cfg.seed}
+    d = cfg.to_dict()
+    for key in DATA_WEIGHT_KEYS:
+        out[f"data.{key}"] = d["data"][key]
+    tags = model_tags(cfg)
+    for t, spec in zip(tags, cfg.models):
+        if tag is None or t == tag:
+            out[f"models.{t}"] = spec
+    for key in TRAIN_WEIGHT_KEYS:
+        out[f"train.{key}"] = d["train"][key]
+    return json.loads(json.dumps(out))  # as it reads back from JSON (tuples become lists)
+
+
+def fold_fingerprint(cfg: Config, tag: str, sample_ids: Sequence[str], folds: np.ndarray) -> dict[str, Any]:
+    """What one fold's weights depend on: the weight settings of its model, the training samples and the split."""
+    out = weight_settings(cfg, tag)
+    out["data.samples"] = f"{len(sample_ids)} ids, sha1 {_sha1(chr(10).join(sample_ids))}"
+    out["train.split"] = f"sha1 {_sha1(np.asarray(folds, dtype=np.int64).tobytes())}"
+    return out
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key: old → new` for each setting that differs."""
+    out = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if a != b:
+            out.append(f"{key}: {_show(a)} → {_show(b)}")
+    return out
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+
+
+def _sha1(data: str | bytes) -> str:
+    return hashlib.sha1(data.encode() if isinstance(data, str) else data).hexdigest()[:12]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]
+
+
+def _read_json(path: Path, fix: str, need: tuple[str, ...] = ()) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: not found; {fix}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{path}: damaged ({_short(exc)}); {fix}") from None
+    if not isinstance(data, dict) or any(k not in data for k in need):
+        raise TrainingError(f"{path}: damaged (expected a JSON object with {', '.join(need) or 'fields'}); {fix}")
+    return data
