@@ -160,6 +160,8 @@ def read_submission(path: Path) -> dict[str, str]:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SubmissionError(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise SubmissionError(f"{path}: cannot read the submission ({exc.strerror or exc})") from None
     cols = {c.strip().lower(): c for c in df.columns}
     if "id" not in cols or "encodedpixels" not in cols:
         raise SubmissionError(f"{path}: expected columns id,EncodedPixels, got {','.join(df.columns)}")

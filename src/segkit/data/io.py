@@ -172,7 +172,11 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
         try:
             yield tmp
         except StorageError as exc:  # a file inside: name the destination, not the temporary folder
-            raise StorageError(str(exc).replace(str(tmp), str(dest))) from None
+            message = str(exc)
+            if message.startswith(f"{tmp}{os.sep}") and ": " in message:
+                inner, rest = message[len(str(tmp)) + 1:].split(": ", 1)
+                raise StorageError(f"{dest}: {rest} (while writing {inner})") from None
+            raise StorageError(message.replace(str(tmp), str(dest))) from None
         except OSError as exc:
             if exc.errno in _WRITE_ERRNOS:
                 raise storage_error(dest, exc) from None
