@@ -149,6 +149,7 @@ RANGE_CASES = [
     ("train.epochs=-3", r"train\.epochs: must be ≥ 1, got -3"),
     ("train.batch_size=0", r"train\.batch_size: must be ≥ 1, got 0"),
     ("predict.batch_size=0", r"predict\.batch_size: must be ≥ 1, got 0"),
+    ("predict.tta=[]", r"predict\.tta: must not be empty"),
     ("train.folds=1", r"train\.folds: must be ≥ 2, got 1"),
     ("train.train_folds=[0,3]", r"train\.train_folds: folds \[3\] outside 0\.\.2"),
     ("train.learning_rate=0", r"train\.learning_rate: must be a number > 0, got 0\.0"),

@@ -183,6 +183,9 @@ class PredictConfig(_Checked):
 
     def check(self) -> None:
         _at_least(self._key("batch_size"), self.batch_size, 1)
+        for name in ("tta", "models"):  # None means the default; an empty list would predict nothing
+            if getattr(self, name) is not None:
+                _not_empty(self._key(name), getattr(self, name))
 
 
 @dataclass
