@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -101,11 +102,11 @@ def render_script(template: str, kind: str, cfg: Config, fold: int | None, bundl
         "@@CONFIG@@": repr(json.dumps(cfg.to_dict(), sort_keys=True)),
         "@@BUNDLE@@": embedded_literal(bundle),
     }
-    for key, value in values.items():  # @@KIND_LITERAL@@ goes before @@KIND@@, a prefix of it
-        if key not in template:
-            raise KaggleError(f"kernel template lacks the placeholder {key}")
-        template = template.replace(key, value)
-    return template
+    missing = [key for key in values if key not in template]
+    if missing:
+        raise KaggleError(f"kernel template lacks the placeholder(s) {', '.join(missing)}")
+    # one pass, so a value that happens to contain a placeholder (a run name, say) is never filled again
+    return re.sub(r"@@[A-Z_]+@@", lambda m: values.get(m.group(), m.group()), template)
 
 
 def resolve_owner(kc: KaggleConfig, owner: str | None = None) -> str:
