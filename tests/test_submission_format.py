@@ -155,3 +155,25 @@ def test_cloud38_own_size_bounds_each_patch_by_its_own_size(tmp_path):
     assert validate_submission(sub, "cloud38") == []  # within 384x384
     (problem,) = validate_written(sub, adapter, [patch])
     assert "past the image's 4096 pixels (image 64x64, order F)" in problem
+
+
+def test_short_rle_fast_path_agrees_with_the_full_parser():
+    """Short RLEs (most rows of a real file) take a plain-Python path; padding a string with spaces past
+    the threshold sends it through the numpy path, which must give the same runs or the same error."""
+    from segkit.errors import RLEError
+
+    rng = np.random.default_rng(0)
+    texts = ["1 1", "5 2 1 2", "1 5 4 2", "0 5", "5 0", "1 2 3", "1 x", "3 2 5 1", "99 2", "100 1", "1 100",
+             "١ 2", "1  2\t5 1", "12345678901234567890 1"]
+    for _ in range(300):
+        values = rng.integers(0, 40, rng.integers(1, 9))
+        texts.append(" ".join(str(v) for v in np.cumsum(values) if rng.random() > 0.05))
+    for text in texts:
+        results = []
+        for candidate in (text, text + " " * 300):
+            try:
+                starts, lengths = rle.parse_runs(candidate, 100)
+                results.append((starts.tolist(), lengths.tolist()))
+            except RLEError as exc:
+                results.append(str(exc))
+        assert results[0] == results[1], text

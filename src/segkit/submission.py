@@ -390,8 +390,8 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
         line = record.line
         if record.fields is None:
             problems.add("csv", _csv_error(path, record))
-            if header_seen:
-                row += 1
+            row += header_seen
+            header_seen = True
             continue
         fields = record.fields
         if not header_seen:
