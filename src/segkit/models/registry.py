@@ -52,21 +52,25 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
 
 
 def retrain_hint(path: str | Path) -> str:
-    """What to do about a bad checkpoint: retrain its fold when it lies in a `fold_K` folder."""
+    """What to do about a bad checkpoint when the caller did not say: retrain its fold when it lies in a
+    run's fold folder (`…/fold_K/`), else save or train it again."""
     fold = re.fullmatch(r"fold_(\d+)", Path(path).parent.name)
     if fold:
-        return f"retrain that fold: segkit train <config> --restart-fold {fold.group(1)}"
+        return f"retrain that fold: `segkit train CONFIG --restart-fold {fold.group(1)}`"
     return "save or train the model again"
 
 
-def load_model(path: str | Path, compile: bool = True, raw_input: bool = False):
+def load_model(path: str | Path, compile: bool = True, raw_input: bool = False, fix: str | None = None,
+               expected_shape: Sequence[int] | None = None):
     """Load a saved `.keras` model after registering every segkit layer, loss and metric.
 
     Plain `keras.models.load_model(path)` works as well after `import segkit.models`; this helper also
     turns a missing, empty, truncated or corrupt file into a TrainingError naming the file and the fix.
     `raw_input=True` (resuming training on raw images) also refuses a checkpoint written before segkit put
     the input normalisation inside the model; without it such a model loads and `has_input_normalisation`
-    tells the caller to normalise its input (as `predict_probabilities` does).
+    tells the caller to normalise its input (as `predict_probabilities` does). `fix`: what the error
+    messages tell the user to do (default: `retrain_hint(path)`). `expected_shape` (H, W, bands), when
+    given, is checked with `check_checkpoint_input`.
     """
     import keras
 
@@ -77,20 +81,23 @@ def load_model(path: str | Path, compile: bool = True, raw_input: bool = False):
     except ImportError:
         pass
     path = Path(path)
+    fix = fix or retrain_hint(path)
     if not path.is_file():
-        raise TrainingError(f"{path}: checkpoint not found; {retrain_hint(path)}")
+        raise TrainingError(f"{path}: checkpoint not found; {fix}")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         what = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
-        raise TrainingError(f"{path} is not a readable Keras checkpoint ({what}); {retrain_hint(path)}")
+        raise TrainingError(f"{path} is not a readable Keras checkpoint ({what}); {fix}")
     try:
         model = keras.models.load_model(path, compile=compile)
     except Exception as exc:  # a damaged archive or config: keras' own message, on one line, with the file
         detail = " ".join(str(exc).split())[:300]
         raise TrainingError(f"{path} is not a readable Keras checkpoint ({type(exc).__name__}: {detail}); "
-                            f"{retrain_hint(path)}") from exc
+                            f"{fix}") from exc
     if raw_input and not has_input_normalisation(model):
         raise TrainingError(f"{path} was saved by an older segkit without the input normalisation layer, so "
-                            f"training cannot resume from it on raw images; delete it or {retrain_hint(path)}")
+                            f"training cannot resume from it on raw images; delete it or {fix}")
+    if expected_shape is not None:
+        check_checkpoint_input(model, expected_shape, path, fix)
     return model
 
 
@@ -102,9 +109,10 @@ def has_input_normalisation(model) -> bool:
     return input_normalisation_of(model) is not None
 
 
-def check_checkpoint_input(model, expected: Sequence[int], path: str | Path) -> None:
+def check_checkpoint_input(model, expected: Sequence[int], path: str | Path, fix: str | None = None) -> None:
     """TrainingError when a loaded checkpoint does not take (H, W, bands) images as the config says
     (`data.image_size` and the competition's bands); None in the model's shape matches anything."""
+    fix = fix or retrain_hint(path)
     got = tuple(model.input_shape[1:])
     expected = tuple(int(v) for v in expected)
     if len(got) != len(expected) or any(g is not None and g != e for g, e in zip(got, expected)):
@@ -112,7 +120,7 @@ def check_checkpoint_input(model, expected: Sequence[int], path: str | Path) -> 
         raise TrainingError(
             f"{path}: the checkpoint takes {shape} images but the config gives {'x'.join(map(str, expected))} "
             "(data.image_size × bands); predict with the config the run was trained with "
-            f"(runs/<name>/config.yaml) or {retrain_hint(path)}"
+            f"(runs/<name>/config.yaml) or {fix}"
         )
 
 
