@@ -352,3 +352,30 @@ def test_evaluate_without_test_red_asks_for_patch_size(data: Path, submission: P
     assert main(args) == 1
     one_error_line(capsys.readouterr().err, gts.parent, "--patch-size")
     assert main([*args, "--patch-size", str(P)]) == 0
+
+
+# --- readable output ----------------------------------------------------------------------------------------
+
+def test_tensorflow_starts_quietly_and_the_cpu_is_named_once(tmp_path: Path) -> None:
+    """TensorFlow's C++ start-up lines (absl, CUDA probing, oneDNN) do not reach stderr; segkit says once that
+    there is no GPU; other stderr output still comes through."""
+    code = ("import sys\n"
+            "from segkit.cli.console import note_device, quiet_tensorflow\n"
+            "quiet_tensorflow(); note_device('training'); note_device('training')\n"
+            "import tensorflow as tf\n"
+            "tf.constant(1.0) + 1.0\n"
+            "print('still heard', file=sys.stderr)\n")
+    env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # segkit's own default
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "still heard\n"
+    assert res.stdout == "segkit: no GPU found; training on CPU\n"
+
+
+def test_synth_shows_progress_unless_quiet(tmp_path: Path, capsys) -> None:
+    assert main(["synth", "cloud38", "--out", str(tmp_path / "a"), "--patch-size", str(P)]) == 0
+    err = capsys.readouterr().err
+    assert "synth cloud38 train" in err and "scene" in err
+    assert main(["-q", "synth", "cloud38", "--out", str(tmp_path / "b"), "--patch-size", str(P)]) == 0
+    assert capsys.readouterr().err == ""
