@@ -335,6 +335,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    set_key(raw, key, value)
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted `key` (`train.epochs`, `models.0.depth`) of a raw config mapping to a Python value in place,
+    creating sections on the way (as an override does; the value is checked when the config is built)."""
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):

@@ -1,0 +1,393 @@
+"""The notebook API: configs with keyword overrides, a `Run` over `runs/<name>/`, an `Ensemble` mapping numpy
+images to numpy probabilities, submission writing and validation.
+
+    import segkit as sk
+    run = sk.Run("cloud38", data={"root": "/kaggle/input/38cloud"}, train={"epochs": 2})
+    run.fit(folds=[0])                          # resumable: a second call skips finished folds
+    ens = run.ensemble(tta=["identity", "hflip"])
+    probs = ens.predict(images)                 # (N, H, W, bands) raw uint16 -> (N, H, W, 1) float32
+
+Every stage goes through the same functions as the CLI (segkit.pipeline, segkit.predict), so a notebook
+and `segkit train/tune/predict` write and read the same run folder. TensorFlow is imported on first use.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from segkit.config import Config, config_from_dict, set_key
+from segkit.config import load_config as _load_config
+from segkit.errors import ConfigError, DataError
+from segkit.runs import RunDir, model_tags
+
+ConfigLike = Config | str | Path
+
+
+# --- configs ---------------------------------------------------------------------------------------------
+
+def load_config(config: ConfigLike | None = None, overrides: Sequence[str] = (), /, **settings: Any) -> Config:
+    """A config from a built-in name (`"cloud38"`), a YAML path or a Config, with overrides: `key.sub=value`
+    strings as on the command line, then keyword settings — a section as a dict merged key by key
+    (`train={"epochs": 2}`) or a dotted key (`**{"train.epochs": 2}`). Wrong keys and values are the CLI's
+    ConfigErrors ("did you mean ...")."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+        if overrides:
+            raw = cfg.to_dict()
+            from segkit.config import apply_override
+
+            for item in overrides:
+                apply_override(raw, item)
+            cfg = config_from_dict(raw)
+    else:
+        cfg = _load_config(config, list(overrides))
+    if not settings:
+        return cfg
+    raw = cfg.to_dict()
+    for key, value in _flatten(settings):
+        set_key(raw, key, _plain(value))
+    return config_from_dict(raw)
+
+
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) pairs; non-empty dicts are walked so sections merge key by key."""
+    for key, value in settings.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _plain(value: Any) -> Any:
+    """Python values as YAML would give them: paths as strings, tuples as lists, numpy scalars as numbers."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --- ensembles -------------------------------------------------------------------------------------------
+
+class _Batch:
+    """What `predict_probabilities` reads images from (a cache's `images`), for in-memory arrays."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+
+class Ensemble:
+    """Fold × model × TTA averaging of checkpoints: numpy images in, numpy probabilities out.
+
+    Images are raw, in the dataset's dtype and range (uint16 for 38-Cloud): the checkpoints normalise them in
+    their first layer. Any image size works: images are resized to the models' input and the probabilities
+    back to the image's own size, as `segkit predict` does. Batches go through `predict_probabilities`, the
+    function behind `segkit predict`, `batch_size` images at a time.
+    """
+
+    def __init__(self, models: Sequence, tta: Sequence[str] = ("identity",), batch_size: int = 8,
+                 image_size: Sequence[int] | None = None, normalise=None,
+                 postprocess: tuple[list[float], list[int]] | None = None, classes: Sequence[str] | None = None,
+                 checkpoints: Sequence[Path] = ()) -> None:
+        from segkit.predict import TTA
+
+        if not models:
+            raise ConfigError("ensemble: no models given")
+        unknown = [t for t in tta if t not in TTA]
+        if unknown or not tta:
+            raise ConfigError(f"ensemble tta: unknown augmentations {unknown or '(none given)'} "
+                              f"(known: {', '.join(TTA)})")
+        if batch_size < 1:
+            raise ConfigError(f"ensemble batch_size: must be ≥ 1, got {batch_size}")
+        self.models = list(models)
+        self.tta = list(tta)
+        self.batch_size = int(batch_size)
+        shape = tuple(self.models[0].input_shape[1:])
+        self.image_size: tuple[int, int] = tuple(int(v) for v in (image_size or shape[:2]))  # type: ignore
+        self.bands = int(shape[2])
+        self.classes = list(classes) if classes is not None else None
+        self.checkpoints = [Path(p) for p in checkpoints]
+        self._normalise = normalise
+        self._postprocess = postprocess
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], tta: Sequence[str] = ("identity",),
+                         batch_size: int = 8, **kwargs: Any) -> "Ensemble":
+        """An ensemble of `.keras` checkpoints (segkit's own, or any model taking raw images)."""
+        from segkit.models.registry import load_model
+
+        return cls([load_model(p) for p in paths], tta, batch_size, checkpoints=paths, **kwargs)
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        return (f"Ensemble({len(self.models)} models × {len(self.tta)} TTA {self.tta}, input {h}x{w}x{self.bands}, "
+                f"batch {self.batch_size})")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities float32 (H, W, C) for one raw image (H, W, bands), or (N, H, W, C) for a batch
+        (N, H, W, bands), at the images' own size."""
+        images = self._check(images)
+        single = images.ndim == 3
+        batch = images[None] if single else images
+        out = None
+        for i, p in enumerate(self.iter_predict(batch)):
+            if out is None:
+                out = np.empty((len(batch), *p.shape), np.float32)
+            out[i] = p
+        assert out is not None
+        return out[0] if single else out
+
+    __call__ = predict
+
+    def iter_predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Yield (H, W, C) float32 probabilities image by image for an iterable of raw (H, W, bands) images
+        (a batch array, a memory map, a generator reading files; sizes may differ): only `batch_size`
+        images are held at once."""
+        from segkit.predict import predict_probabilities
+
+        chunk: list[np.ndarray] = []
+
+        def flush() -> Iterator[np.ndarray]:
+            from segkit.data.cache import resize_image
+
+            sizes = [im.shape[:2] for im in chunk]
+            batch = _Batch(np.stack([resize_image(np.asarray(im), self.image_size) for im in chunk]))
+            probs = next(predict_probabilities(self.models, batch, np.arange(len(chunk)), self._normalise_fn,
+                                               self.tta, len(chunk), quiet=True))
+            for p, size in zip(probs, sizes):
+                yield _to_size(p, size)
+
+        for image in images:
+            image = self._check(np.asarray(image), single=True)
+            chunk.append(image)
+            if len(chunk) == self.batch_size:
+                yield from flush()
+                chunk = []
+        if chunk:
+            yield from flush()
+
+    def predict_masks(self, images: np.ndarray) -> np.ndarray:
+        """Binary uint8 masks (as in the submission) for one image or a batch: the probabilities after the
+        run's post-processing (per-class threshold and minimum area)."""
+        from segkit.postprocess import apply
+
+        if self._postprocess is None:
+            raise ConfigError("ensemble: no post-processing known (build it with Run.ensemble after tuning, or "
+                              "pass postprocess=(thresholds, min_areas))")
+        thresholds, areas = self._postprocess
+        probs = self.predict(images)
+        if probs.ndim == 3:
+            return apply(probs, thresholds, areas)
+        return np.stack([apply(p, thresholds, areas) for p in probs])
+
+    def _normalise_fn(self, image: np.ndarray) -> np.ndarray:
+        if self._normalise is None:
+            raise ConfigError("ensemble: a checkpoint without the input normalisation layer (older segkit) needs "
+                              "the competition's normalisation; build the ensemble with Run.ensemble")
+        return self._normalise(image)
+
+    def _check(self, images: Any, single: bool = False) -> np.ndarray:
+        images = np.asarray(images)
+        ndims = (3,) if single else (3, 4)
+        if images.ndim not in ndims or images.shape[-1] != self.bands or min(images.shape[:-1], default=0) < 1:
+            want = "(H, W, bands)" if single else "(H, W, bands) or (N, H, W, bands)"
+            raise DataError(f"ensemble: expected images shaped {want} with {self.bands} bands, got {images.shape}")
+        if images.dtype.kind not in "uif" or images.dtype == np.float16:
+            raise DataError(f"ensemble: expected raw images of an integer or float32/64 dtype, got {images.dtype}")
+        return images
+
+
+def _to_size(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Probabilities (h, w, C) resized to (H, W), bilinear as `segkit predict` resizes to the submission size."""
+    import cv2
+
+    h, w = int(size[0]), int(size[1])
+    if p.shape[:2] == (h, w):
+        return np.ascontiguousarray(p, dtype=np.float32)
+    return cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+class Run:
+    """A run folder `runs/<name>/` driven from Python: fit (resumable, folds selectable), tune, ensemble,
+    write and validate the submission. `quiet=False` prints the same progress as the CLI."""
+
+    def __init__(self, config: ConfigLike, overrides: Sequence[str] = (), /, quiet: bool = False,
+                 **settings: Any) -> None:
+        self.config: Config = load_config(config, overrides, **settings)
+        self.quiet = quiet
+        self.submission: Path | None = None  # the last submission written
+
+    @classmethod
+    def open(cls, path: str | Path, quiet: bool = False, **settings: Any) -> "Run":
+        """An existing run folder (e.g. trained elsewhere and attached as a Kaggle input), with the config saved
+        in it; `settings` override it (typically `data={"root": ...}` and `output.submissions_dir`)."""
+        rd = RunDir(path)
+        saved = rd.read_config()
+        if saved is None:
+            raise DataError(f"{rd.config}: not found; is {rd.path} a segkit run folder (runs/<name>/)?")
+        saved.name = rd.path.name
+        saved.output.runs_dir = str(rd.path.parent)
+        return cls(saved, quiet=quiet, **settings)
+
+    def __repr__(self) -> str:
+        done = sum(len(v) for v in self.folds_done.values())
+        total = len(model_tags(self.config)) * self.config.train.folds
+        score = self.oof_score
+        scored = f", OOF {score:.4f}" if score is not None else ""
+        return f"Run({self.name!r} at {self.dir}, {done}/{total} folds trained{scored})"
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def dir(self) -> Path:
+        """The run folder."""
+        return RunDir.of(self.config).path
+
+    @property
+    def folds_done(self) -> dict[str, list[int]]:
+        """Finished folds by model tag."""
+        rd = RunDir.of(self.config)
+        return {t: [k for k in range(self.config.train.folds) if rd.fold(t, k).is_done()]
+                for t in model_tags(self.config)}
+
+    @property
+    def postprocess(self) -> dict[str, Any] | None:
+        """The tuned post-processing (postprocess.json), or None before tuning."""
+        rd = RunDir.of(self.config)
+        return rd.read_postprocess() if rd.postprocess.is_file() else None
+
+    @property
+    def oof_score(self) -> float | None:
+        """The competition metric on the out-of-fold predictions after tuning, or None before tuning."""
+        pp = self.postprocess
+        return float(pp["oof_score_tuned"]) if pp and "oof_score_tuned" in pp else None
+
+    @property
+    def submission_path(self) -> Path:
+        """Where `write_submission` writes by default."""
+        return self.config.submission_dir / "submission.csv"
+
+    def fit(self, folds: int | Sequence[int] | None = None, restart: bool = False,
+            restart_fold: int | None = None) -> "Run":
+        """Train the folds (`folds`: one, a list, or None for train.train_folds / all), skipping finished folds
+        and resuming an interrupted one; once every fold is done the post-processing is tuned. `restart`
+        wipes the run first, `restart_fold` retrains fold K. Returns the run."""
+        from segkit.pipeline import train
+
+        cfg = copy.deepcopy(self.config)
+        if folds is not None:
+            wanted = [int(folds)] if isinstance(folds, (int, np.integer)) else [int(k) for k in folds]
+            cfg.train = dataclasses.replace(cfg.train, train_folds=wanted)
+        train(cfg, quiet=self.quiet, restart=restart, restart_fold=restart_fold)
+        return self
+
+    def tune(self) -> dict[str, Any]:
+        """Tune the per-class threshold and minimum area on the OOF predictions; returns postprocess.json's
+        content (per class: threshold, min_area, OOF scores before and after)."""
+        from segkit.pipeline import tune
+
+        return tune(self.config, quiet=self.quiet)
+
+    def predict_config(self, tta: Sequence[str] | None = None, models: Sequence[str] | None = None,
+                       quiet: bool = True) -> Config:
+        """The config predict uses: the run's saved training settings, with `tta` / `models` (tags) if given."""
+        from segkit.pipeline import run_config
+
+        cfg = run_config(self.config, "predict", quiet=quiet)
+        changes = {k: list(v) for k, v in (("tta", tta), ("models", models)) if v is not None}
+        if changes:
+            cfg.predict = dataclasses.replace(cfg.predict, **changes)
+        return cfg
+
+    def ensemble(self, tta: Sequence[str] | None = None, models: Sequence[str] | None = None,
+                 batch_size: int | None = None) -> Ensemble:
+        """The fold × model × TTA ensemble `segkit predict` uses (default TTA and models from the config),
+        as an object whose `predict(images)` maps raw numpy images to probabilities."""
+        from segkit.data.competitions.base import adapter_class, make_adapter
+        from segkit.models.registry import load_model
+        from segkit.predict import resolve_tta
+        from segkit.runs import checkpoint_paths
+
+        cfg = self.predict_config(tta, models)
+        cls = adapter_class(cfg.data.competition)
+        names = resolve_tta(cfg, cls)
+        paths = checkpoint_paths(cfg)
+        postprocess = None
+        if cfg.postprocess.tune is False or RunDir.of(cfg).postprocess.is_file():
+            from segkit.postprocess import load_postprocess
+
+            thresholds, areas, _ = load_postprocess(cfg, cls.classes)
+            postprocess = (thresholds, areas)
+
+        def normalise(image: np.ndarray) -> np.ndarray:  # only for checkpoints without the normalisation layer
+            return make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options).normalise(image)
+
+        h, w = cfg.data.image_size
+        return Ensemble([load_model(p) for p in paths], names, batch_size or cfg.predict.batch_size, (h, w),
+                        normalise, postprocess, cls.classes, paths)
+
+    def write_submission(self, path: str | Path | None = None, tta: Sequence[str] | None = None,
+                         models: Sequence[str] | None = None) -> Path:
+        """Predict the test set with the ensemble, post-process, write the competition's submission CSV and
+        validate it (SubmissionError when invalid); returns its path (default `submission_path`)."""
+        from segkit.pipeline import predict
+
+        cfg = self.predict_config(tta, models, quiet=self.quiet)
+        self.submission = predict(cfg, quiet=self.quiet, out=path, saved_config=False)
+        return self.submission
+
+    def validate(self, path: str | Path | None = None, sample: str | Path | None = None) -> list[str]:
+        """The problems of a submission for this run's competition (empty when valid): the declared format,
+        each test image's size, and the ids of `sample` (default: the competition's sample submission or test
+        list under data.root). `path` defaults to the last written submission."""
+        from segkit.data.competitions.base import make_adapter
+        from segkit.submission import validate_written
+
+        path = Path(path) if path is not None else (self.submission or self.submission_path)
+        if not path.is_file():
+            from segkit.errors import SubmissionError
+
+            raise SubmissionError(f"{path}: submission not found; write it with Run.write_submission()")
+        cfg = self.config
+        adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+        return validate_written(path, adapter, adapter.test_samples(),
+                                sample if sample is not None else adapter.sample_submission_path())
+
+
+# --- without a run ---------------------------------------------------------------------------------------
+
+def write_submission(config: ConfigLike, path: str | Path | None = None, *, quiet: bool = False,
+                     **settings: Any) -> Path:
+    """Write and validate the submission of a trained run given by its config (name, YAML path or Config, with
+    keyword settings as `load_config`); returns its path."""
+    return Run(config, quiet=quiet, **settings).write_submission(path)
+
+
+def validate(path: str | Path, competition: str, sample: str | Path | None = None) -> list[str]:
+    """The problems of a submission CSV for `competition` (empty when valid), checked against its declared
+    format and, given `sample`, the ids of the sample submission (38-Cloud: the test patch list)."""
+    from segkit.submission import validate_submission
+
+    return validate_submission(path, competition, sample)
+
+
+def synth(name: str, out: str | Path, seed: int = 0, **options: Any) -> Path:
+    """Write a small synthetic dataset in the competition's real file layout (`segkit synth`); returns its root."""
+    from segkit.data.synth import generate
+
+    return generate(name, out, seed=seed, **options)
