@@ -32,8 +32,8 @@ _FOLD_PREFIX = "fold_"
 _BEST, _LAST = "best.keras", "last.keras"
 _DONE, _STATE, _FINGERPRINT = "done.json", "state.json", "fingerprint.json"
 
-# How to retrain; messages show it with the fold filled in.
-RESTART_HINT = "`segkit train CONFIG --restart-fold {k}`"
+# How to retrain one fold (options go before CONFIG, overrides after it); messages fill in the fold.
+RESTART_HINT = "`segkit train --restart-fold {k} CONFIG [key=value ...]`"
 
 
 class FoldDir:
@@ -197,7 +197,7 @@ class RunDir:
         path = self.folds
         if not path.is_file():
             return None
-        fix = "delete it (a new split is made) or run `segkit train CONFIG --restart`, or use a new name=..."
+        fix = "delete it (a new split is made) or run `segkit train --restart CONFIG ...`, or use a new name=..."
         try:
             frame = pd.read_csv(path, dtype={"id": str})
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
@@ -244,7 +244,8 @@ class RunDir:
         if not ok:
             raise TrainingError(f"{self.postprocess}: 'classes' must list {{threshold, min_area}} per class; {fix}")
         if classes is not None and len(rows) != len(classes):
-            raise TrainingError(f"{self.postprocess}: tuned for {len(rows)} classes, the data has {len(classes)}; {fix}")
+            raise TrainingError(f"{self.postprocess}: tuned for {len(rows)} classes, the data has {len(classes)}; "
+                                f"{fix}")
         return data
 
     def write_postprocess(self, data: dict[str, Any]) -> None:

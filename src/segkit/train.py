@@ -47,15 +47,15 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
             print(f"[train] --restart: deleting {rd.path}")
         rd.wipe()
     run = open_run_data(cfg, quiet=quiet)
+    ids = [s.id for s in run.samples]
+    fingerprints = {tag: fold_fingerprint(cfg, tag, ids, run.folds) for tag in tags}
+    check_trained_with(cfg, rd, fingerprints, skip_fold=restart_fold)
     if restart_fold is not None:
         if not quiet:
             print(f"[train] --restart-fold {restart_fold}: deleting fold {restart_fold} of {', '.join(tags)}")
         for tag in tags:
             rd.fold(tag, restart_fold).wipe()
         rd.postprocess.unlink(missing_ok=True)
-    ids = [s.id for s in run.samples]
-    fingerprints = {tag: fold_fingerprint(cfg, tag, ids, run.folds) for tag in tags}
-    check_trained_with(cfg, rd, fingerprints)
     rd.write_config(cfg)  # only now: every trained fold agrees with it
     for spec, tag in zip(cfg.models, tags):
         for k in wanted:
@@ -70,12 +70,15 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
     return rd.path
 
 
-def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict]) -> None:
+def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict], skip_fold: int | None = None) -> None:
     """TrainingError naming every weight setting (and `train.epochs`) on which an existing fold differs from
-    the config, with the ways out; folds that record no settings (older segkit) are trusted."""
+    the config, with the ways out; folds that record no settings (older segkit) are trusted, and `skip_fold`
+    (about to be retrained) is not looked at."""
     changes: dict[str, list[str]] = {}
     for tag, new in fingerprints.items():
         for k in range(cfg.train.folds):
+            if k == skip_fold:
+                continue
             fold = rd.fold(tag, k)
             old = fold.read_fingerprint()
             found = changed_keys(old, new) if old is not None else []
@@ -86,7 +89,7 @@ def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict]) -
         listed = "; ".join(f"{c} ({', '.join(where)})" for c, where in changes.items())
         raise TrainingError(
             f"{rd.path}: trained with other settings than the config gives now: {listed}. Keep the old settings, "
-            f"or train a new run (name=...), wipe this one (`segkit train CONFIG --restart`), or retrain one fold "
+            f"or train a new run (name=...), wipe this one (`segkit train --restart CONFIG ...`), or retrain one fold "
             f"({RESTART_HINT.format(k='K')})")
 
 
