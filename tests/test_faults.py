@@ -379,3 +379,54 @@ def test_synth_shows_progress_unless_quiet(tmp_path: Path, capsys) -> None:
     assert "synth cloud38 train" in err and "scene" in err
     assert main(["-q", "synth", "cloud38", "--out", str(tmp_path / "b"), "--patch-size", str(P)]) == 0
     assert capsys.readouterr().err == ""
+
+
+# --- predict writing submission.csv (slow: trains a tiny run first) -----------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory) -> Path:
+    """A tiny trained run (one U-Net, 2 folds, 1 epoch on 16-px patches); returns its config file."""
+    folder = tmp_path_factory.mktemp("run")
+    config = folder / "tiny.yaml"
+    config.write_text(
+        "name: faults\nseed: 1\n"
+        f"data: {{competition: cloud38, root: {data}, image_size: {P}, cache_dir: {folder / 'cache'}}}\n"
+        "models: [{name: unet, tag: unet, depth: 2, base_filters: 4, dropout: 0.0}]\n"
+        "train: {folds: 2, epochs: 1, batch_size: 16, workers: 1, verbose: 0}\n"
+        "postprocess: {threshold_grid: [0.5], min_area_grid: [0]}\n"
+        "predict: {tta: [identity], batch_size: 32}\n"
+        f"output: {{runs_dir: {folder / 'runs'}, submissions_dir: {folder / 'subs'}}}\n")
+    assert main(["-q", "train", str(config)]) == 0
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_predict_on_a_full_or_read_only_disk(namespaces, trained: Path, tmp_path: Path, fault: str) -> None:
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    setup = {"full": f"mount -t tmpfs -o size=8k tmpfs {mnt} && echo old > {mnt}/submission.csv"
+                     f" && head -c 4096 /dev/zero > {mnt}/filler || exit 99",
+             "read-only": f"mount -t tmpfs -o size=1m tmpfs {mnt} && echo old > {mnt}/submission.csv"
+                          f" && mount -o remount,ro {mnt} || exit 99"}[fault]
+    res = in_namespace(mnt, setup, segkit("predict", trained, "--out", mnt / "submission.csv"),
+                       tmp_path / "after.txt", f"cp {mnt}/submission.csv {tmp_path}/old.csv")
+    reason = {"full": "no space left on device", "read-only": "read-only file system"}[fault]
+    one_error_line(res.stderr, mnt / "submission.csv", reason)
+    assert not TEMP.search((tmp_path / "after.txt").read_text())
+    assert (tmp_path / "old.csv").read_text() == "old\n"
+
+
+@pytest.mark.slow
+def test_kill_during_predict_keeps_the_old_submission_and_is_swept(strace: str, trained: Path,
+                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "subs" / "submission.csv"
+    first = subprocess.run(segkit("predict", trained, "--out", out), capture_output=True, text=True, env=ENV)
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes()
+    killed_at(strace, "rename", 1, segkit("predict", trained, "--out", out), tmp_path)  # the submission's rename
+    assert [p.name.split(".segkit-")[0] for p in temporaries(out.parent)] == [".submission.csv"]
+    assert out.read_bytes() == before
+    again = subprocess.run(segkit("predict", trained, "--out", out), capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert temporaries(out.parent) == [] and out.read_bytes() == before
