@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_TESTS = ["tests/test_unet.py", "tests/test_fractal.py", "tests/test_encoders.py", "tests/test_losses.py"]
+MODEL_TESTS = ["tests/test_unet.py", "tests/test_fractal.py", "tests/test_encoders.py", "tests/test_losses.py",
+               "tests/test_ensemble_analytic.py"]
 
 RUNNER = """
 import sys
