@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from segkit.config import Config
 from segkit.errors import TrainingError
-from segkit.runs import RunData, RunDir, model_tags, open_run_data
+from segkit.runs import RunData, RunDir, ensembled_tags, open_run_data
 
 
 def apply(probs: np.ndarray, thresholds: list[float], min_areas: list[int]) -> np.ndarray:
@@ -31,11 +31,12 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels].astype(np.uint8)
 
 
-def load_oof(cfg: Config, n_samples: int, tags: list[str] | None = None, channel: int | None = None) -> np.ndarray:
-    """Out-of-fold probabilities of every training sample, averaged over the run's models: (N, H, W, C), or
-    (N, H, W) for one `channel` (tuning goes class by class so memory holds one class at a time)."""
+def load_oof(cfg: Config, n_samples: int, channel: int | None = None) -> np.ndarray:
+    """Out-of-fold probabilities of every training sample, averaged over the models predict ensembles
+    (predict.models, else all): (N, H, W, C), or (N, H, W) for one `channel` (tuning goes class by class so
+    memory holds one class at a time)."""
     rd = RunDir.of(cfg)
-    tags = tags or model_tags(cfg)
+    tags = ensembled_tags(cfg)
     total = None
     for tag in tags:
         covered = np.zeros(n_samples, dtype=bool)
