@@ -53,7 +53,7 @@ class InputNormalisation(layers.Layer):
         self.built = True
 
     def call(self, x):
-        return ops.cast(x, "float32") * self._scale + self._offset
+        return ops.add(ops.multiply(ops.cast(x, "float32"), self._scale), self._offset)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -74,8 +74,7 @@ def load_model(path: str | Path, compile: bool = True, raw_input: bool = False, 
     """
     import keras
 
-    import segkit.models  # noqa: F401  registers every architecture, loss and metric
-
+    # every architecture, loss and metric is registered already: importing this module ran segkit.models
     try:  # registers KerasHub's layers, which encoder U-Nets on other KerasHub versions may contain
         importlib.import_module("keras_hub")
     except ImportError:
