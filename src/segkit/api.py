@@ -278,6 +278,24 @@ class Run:
         return float(pp["oof_score_tuned"]) if pp and "oof_score_tuned" in pp else None
 
     @property
+    def adapter(self):
+        """The competition adapter over data.root (reads samples, images, masks; knows the submission format)."""
+        from segkit.data.competitions.base import make_adapter
+
+        cfg = self.config
+        return make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+
+    def iter_images(self, split: str = "test", limit: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (id, raw image (H, W, bands)) of the competition's `split` ("test" or "train"), one at a time,
+        at their stored size and dtype — what `Ensemble.predict` takes."""
+        if split not in ("test", "train"):
+            raise ConfigError(f"iter_images: split must be 'test' or 'train', got {split!r}")
+        adapter = self.adapter
+        samples = adapter.test_samples() if split == "test" else adapter.train_samples()
+        for sample in samples[:limit]:
+            yield sample.id, adapter.read_image(sample)
+
+    @property
     def submission_path(self) -> Path:
         """Where `write_submission` writes by default."""
         return self.config.submission_dir / "submission.csv"
@@ -365,8 +383,28 @@ class Run:
             raise SubmissionError(f"{path}: submission not found; write it with Run.write_submission()")
         cfg = self.config
         adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
-        return validate_written(path, adapter, adapter.test_samples(),
-                                sample if sample is not None else adapter.sample_submission_path())
+        samples = adapter.test_samples()
+        sample = sample if sample is not None else adapter.sample_submission_path()
+        problems = validate_written(path, adapter, samples, sample)
+        if sample is None:  # no sample file (38-Cloud): the ids must still be the test images under data.root
+            problems += _id_problems(path, adapter.submission_format, [s.id for s in samples], cfg.data.root)
+        return problems
+
+
+def _id_problems(path: Path, fmt, test_ids: list[str], root: str) -> list[str]:
+    """A submission's image ids against the test images: which have no row, which are not test images."""
+    from segkit.submission import read_sample
+
+    images = {fmt.image_of(i) for i in read_sample(path).ids}
+    missing = [i for i in test_ids if i not in images]
+    extra = sorted(images - set(test_ids))
+    out = []
+    if missing:
+        out.append(f"{path}: {len(missing)} of the {len(test_ids)} test images under {root} have no row "
+                   f"(first: {missing[0]}); predict every test image")
+    if extra:
+        out.append(f"{path}: {len(extra)} ids are not test images under {root} (first: {extra[0]})")
+    return out
 
 
 # --- without a run ---------------------------------------------------------------------------------------
