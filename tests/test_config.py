@@ -247,3 +247,18 @@ def test_version_prints_the_package_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"segkit {importlib.metadata.version('segkit')}"
+
+
+def test_overrides_may_follow_options_anywhere():
+    """`key=value` overrides after an option (`--restart-fold 1 train.epochs=2`) reach the config; a stray
+    word that is not an override is still refused."""
+    from segkit.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["train", "demo", "--restart-fold", "1", "train.epochs=2", "seed=3"])
+    assert args.config == "demo" and args.restart_fold == 1
+    assert args.overrides == ["train.epochs=2", "seed=3"]
+    args = parse_args(parser, ["kernel", "push-folds", "--config", "demo", "name=x", "--folds", "0-1", "train.folds=2"])
+    assert args.config == ["demo", "name=x", "train.folds=2"]
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["train", "demo", "--restart-fold", "1", "oops"])

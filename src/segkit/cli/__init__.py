@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_tensorflow()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -67,6 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         print("segkit: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line, letting `key.sub=value` overrides stand anywhere after CONFIG (also after
+    options such as `--restart-fold 1` or `--folds 0-2`, which argparse alone would reject)."""
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides") or isinstance(getattr(args, "config", None), list)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not takes_overrides]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra and hasattr(args, "overrides"):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:  # `--config CFG key=value ...` (the kernel and submit commands)
+        args.config = [*args.config, *extra]
+    return args
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

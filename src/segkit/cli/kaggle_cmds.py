@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config_with_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, nargs="+", metavar="CFG",
-                   help="run config (file or name in configs/), optionally followed by key.sub=value overrides")
+                   help="run config (file or built-in name), optionally followed by key.sub=value overrides")
 
 
 def _client_config_arg(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="synthetic 38-Cloud end to end: synth, train, tune, predict, evaluate")
     p.add_argument("--out", default="demo_out", help="folder for data, cache and runs (default demo_out)")
-    p.add_argument("--config", default="demo", help="config to run (default configs/demo.yaml)")
+    p.add_argument("--config", default="demo", help="config to run (default: the built-in demo)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=_demo)
 
