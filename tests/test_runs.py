@@ -132,3 +132,22 @@ def test_run_file_names_are_spelled_only_in_runs(module):
                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
                for name in RUN_FILES if name in node.value]
     assert not spelled, f"{module} spells run file names (ask segkit.runs): {spelled}"
+
+
+def test_fold_temporaries_are_swept_after_a_crash(tmp_path):
+    """Checkpoints and OOF arrays half-written by a killed trainer carry segkit's temporary names, so the next
+    start sweeps them (a dead pid's file goes, the live process's own stays)."""
+    import re
+
+    from segkit.data.io import sweep_stale
+    from segkit.runs import FoldDir
+
+    fold = FoldDir(tmp_path / "unet" / "fold_0", "unet", 0)
+    fold.path.mkdir(parents=True)
+    mine = fold.temp_for(fold.best)
+    assert mine.suffix == ".keras" and fold.oof_tmp.suffix == ".npy"
+    dead = fold.path / re.sub(r"segkit-\d+-", "segkit-999999999-", mine.name)
+    for p in (mine, dead, fold.oof_tmp):
+        p.write_bytes(b"partial")
+    removed = sweep_stale(fold.path)
+    assert removed == [dead] and mine.is_file() and fold.oof_tmp.is_file()

@@ -72,7 +72,7 @@ class FoldDir:
     @property
     def oof_tmp(self) -> Path:
         """Where OOF probabilities stream to before they are moved to `oof`."""
-        return self.path / ".oof.tmp.npy"
+        return self.temp_for(self.oof)
 
     @property
     def done(self) -> Path:
@@ -84,8 +84,11 @@ class FoldDir:
 
     @staticmethod
     def temp_for(path: Path) -> Path:
-        """A hidden sibling to write `path` to before moving it into place (Keras needs the .keras suffix)."""
-        return path.with_name(f".{path.stem}.tmp{path.suffix}")
+        """A hidden sibling to write `path` to before moving it into place: segkit's temporary name (swept after
+        a crash by segkit.data.io.sweep_stale), ending in the original suffix as Keras and NumPy need."""
+        from segkit.data.io import temp_prefix
+
+        return path.with_name(f"{temp_prefix(path.stem)}w.tmp{path.suffix}")
 
     def is_done(self) -> bool:
         """True once the fold has finished (checkpoint and OOF predictions written)."""

@@ -120,9 +120,12 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     from segkit.metrics import get_metrics
     from segkit.models.registry import build_model, load_model, set_precision
 
+    from segkit.data.io import sweep_stale
+
     fold = RunDir.of(cfg).fold(tag, k)
     state = fold.read_state()
     fold.write_fingerprint(fingerprint)
+    sweep_stale(fold.path)  # checkpoints / OOF half-written by a killed process
     tc = cfg.train
     set_precision(tc.mixed_precision)
     keras.utils.set_random_seed(cfg.seed + 1000 * k)

@@ -21,7 +21,7 @@ import numpy as np
 from segkit.errors import DataError, StorageError
 
 TMP_TAG = ".segkit-"  # temporary names: f".{name}{TMP_TAG}{pid}-{random}.tmp" (or ".old" for a folder moved aside)
-_TMP_RE = re.compile(r"^\..+\.segkit-(\d+)-[A-Za-z0-9_]+\.(tmp|old)$")
+_TMP_RE = re.compile(r"^\..+\.segkit-(\d+)-[A-Za-z0-9_]+\.(tmp|old)(\.[A-Za-z0-9]+)?$")  # (.keras/.npy kept)
 _SWEPT: set[str] = set()  # folders already swept by this process
 
 # errno -> (reason, what to do)
