@@ -226,6 +226,13 @@ def test_write_submission_without_a_run_object_and_run_open(trained, tmp_path):
     assert opened.config.data.image_size == [16, 16]  # the saved training settings
     with pytest.raises(sk.DataError, match="config.yaml: not found"):
         sk.Run.open(tmp_path)
+    # without the dataset (a run folder attached on Kaggle), the ensemble still maps arrays to probabilities
+    bare = sk.Run.open(run.dir, quiet=True, data={"root": tmp_path / "no-data"})
+    image = next(run.iter_images("test"))[1]
+    ens = bare.ensemble()
+    assert ens.classes == ["cloud"]
+    np.testing.assert_allclose(ens.predict(image), run.ensemble().predict(image), atol=1e-6)
+    assert ens.predict_masks(image).shape == (32, 32, 1)
 
 
 # --- builders, losses, RLE, Kaggle -----------------------------------------------------------------------

@@ -193,8 +193,8 @@ class Ensemble:
 
     def _normalise_fn(self, image: np.ndarray) -> np.ndarray:
         if self._normalise is None:
-            raise ConfigError("ensemble: a checkpoint without the input normalisation layer (older segkit) needs "
-                              "the competition's normalisation; build the ensemble with Run.ensemble")
+            raise DataError("ensemble: a checkpoint without the input normalisation layer (older segkit) needs "
+                            "the competition's normalisation; point data.root at the dataset, or retrain it")
         return self._normalise(image)
 
     def _check(self, images: Any, single: bool = False) -> np.ndarray:
@@ -342,22 +342,25 @@ class Run:
         from segkit.runs import checkpoint_paths
 
         cfg = self.predict_config(tta, models)
-        cls = adapter_class(cfg.data.competition)
-        names = resolve_tta(cfg, cls)
+        names = resolve_tta(cfg, adapter_class(cfg.data.competition))
         paths = checkpoint_paths(cfg)
+        loaded = [load_model(p) for p in paths]
+        try:  # the data is not needed to predict arrays (e.g. a run attached as a Kaggle input)
+            adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+            classes, normalise = list(adapter.classes), adapter.normalise
+        except DataError:
+            n_out = int(loaded[0].output_shape[-1])
+            known = list(adapter_class(cfg.data.competition).classes)
+            classes, normalise = (known if len(known) == n_out else [f"class_{c}" for c in range(n_out)]), None
         postprocess = None
         if cfg.postprocess.tune is False or RunDir.of(cfg).postprocess.is_file():
             from segkit.postprocess import load_postprocess
 
-            thresholds, areas, _ = load_postprocess(cfg, cls.classes)
+            thresholds, areas, _ = load_postprocess(cfg, classes)
             postprocess = (thresholds, areas)
-
-        def normalise(image: np.ndarray) -> np.ndarray:  # only for checkpoints without the normalisation layer
-            return make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options).normalise(image)
-
         h, w = cfg.data.image_size
-        return Ensemble([load_model(p) for p in paths], names, batch_size or cfg.predict.batch_size, (h, w),
-                        normalise, postprocess, cls.classes, paths)
+        return Ensemble(loaded, names, batch_size or cfg.predict.batch_size, (h, w), normalise, postprocess,
+                        classes, paths)
 
     def write_submission(self, path: str | Path | None = None, tta: Sequence[str] | None = None,
                          models: Sequence[str] | None = None) -> Path:
