@@ -262,3 +262,15 @@ def test_overrides_may_follow_options_anywhere():
     assert args.config == ["demo", "name=x", "train.folds=2"]
     with pytest.raises(SystemExit):
         parse_args(parser, ["train", "demo", "--restart-fold", "1", "oops"])
+
+
+def test_one_did_you_mean_helper_names_the_closest_known_name():
+    """Every "unknown name" error comes from one helper: where, what, the closest known name, the list."""
+    from segkit.errors import did_you_mean, unknown_name
+
+    err = unknown_name("predict.tta", "augmentation", "hfilp", ["identity", "hflip", "vflip"])
+    assert isinstance(err, ConfigError)
+    assert str(err) == ("predict.tta: unknown augmentation 'hfilp'; did you mean 'hflip'? "
+                        "(known: identity, hflip, vflip)")
+    assert did_you_mean("zzz", ["hflip"]) == ""
+    assert did_you_mean("epoch", ["epochs"], show=lambda c: f"train.{c}") == "; did you mean 'train.epochs'?"

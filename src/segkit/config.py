@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import math
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import yaml
 
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
@@ -392,8 +391,7 @@ def from_dict(cls: type, raw: Any, path: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{_where(path, close[0])}'?" if close else ""
+            hint = did_you_mean(key, names, cutoff=0.5, show=lambda close: _where(path, close))
             raise ConfigError(f"{_where(path, str(key))}: unknown config key{hint}")
         kwargs[key] = _coerce(hints[key], value, _where(path, key))
     return cls(**kwargs)
@@ -468,8 +466,7 @@ def check_kwargs(func: Callable, kwargs: dict, where: str, skip: tuple[str, ...]
     valid = [n for n in params if n not in skip]
     for key in kwargs:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{where}.{close[0]}'?" if close else ""
+            hint = did_you_mean(key, valid, cutoff=0.5, show=lambda close: f"{where}.{close}")
             raise ConfigError(f"{where}.{key}: unknown key{hint} (valid: {', '.join(valid) or 'none'})")
 
 

@@ -31,3 +31,20 @@ class KaggleError(SegkitError):
 
 class StorageError(SegkitError):
     """A file or folder cannot be written: disk full, read-only file system, a file where a folder should be."""
+
+
+def did_you_mean(name: object, known, cutoff: float = 0.6, show=str) -> str:
+    """"; did you mean 'X'?" for the known name closest to a mistyped one (empty when none is close);
+    `show` formats the suggestion (e.g. as a full dotted key)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)
+    return f"; did you mean '{show(close[0])}'?" if close else ""
+
+
+def unknown_name(where: str, what: str, name: object, known, cutoff: float = 0.6) -> ConfigError:
+    """The one error for a name that is not among the known ones: where it was given, the closest known name
+    and the full list, e.g. "predict.tta: unknown augmentation 'hfilp'; did you mean 'hflip'? (known: …)"."""
+    known = list(known)
+    return ConfigError(f"{where}: unknown {what} '{name}'{did_you_mean(name, known, cutoff)} "
+                       f"(known: {', '.join(str(k) for k in known)})")

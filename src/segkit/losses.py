@@ -25,7 +25,6 @@ checkpoints compiled with them still load.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,7 +32,7 @@ from typing import Any, Callable
 import keras
 from keras import ops
 
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, did_you_mean, unknown_name
 
 EPSILON = 1e-7
 
@@ -188,9 +187,7 @@ _TERM_RE = re.compile(rf"^\s*(?:({_NUMBER})\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*
 
 
 def _unknown(what: str, name: str, known: list[str], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"train.loss: unknown {what} '{name}'{hint} (known: {', '.join(sorted(known))})"
+    return str(unknown_name("train.loss", what, name, sorted(known), cutoff))
 
 
 def parse(expression: str) -> list[tuple[float, str]]:
@@ -355,8 +352,7 @@ def get(name: str, n_classes: int = 1, **params: Any) -> SegmentationLoss:
     valid = sorted({p for _, t in terms for p in TERMS[t].params})
     for key in params:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, valid, cutoff=0.5)
             raise ConfigError(f"train.loss.{key}: unknown parameter of '{name}'{hint} "
                               f"(valid: {', '.join(valid) or 'none'})")
     return SegmentationLoss(format_expression(terms), name=_scope_name(str(name).replace(" ", "")),

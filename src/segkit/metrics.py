@@ -8,13 +8,12 @@ outputs by argmax. Names in the training logs are "dice" and "iou".
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Sequence
 
 import keras
 from keras import ops
 
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, unknown_name
 
 
 class _OverlapMetric(keras.metrics.Metric):
@@ -97,8 +96,6 @@ def get_metrics(
     out = []
     for name in names:
         if name not in METRICS:
-            close = difflib.get_close_matches(str(name), list(METRICS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"train.metrics: unknown metric '{name}'{hint} (known: {', '.join(sorted(METRICS))})")
+            raise unknown_name("train.metrics", "metric", name, sorted(METRICS))
         out.append(METRICS[name](n_classes=n_classes, threshold=threshold, activation=activation))
     return out

@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from segkit.config import Config
-from segkit.errors import ConfigError, SubmissionError
+from segkit.errors import ConfigError, SubmissionError, unknown_name
 from segkit.runs import checkpoint_paths
 
 # name -> (forward, inverse) on batches (B, H, W, C)
@@ -32,11 +32,7 @@ def resolve_tta(cfg: Config, adapter) -> list[str]:
     h, w = cfg.data.image_size
     for name in names:
         if name not in TTA:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(TTA), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"predict.tta: unknown augmentation '{name}'{hint} (known: {', '.join(TTA)})")
+            raise unknown_name("predict.tta", "augmentation", name, TTA)
         if name in _SQUARE_ONLY and h != w:
             raise ConfigError(f"predict.tta: '{name}' needs a square input, data.image_size is {h}x{w}")
     return names

@@ -10,7 +10,7 @@ import numpy as np
 
 from segkit.data.sample import Sample
 from segkit.config import check_kwargs
-from segkit.errors import ConfigError
+from segkit.errors import unknown_name
 
 if TYPE_CHECKING:
     from segkit.submission import SubmissionFormat
@@ -145,11 +145,7 @@ def adapter_class(name: str) -> type[Adapter]:
     if name not in _ADAPTERS and name in _MODULES:
         importlib.import_module(f"segkit.data.competitions.{_MODULES[name]}")
     if name not in _ADAPTERS:
-        import difflib
-
-        close = difflib.get_close_matches(name, sorted(_MODULES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"data.competition: unknown competition '{name}'{hint} (known: {', '.join(sorted(_MODULES))})")
+        raise unknown_name("data.competition", "competition", name, sorted(_MODULES))
     return _ADAPTERS[name]
 
 
