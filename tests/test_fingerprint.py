@@ -217,3 +217,16 @@ def test_predict_postprocessing_in_force_and_saved_config(run, capsys):
     code, _, err = cli(capsys, "predict", "demo", *overrides(base, runs))
     assert_one_line_error(code, err, str(rd / "postprocess.json"), "segkit tune CONFIG")
     assert (runs.parent / "subs" / "demo" / "submission.csv").read_bytes() == sub_tuned
+
+
+def test_predict_with_a_damaged_best_checkpoint_names_the_fold(run, capsys):
+    """A garbage best.keras at predict time: one line naming the file and which fold to retrain; nothing
+    written."""
+    base, runs, rd = run
+    path = rd / "unet" / "fold_1" / "best.keras"
+    path.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    before = snapshot(rd)
+    code, _, err = cli(capsys, "predict", "demo", *overrides(base, runs))
+    assert_one_line_error(code, err, str(path), "--restart-fold 1")
+    assert snapshot(rd) == before
+    assert not (runs.parent / "subs" / "demo" / "submission.csv").exists()

@@ -8,7 +8,7 @@ import numpy as np
 
 from segkit.config import Config
 from segkit.errors import ConfigError, SubmissionError, unknown_name
-from segkit.runs import checkpoint_paths
+from segkit.runs import checkpoint_folds
 
 # name -> (forward, inverse) on batches (B, H, W, C)
 TTA: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
@@ -86,13 +86,15 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
 
         raise DataError(f"{cfg.data.root}: no test samples found for {cfg.data.competition}")
     h, w = cfg.data.image_size
+    # checkpoints, post-processing and TTA are checked before the (slow) test cache is built
+    models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}", expected_shape=(h, w, adapter.bands))
+              for f in checkpoint_folds(cfg)]
+    thresholds, min_areas, source = load_postprocess(cfg, adapter.classes)
+    tta = resolve_tta(cfg, adapter)
     cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
                     quiet=quiet, with_masks=False)
-    models = [load_model(p) for p in checkpoint_paths(cfg)]
-    thresholds, min_areas, source = load_postprocess(cfg, adapter.classes)
     if not quiet:
         print(f"[predict] post-processing: {source}", flush=True)
-    tta = resolve_tta(cfg, adapter)
 
     def rows() -> Iterator[tuple[str, str]]:
         index = np.arange(len(samples))

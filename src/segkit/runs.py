@@ -347,15 +347,21 @@ def ensembled_tags(cfg: Config) -> list[str]:
     return list(wanted)
 
 
-def checkpoint_paths(cfg: Config) -> list[Path]:
-    """Best checkpoints of every fold of every ensembled model; a missing one is an error."""
+def checkpoint_folds(cfg: Config) -> list[FoldDir]:
+    """The fold folders of every fold of every ensembled model, each with its best checkpoint; a missing
+    checkpoint is an error."""
     run = RunDir.of(cfg)
-    paths = [run.fold(t, k).best for t in ensembled_tags(cfg) for k in range(cfg.train.folds)]
-    missing = [str(p) for p in paths if not p.is_file()]
+    folds = [run.fold(t, k) for t in ensembled_tags(cfg) for k in range(cfg.train.folds)]
+    missing = [str(f.best) for f in folds if not f.best.is_file()]
     if missing:
         raise TrainingError(f"missing fold checkpoints: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
                             " — run `segkit train` first")
-    return paths
+    return folds
+
+
+def checkpoint_paths(cfg: Config) -> list[Path]:
+    """Best checkpoints of every fold of every ensembled model; a missing one is an error."""
+    return [f.best for f in checkpoint_folds(cfg)]
 
 
 def find_fold_dirs(root: Path, name: str, tags: list[str], max_depth: int = 5) -> dict[tuple[str, int], Path]:

@@ -142,7 +142,8 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
 
     if state:
         try:
-            model = load_model(fold.last, raw_input=True)
+            model = load_model(fold.last, raw_input=True, fix=f"retrain the fold: {fold.restart_hint()}",
+                               expected_shape=(*cfg.data.image_size, run.adapter.bands))
         except TrainingError as exc:
             raise TrainingError(f"{exc} (or delete {fold.last} to restart the fold from scratch)") from None
         if not quiet:
@@ -179,7 +180,8 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
             callbacks=[*feed_callbacks, early, reduce, keeper],
             verbose=fit_verbosity(tc.verbose, quiet),
         )
-    best = load_model(fold.best) if fold.best.is_file() else model
+    best = (load_model(fold.best, fix=f"retrain the fold: {fold.restart_hint()}") if fold.best.is_file()
+            else model)
     write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
     fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
                                 "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx))})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,11 +51,8 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
 
 
 def retrain_hint(path: str | Path) -> str:
-    """What to do about a bad checkpoint when the caller did not say: retrain its fold when it lies in a
-    run's fold folder (`…/fold_K/`), else save or train it again."""
-    fold = re.fullmatch(r"fold_(\d+)", Path(path).parent.name)
-    if fold:
-        return f"retrain that fold: `segkit train CONFIG --restart-fold {fold.group(1)}`"
+    """What to do about a bad checkpoint when the caller did not say (callers inside a run say which fold to
+    retrain)."""
     return "save or train the model again"
 
 
