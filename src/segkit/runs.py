@@ -12,6 +12,7 @@ run file raises a TrainingError naming the file and the fix.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -394,6 +395,9 @@ def fold_source_pattern(name: str) -> str:
 TRAIN_WEIGHT_KEYS = ("folds", "loss", "metrics", "learning_rate", "batch_size", "augment", "steps_per_epoch",
                      "mixed_precision", "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor")
 DATA_WEIGHT_KEYS = ("competition", "options", "image_size", "max_train_samples")
+# Weight-shaping train keys added after runs already existed: in the fingerprint only when set away from their
+# default, so folds trained before a key existed stay valid.
+TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ()
 
 
 def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
@@ -409,6 +413,10 @@ def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
             out[f"models.{t}"] = spec
     for key in TRAIN_WEIGHT_KEYS:
         out[f"train.{key}"] = d["train"][key]
+    defaults = dataclasses.asdict(type(cfg.train)())
+    for key in TRAIN_WEIGHT_KEYS_IF_SET:
+        if d["train"][key] != defaults[key]:
+            out[f"train.{key}"] = d["train"][key]
     return json.loads(json.dumps(out))  # as it reads back from JSON (tuples become lists)
 
 
