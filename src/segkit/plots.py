@@ -56,10 +56,94 @@ def overlays(images: Sequence[np.ndarray], truths: Sequence[np.ndarray | None], 
 
 
 def to_display_rgb(image: np.ndarray) -> np.ndarray:
-    """First three bands stretched to [0, 1] by their 2nd–98th percentiles, for viewing."""
-    img = image[..., :3].astype(np.float32) if image.ndim == 3 else np.repeat(image[..., None], 3, -1).astype(np.float32)
+    """First three bands stretched to [0, 1] by their 2nd–98th percentiles, for viewing (one band as grey, two
+    as a false colour with their mean as blue)."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, -1)
+    elif img.shape[-1] == 2:
+        img = np.concatenate([img, img.mean(-1, keepdims=True)], -1)
+    img = img[..., :3]
     lo, hi = np.percentile(img, 2), np.percentile(img, 98)
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def threshold_curves(curves: Sequence, ncols: int = 4) -> bytes:
+    """PNG of each class's OOF score versus threshold (objects with name, thresholds, scores, tuned_threshold,
+    tuned_score), the tuned threshold dashed and the score after the whole chain dotted."""
+    plt = _pyplot()
+    n = len(curves)
+    cols = min(ncols, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    for ax, cur in zip(axes.ravel(), curves):
+        ax.plot(cur.thresholds, cur.scores, "-", color="tab:blue", marker="." if len(cur.thresholds) < 25 else None)
+        if cur.tuned_threshold is not None:
+            ax.axvline(cur.tuned_threshold, color="tab:red", ls="--", lw=1, label=f"tuned {cur.tuned_threshold:g}")
+        if cur.tuned_score is not None:
+            ax.axhline(cur.tuned_score, color="tab:green", ls=":", lw=1, label=f"chain {cur.tuned_score:.4f}")
+        ax.set_title(cur.name, fontsize=9)
+        ax.set_xlabel("threshold")
+        ax.set_ylabel("OOF score")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+CLASS_COLOURS = np.array([(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
+                          (0.58, 0.4, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5),
+                          (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)], np.float32)
+
+
+def class_colour_map(mask: np.ndarray) -> np.ndarray:
+    """A (H, W, C) binary mask as an RGB image: one colour per class (the brightest where classes overlap),
+    black where none."""
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    colours = CLASS_COLOURS[np.arange(mask.shape[-1]) % len(CLASS_COLOURS)]
+    return (mask[..., None].astype(np.float32) * colours).max(axis=-2, initial=0.0)
+
+
+def gallery(items: Sequence[tuple], classes: Sequence[str]) -> bytes:
+    """PNG grid, one row per (id, score, raw image, truth (H, W, C), prediction (H, W, C)): the image as
+    RGB/false colour, the truth and the prediction with one colour per class (legend below)."""
+    plt = _pyplot()
+    n = max(len(items), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n + 0.4), squeeze=False)
+    for row, (ident, score, image, truth, pred) in zip(axes, items):
+        row[0].imshow(to_display_rgb(image))
+        row[0].set_title(f"{str(ident)[:32]}  score {score:.3f}", fontsize=7)
+        row[1].imshow(class_colour_map(truth), interpolation="nearest")
+        row[1].set_title("truth", fontsize=7)
+        row[2].imshow(class_colour_map(pred), interpolation="nearest")
+        row[2].set_title("prediction after the chain", fontsize=7)
+    for ax in axes.ravel():
+        ax.axis("off")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=CLASS_COLOURS[i % len(CLASS_COLOURS)], label=str(c)) for i, c in enumerate(classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / (2.5 * n + 0.4), 1, 1))
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (for embedding as a data URI); the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _save(fig, path: str | Path) -> Path:
