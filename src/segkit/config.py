@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import yaml
 
-from segkit.errors import ConfigError, did_you_mean
+from segkit.errors import ConfigError, did_you_mean, unknown_name
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
@@ -125,9 +125,18 @@ class TrainConfig(_Checked):
     mixed_precision: str | None = None  # "mixed_float16" or "mixed_bfloat16"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     verbose: int | None = None  # Keras fit verbosity; None: 1 (bars) on a terminal, 2 (a line an epoch) in logs
+    ema: float | None = None  # momentum of the weights' exponential moving average (e.g. 0.999); null: off
+    swa: dict[str, Any] | None = None  # {last: N} or {best: K} (+ bn_batches: 100); null: off
+    # a pseudo-label round added to every fold's training side: `<run>/<round>` (e.g. demo/1) or a round folder
+    pseudo: str | None = None
+    # train every model (unless its spec says `positive_only: false`) on the images with a non-empty mask only
+    positive_only: bool = False
 
     def check(self) -> None:
         _at_least(self._key("folds"), self.folds, 2)
+        if self.pseudo is not None and not self.pseudo.strip():
+            raise ConfigError(f"{self._key('pseudo')}: give a round as <run>/<round> (e.g. demo/1) or a round "
+                              "folder (runs/demo/pseudo/round_1), or null")
         if self.train_folds is not None:
             _not_empty(self._key("train_folds"), self.train_folds)
             bad = [k for k in self.train_folds if not 0 <= k < self.folds]
@@ -145,6 +154,34 @@ class TrainConfig(_Checked):
                               f"the learning rate on a plateau), got {self.reduce_lr_factor!r}")
         if self.verbose is not None and self.verbose not in (0, 1, 2):
             raise ConfigError(f"{self._key('verbose')}: must be 0, 1 or 2 (as Keras fit), got {self.verbose!r}")
+        self._check_averaging()
+
+    def _check_averaging(self) -> None:
+        """train.ema in (0, 1); train.swa one of {last: N} / {best: K} (N, K ≥ 1) with optional bn_batches ≥ 0;
+        not both."""
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"{self._key('ema')}: must be a momentum in (0, 1) such as 0.999 (the weight of the "
+                              f"old average at each step), or null for off; got {self.ema!r}")
+        if self.swa is None:
+            return
+        where = self._key("swa")
+        how = [k for k in ("last", "best") if k in self.swa]
+        unknown = [k for k in self.swa if k not in ("last", "best", "bn_batches")]
+        if unknown:
+            hint = did_you_mean(str(unknown[0]), ["last", "best", "bn_batches"], cutoff=0.5,
+                                show=lambda close: f"{where}.{close}")
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key{hint} (valid: last, best, bn_batches)")
+        if len(how) != 1:
+            raise ConfigError(f"{where}: give exactly one of {{last: N}} (average the last N epochs) or {{best: K}} "
+                              f"(average the K best epochs by the monitor), got {self.swa!r}")
+        for key in (*how, "bn_batches"):
+            value = self.swa.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key in how else 0):
+                low = 1 if key in how else 0
+                raise ConfigError(f"{where}.{key}: must be an integer ≥ {low}, got {value!r}")
+        if self.ema is not None:
+            raise ConfigError(f"{where}: train.ema is set too; average the weights one way (set train.ema=null or "
+                              "train.swa=null)")
 
 
 @dataclass
@@ -158,6 +195,14 @@ class PostprocessConfig(_Checked):
     min_area: int = 0
     threshold_grid: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(2, 19)])
     min_area_grid: list[int] = field(default_factory=lambda: [0])
+    # empty-mask gate: none | topk (mean of the top-k probabilities) | area (pixels above the threshold) |
+    # label (classification head) | auto (the best of those available on OOF, none when no gate helps)
+    gate: str = "auto"
+    gate_topk_grid: list[float] = field(default_factory=lambda: [0.001, 0.005, 0.01, 0.02, 0.05, 0.1])  # k / pixels
+    gate_cut_grid: list[float] | None = None  # cuts for topk/label gates; None: between the OOF scores
+    triplet: bool = True  # bottom threshold + min area + top threshold that top_k pixels must pass
+    top_threshold_grid: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(10, 20)])
+    top_k: int = 1  # submission pixels that must pass the top threshold
 
     def check(self) -> None:
         _probability(self._key("threshold"), self.threshold)
@@ -168,6 +213,22 @@ class PostprocessConfig(_Checked):
         _not_empty(self._key("min_area_grid"), self.min_area_grid)
         for i, a in enumerate(self.min_area_grid):
             _at_least(self._key(f"min_area_grid.{i}"), a, 0)
+        gates = ("none", "topk", "area", "label", "auto")
+        if self.gate not in gates:
+            raise unknown_name(self._key("gate"), "gate", self.gate, gates)
+        _not_empty(self._key("gate_topk_grid"), self.gate_topk_grid)
+        for i, f in enumerate(self.gate_topk_grid):
+            if not 0 < f <= 1:
+                raise ConfigError(f"{self._key(f'gate_topk_grid.{i}')}: must be a fraction of the image's pixels "
+                                  f"in (0, 1], got {f!r}")
+        if self.gate_cut_grid is not None:
+            _not_empty(self._key("gate_cut_grid"), self.gate_cut_grid)
+            for i, c in enumerate(self.gate_cut_grid):
+                _probability(self._key(f"gate_cut_grid.{i}"), c)
+        _not_empty(self._key("top_threshold_grid"), self.top_threshold_grid)
+        for i, t in enumerate(self.top_threshold_grid):
+            _probability(self._key(f"top_threshold_grid.{i}"), t)
+        _at_least(self._key("top_k"), self.top_k, 1)
 
 
 @dataclass
@@ -179,12 +240,56 @@ class PredictConfig(_Checked):
     tta: list[str] | None = None  # None: the competition's default
     batch_size: int = 8
     models: list[str] | None = None  # model tags to ensemble; None: all trained
+    scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale TTA, e.g. [0.75, 1.0, 1.25]
+    weights: dict[str, float] | None = None  # ensemble weight per model tag; None: equal
+    tune_weights: bool = False  # choose the weights per model tag on the OOF predictions (`segkit tune`)
 
     def check(self) -> None:
         _at_least(self._key("batch_size"), self.batch_size, 1)
         for name in ("tta", "models"):  # None means the default; an empty list would predict nothing
             if getattr(self, name) is not None:
                 _not_empty(self._key(name), getattr(self, name))
+        _not_empty(self._key("scales"), self.scales)
+        for i, scale in enumerate(self.scales):
+            if not 0.25 <= scale <= 4:
+                raise ConfigError(f"{self._key(f'scales.{i}')}: must be a scale factor in [0.25, 4] (1.0 = the "
+                                  f"trained size), got {scale!r}")
+        if self.weights is not None:
+            _not_empty(self._key("weights"), self.weights)
+            for tag, weight in self.weights.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 \
+                        or not math.isfinite(weight):
+                    raise ConfigError(f"{self._key(f'weights.{tag}')}: must be a number ≥ 0, got {weight!r}")
+            self.weights = {str(t): float(w) for t, w in self.weights.items()}
+            if not any(self.weights.values()):
+                raise ConfigError(f"{self._key('weights')}: every weight is 0; give one model a weight > 0")
+            if self.tune_weights:
+                raise ConfigError(f"{self._key('weights')}: set together with predict.tune_weights: true (which "
+                                  "chooses them on OOF); drop one of the two")
+
+
+@dataclass
+class PseudoConfig(_Checked):
+    """Which test images `segkit pseudo` keeps as pseudo-labels: every pixel (and head label) of every class
+    below `low` or above `high`, up to `max_uncertain` of an image's pixels per class in between."""
+
+    SECTION: ClassVar[str] = "pseudo"
+
+    low: float = 0.05
+    high: float = 0.95
+    max_uncertain: float = 0.0  # fraction of an image's pixels per class allowed in [low, high]
+    gate: bool = True  # the run's gate (classifier head, tuned gate) must agree with each mask's emptiness
+    round: int | None = None  # the round written; None: 1 + the round the run itself trained on (else 1)
+
+    def check(self) -> None:
+        _probability(self._key("low"), self.low)
+        _probability(self._key("high"), self.high)
+        if not self.low < self.high:
+            raise ConfigError(f"{self._key('low')}: must be below pseudo.high ({self.high!r}), got {self.low!r}")
+        if not 0 <= self.max_uncertain < 1:
+            raise ConfigError(f"{self._key('max_uncertain')}: must be a fraction in [0, 1), got "
+                              f"{self.max_uncertain!r}")
+        _at_least(self._key("round"), self.round, 1)
 
 
 @dataclass
@@ -212,6 +317,7 @@ class Config(_Checked):
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     kaggle: dict[str, Any] = field(default_factory=dict)  # checked by segkit.kaggle
 
@@ -221,6 +327,10 @@ class Config(_Checked):
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed: must be in 0..2**32-1, got {self.seed}")
         _not_empty("models", self.models)
+        for i, spec in enumerate(self.models):
+            if isinstance(spec, dict):
+                model_classifier(spec, f"models.{i}")
+        check_ensemble_roles(self, range(len(self.models)))
 
     @property
     def run_dir(self) -> Path:
@@ -456,6 +566,45 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+def model_classifier(spec: dict[str, Any], where: str = "models.0") -> tuple[bool, float]:
+    """(classifier, classifier_weight) of a model spec: whether the model has the classification head on its
+    bottleneck and the weight of that head's BCE in the loss (default 0.2); ConfigError naming the key when
+    `classifier` is not true/false or the weight is not a finite number >= 0."""
+    on = spec.get("classifier", False)
+    if not isinstance(on, bool):
+        raise ConfigError(f"{where}.classifier: must be true or false, got {on!r}")
+    weight = spec.get("classifier_weight", 0.2)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ConfigError(f"{where}.classifier_weight: must be a number >= 0 (the weight of the head's BCE in the "
+                          f"loss, default 0.2), got {weight!r}")
+    if "classifier_weight" in spec and not on:
+        raise ConfigError(f"{where}.classifier_weight: set but {where}.classifier is not true; add "
+                          "classifier: true or drop the weight")
+    return on, float(weight)
+
+
+def model_positive_only(spec: dict[str, Any], default: bool = False, where: str = "models.0") -> bool:
+    """Whether a model trains on non-empty masks only: its spec's `positive_only`, else `train.positive_only`
+    (`default`); ConfigError naming the key when it is not true/false."""
+    on = spec.get("positive_only", default) if isinstance(spec, dict) else default
+    if not isinstance(on, bool):
+        raise ConfigError(f"{where}.positive_only: must be true or false, got {on!r}")
+    return on
+
+
+def check_ensemble_roles(cfg: "Config", indices: Any, what: str = "") -> None:
+    """ConfigError when every model among `cfg.models[indices]` is positive-only and none has a classification
+    head: nothing would then tell an empty image from a non-empty one (the positive-only models never saw one)."""
+    specs = [(i, cfg.models[i]) for i in indices]
+    po = [model_positive_only(s, cfg.train.positive_only, f"models.{i}") for i, s in specs]
+    heads = [isinstance(s, dict) and s.get("classifier") is True for _, s in specs]
+    if specs and all(po) and not any(heads):
+        key = "train.positive_only" if cfg.train.positive_only else "models.0.positive_only"
+        raise ConfigError(f"{key}: every {what}model trains on non-empty masks only and none has a classification "
+                          "head, so nothing can gate empty images; keep one model normal (models.<i>.positive_only: "
+                          "false) or give one classifier: true")
 
 
 def check_kwargs(func: Callable, kwargs: dict, where: str, skip: tuple[str, ...] = ("self",)) -> None:

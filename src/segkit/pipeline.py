@@ -1,4 +1,5 @@
-"""The stages of a run chained for every caller (the CLI, the demo, the Kaggle runtime): train → tune → predict.
+"""The stages of a run chained for every caller (the CLI, the demo, the Kaggle runtime): train → tune → predict
+(→ pseudo → train a new run on the pseudo-labels).
 
 Imports go one way: pipeline → train → predict → postprocess → runs; nothing below imports the pipeline."""
 from __future__ import annotations
@@ -42,6 +43,10 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
     run_dir = train_folds(cfg, quiet=quiet, restart=restart, restart_fold=restart_fold)
     if all_folds_done(cfg):
         tune(cfg, quiet=quiet, saved_config=False)
+        if not quiet:
+            from segkit.report import print_table
+
+            print_table(cfg)  # the ablation table; `segkit report CONFIG` adds plots and the worst images
     elif not quiet:
         print("[train] not every fold is trained yet: post-processing is tuned once they are")
     return run_dir
@@ -54,7 +59,33 @@ def tune(cfg: Config, quiet: bool = False, saved_config: bool = True) -> dict:
 
     if saved_config:
         cfg = run_config(cfg, "tune", quiet)
+    if cfg.predict.tune_weights:  # the ensemble weights per model tag first: post-processing tunes on their mix
+        from segkit.oof import tune_weights
+
+        tune_weights(cfg, quiet=quiet)
     return tune_postprocess(cfg, quiet=quiet)
+
+
+def pseudo(cfg: Config, quiet: bool = False, saved_config: bool = True) -> dict:
+    """Write a pseudo-label round of the run (segkit.pseudo.pseudo_label: the ensemble's confident test images
+    and masks under runs/<name>/pseudo/round_<r>/) with the run's saved training settings unless `saved_config`
+    is false. Returns the round's report."""
+    from segkit.pseudo import pseudo_label
+
+    if saved_config:
+        cfg = run_config(cfg, "pseudo", quiet)
+    return pseudo_label(cfg, quiet=quiet)
+
+
+def report(cfg: Config, quiet: bool = False, worst: int = 8, saved_config: bool = True) -> Path:
+    """Write the run's ablation report runs/<name>/report.html (segkit.report.write_report: OOF score of each fold,
+    model, the ensemble and each post-processing step, score-versus-threshold curves, the `worst` OOF images) and
+    print its table, with the run's saved training settings unless `saved_config` is false. Returns its path."""
+    from segkit.report import write_report
+
+    if saved_config:
+        cfg = run_config(cfg, "report", quiet)
+    return write_report(cfg, worst=worst, quiet=quiet)
 
 
 def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None, saved_config: bool = True) -> Path:

@@ -3,9 +3,16 @@
     runs/<name>/config.yaml          the resolved config the weights were trained with
                 folds.csv            the fold split (id, group, stratum, fold)
                 postprocess.json     thresholds / minimum areas tuned on the out-of-fold predictions
+                weights.json         ensemble weights per model tag tuned on OOF (predict.tune_weights)
                 metrics.json plots/ evaluation/   reports (the demo)
+                report.html          the ablation report (segkit report): tables and plots in one page
                 <tag>/fold_<k>/      best.keras, last.keras (resume point), state.json, history.csv,
-                                     oof.npy, oof_index.npy, fingerprint.json, done.json
+                                     best_raw.keras + swa_epoch_<e>.npz (weight averaging, the snapshots
+                                     only until the fold is done),
+                                     oof.npy, oof_index.npy, oof_label.npy (classification head),
+                                     fingerprint.json, done.json
+                pseudo/round_<r>/    a pseudo-label round (`segkit pseudo`): ids.csv, cache/ (test images +
+                                     binarised masks, like the training cache), report.json (written last)
 
 Train, post-processing, predict, the demo and the Kaggle runtime ask this module for paths; reading a damaged
 run file raises a TrainingError naming the file and the fix.
@@ -15,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +36,13 @@ from segkit.errors import ConfigError, SegkitError, TrainingError
 _CONFIG = "config.yaml"
 _FOLDS = "folds.csv"
 _POSTPROCESS = "postprocess.json"
+_WEIGHTS = "weights.json"
 _METRICS = "metrics.json"
+_REPORT = "report.html"
 _FOLD_PREFIX = "fold_"
 _BEST, _LAST = "best.keras", "last.keras"
 _DONE, _STATE, _FINGERPRINT = "done.json", "state.json", "fingerprint.json"
+_ROUND_PREFIX = "round_"
 
 # How to retrain one fold (options go before CONFIG, overrides after it); messages fill in the fold.
 RESTART_HINT = "`segkit train --restart-fold {k} CONFIG [key=value ...]`"
@@ -55,6 +66,20 @@ class FoldDir:
         return self.path / _LAST
 
     @property
+    def best_raw(self) -> Path:
+        """With weight averaging (train.ema / train.swa): the best raw-weight checkpoint, kept for comparison
+        while best.keras holds the averaged weights."""
+        return self.path / "best_raw.keras"
+
+    def snapshot(self, epoch: int) -> Path:
+        """SWA: the weights at the end of epoch `epoch` (1-based), an .npz deleted once the fold is done."""
+        return self.path / f"swa_epoch_{int(epoch):04d}.npz"
+
+    def snapshots(self) -> list[Path]:
+        """Every SWA epoch snapshot in the fold folder."""
+        return sorted(self.path.glob("swa_epoch_*.npz"))
+
+    @property
     def state(self) -> Path:
         return self.path / _STATE
 
@@ -69,6 +94,12 @@ class FoldDir:
     @property
     def oof_index(self) -> Path:
         return self.path / "oof_index.npy"
+
+    @property
+    def oof_label(self) -> Path:
+        """The classification head's OOF probabilities (N_val, C) float16, rows as in `oof_index`; only for
+        models with `classifier: true`."""
+        return self.path / "oof_label.npy"
 
     @property
     def oof_tmp(self) -> Path:
@@ -138,6 +169,72 @@ class FoldDir:
             shutil.rmtree(self.path)
 
 
+class PseudoRoundDir:
+    """One pseudo-label round `runs/<name>/pseudo/round_<r>/`: the kept test ids (ids.csv), their images and
+    binarised masks as a segkit cache (cache/, memory-mapped like the training set's) and report.json, written
+    last, so a round without it is incomplete."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        found = re.fullmatch(rf"{_ROUND_PREFIX}(\d+)", self.path.name)
+        self.round: int | None = int(found.group(1)) if found else None
+
+    def __repr__(self) -> str:
+        return f"PseudoRoundDir({self.path})"
+
+    @property
+    def ids(self) -> Path:
+        return self.path / "ids.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.json"
+
+    @property
+    def cache(self) -> Path:
+        """The cache folder (segkit.data.cache.prepare(..., cache_dir=path, name=cache_name))."""
+        return self.path / self.cache_name
+
+    cache_name = "cache"
+
+    def is_complete(self) -> bool:
+        return self.report.is_file()
+
+    def read_report(self) -> dict[str, Any]:
+        """The round's report; TrainingError naming the file when it is damaged."""
+        return _read_json(self.report, "run `segkit pseudo CONFIG` again to rewrite the round",
+                          need=("n_kept", "classes", "digest"))
+
+    def write_report(self, data: dict[str, Any]) -> None:
+        from segkit.data.io import atomic_write
+
+        with atomic_write(self.report) as fh:
+            json.dump(data, fh, indent=2)
+
+    def write_ids(self, rows: dict[str, Sequence]) -> None:
+        """Save the kept ids (and per-class columns) as CSV, atomically."""
+        import pandas as pd
+
+        from segkit.data.io import atomic_write
+
+        with atomic_write(self.ids) as fh:
+            pd.DataFrame(rows).to_csv(fh, index=False)
+
+
+@dataclass
+class PseudoData:
+    """A pseudo-label round opened for training: its folder, report and cache."""
+
+    round: PseudoRoundDir
+    report: dict[str, Any]
+    cache: Any
+
+    @property
+    def summary(self) -> str:
+        """What the round's content is, for fingerprints: its size and digest."""
+        return f"{int(self.report['n_kept'])} images, sha1 {self.report['digest']}"
+
+
 class RunDir:
     """A run folder `runs/<name>/`."""
 
@@ -170,8 +267,18 @@ class RunDir:
         return self.path / _POSTPROCESS
 
     @property
+    def weights(self) -> Path:
+        """Ensemble weights per model tag chosen on the OOF predictions (predict.tune_weights)."""
+        return self.path / _WEIGHTS
+
+    @property
     def metrics(self) -> Path:
         return self.path / _METRICS
+
+    @property
+    def report(self) -> Path:
+        """The ablation report (`segkit report`): one self-contained HTML page."""
+        return self.path / _REPORT
 
     @property
     def plots(self) -> Path:
@@ -180,6 +287,14 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / "evaluation"
+
+    @property
+    def pseudo(self) -> Path:
+        """The folder of the run's pseudo-label rounds."""
+        return self.path / "pseudo"
+
+    def pseudo_round(self, r: int) -> PseudoRoundDir:
+        return PseudoRoundDir(self.pseudo / f"{_ROUND_PREFIX}{int(r)}")
 
     def fold(self, tag: str, k: int) -> FoldDir:
         return FoldDir(self.path / tag / f"{_FOLD_PREFIX}{int(k)}", tag, k)
@@ -252,6 +367,24 @@ class RunDir:
                                 f"{fix}")
         return data
 
+    def read_weights(self) -> dict[str, Any]:
+        """The tuned ensemble weights ({"weights": {tag: w}, ...}); TrainingError naming weights.json when it is
+        missing or damaged."""
+        fix = "run `segkit tune CONFIG` to tune the weights again, or set predict.tune_weights=false"
+        data = _read_json(self.weights, fix, need=("weights",))
+        w = data["weights"]
+        if not (isinstance(w, dict) and w and all(_is_number(v) and v >= 0 for v in w.values())
+                and any(v > 0 for v in w.values())):
+            raise TrainingError(f"{self.weights}: 'weights' must map model tags to numbers ≥ 0; {fix}")
+        return data
+
+    def write_weights(self, data: dict[str, Any]) -> None:
+        """Save tuned ensemble weights atomically."""
+        from segkit.data.io import atomic_write
+
+        with atomic_write(self.weights) as fh:
+            json.dump(data, fh, indent=2)
+
     def write_postprocess(self, data: dict[str, Any]) -> None:
         """Save tuned post-processing atomically."""
         from segkit.data.io import atomic_write
@@ -295,11 +428,73 @@ class RunData:
     samples: list
     cache: Any
     folds: np.ndarray
+    pseudo: PseudoData | None = None  # a pseudo-label round (train.pseudo): training side only
+
+    def training_source(self, train_idx: np.ndarray, nonempty_only: bool = False) -> tuple[Any, np.ndarray]:
+        """(cache, indices) a fold trains on: the training cache and `train_idx`, plus, with a pseudo-label round,
+        every pseudo image (only those with a non-empty mask when `nonempty_only`) as indices past the training
+        samples of a stacked view. Validation and OOF use `cache` and the fold split alone, so pseudo images never
+        enter them."""
+        if self.pseudo is None:
+            return self.cache, train_idx
+        from segkit.data.cache import StackedCache
+
+        extra = np.arange(len(self.pseudo.cache), dtype=np.int64)
+        if nonempty_only:
+            masks = self.pseudo.cache.masks
+            extra = extra[[bool(np.asarray(masks[i]).any()) for i in extra]]
+        return StackedCache(self.cache, self.pseudo.cache), np.concatenate(
+            [np.asarray(train_idx, dtype=np.int64), len(self.cache) + extra])
 
 
-def open_run_data(cfg: Config, quiet: bool = False) -> RunData:
+def pseudo_round_of(cfg: Config) -> PseudoRoundDir | None:
+    """The round `train.pseudo` names (None when unset): `<run>/<r>` or `<run>/round_<r>` is round r of run
+    `<run>` under output.runs_dir, anything else a round folder's path."""
+    spec = cfg.train.pseudo
+    if spec is None:
+        return None
+    found = re.fullmatch(rf"([^/\\]+)[/\\](?:{_ROUND_PREFIX})?(\d+)", spec.strip())
+    if found and not Path(spec).is_dir():
+        return RunDir(Path(cfg.output.runs_dir) / found.group(1)).pseudo_round(int(found.group(2)))
+    return PseudoRoundDir(spec)
+
+
+def open_pseudo(cfg: Config, cache: Any) -> PseudoData | None:
+    """The pseudo-label round `train.pseudo` names, opened and checked against the training cache (image size,
+    bands, classes, dtype); one-line TrainingError naming train.pseudo for a missing, incomplete, empty or
+    mismatched round."""
+    from segkit.data.cache import Cache
+    from segkit.errors import DataError
+
+    rnd = pseudo_round_of(cfg)
+    if rnd is None:
+        return None
+    where = f"train.pseudo: {cfg.train.pseudo!r}"
+    if not rnd.is_complete():
+        what = "incomplete (no report.json)" if rnd.path.is_dir() else "not found"
+        raise TrainingError(f"{where}: pseudo-label round {rnd.path} {what}; write it with `segkit pseudo CONFIG "
+                            "name=<source run>` (then train.pseudo=<source run>/<round>), or set train.pseudo=null")
+    report = rnd.read_report()
+    if int(report["n_kept"]) == 0:
+        raise TrainingError(f"{where}: round {rnd.path} kept no image; loosen pseudo.low / pseudo.high / "
+                            "pseudo.max_uncertain and run `segkit pseudo` again, or set train.pseudo=null")
+    try:
+        pcache = Cache.open(rnd.cache)
+    except DataError as exc:
+        raise TrainingError(f"{where}: {_short(exc)} (run `segkit pseudo CONFIG` again to rewrite the round)") from None
+    mine = (tuple(cache.images.shape[1:]), str(cache.images.dtype), tuple(cache.masks.shape[1:]))
+    theirs = (tuple(pcache.images.shape[1:]), str(pcache.images.dtype), tuple(pcache.masks.shape[1:]))
+    if mine != theirs:
+        raise TrainingError(f"{where}: round {rnd.path} holds images {theirs[0]} {theirs[1]} / masks {theirs[2]}, "
+                            f"the training cache {mine[0]} {mine[1]} / {mine[2]}; write the round with the same "
+                            "data settings (data.image_size, data.competition)")
+    return PseudoData(rnd, report, pcache)
+
+
+def open_run_data(cfg: Config, quiet: bool = False, pseudo: bool = False) -> RunData:
     """Read the competition's training list, prepare its cache and load the run's fold split (made and saved
-    on first use, so a resumed run keeps its folds)."""
+    on first use, so a resumed run keeps its folds); with `pseudo` (training) also the pseudo-label round
+    train.pseudo names, which `RunData.training_source` adds to each fold's training side."""
     from segkit.data.cache import prepare
     from segkit.data.competitions.base import make_adapter
     from segkit.data.folds import assign_folds
@@ -314,12 +509,13 @@ def open_run_data(cfg: Config, quiet: bool = False) -> RunData:
     h, w = cfg.data.image_size
     cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-train-{h}x{w}",
                     with_masks=True, quiet=quiet)
+    rounds = open_pseudo(cfg, cache) if pseudo else None  # refused before anything is written
     run = RunDir.of(cfg)
     folds = run.read_folds(samples, cfg.train.folds)
     if folds is None:
         folds = assign_folds(samples, cfg.train.folds, cfg.seed)
         run.write_folds(samples, folds)
-    return RunData(adapter, samples, cache, folds)
+    return RunData(adapter, samples, cache, folds, rounds)
 
 
 def model_tags(cfg: Config) -> list[str]:
@@ -397,7 +593,7 @@ TRAIN_WEIGHT_KEYS = ("folds", "loss", "metrics", "learning_rate", "batch_size", 
 DATA_WEIGHT_KEYS = ("competition", "options", "image_size", "max_train_samples")
 # Weight-shaping train keys added after runs already existed: in the fingerprint only when set away from their
 # default, so folds trained before a key existed stay valid.
-TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ()
+TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ("pseudo", "ema", "swa", "positive_only")
 
 
 def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
@@ -420,11 +616,15 @@ def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
     return json.loads(json.dumps(out))  # as it reads back from JSON (tuples become lists)
 
 
-def fold_fingerprint(cfg: Config, tag: str, sample_ids: Sequence[str], folds: np.ndarray) -> dict[str, Any]:
-    """What one fold's weights depend on: the weight settings of its model, the training samples and the split."""
+def fold_fingerprint(cfg: Config, tag: str, sample_ids: Sequence[str], folds: np.ndarray,
+                     pseudo: PseudoData | None = None) -> dict[str, Any]:
+    """What one fold's weights depend on: the weight settings of its model, the training samples and the split,
+    and the content of the pseudo-label round it trains on (when any)."""
     out = weight_settings(cfg, tag)
     out["data.samples"] = f"{len(sample_ids)} ids, sha1 {_sha1(chr(10).join(sample_ids))}"
     out["train.split"] = f"sha1 {_sha1(np.asarray(folds, dtype=np.int64).tobytes())}"
+    if pseudo is not None:
+        out["train.pseudo_data"] = pseudo.summary
     return out
 
 

@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from segkit.config import check_kwargs
+from segkit.config import check_kwargs, model_classifier
 from segkit.errors import ConfigError, TrainingError
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by the architecture modules segkit.models imports
@@ -33,8 +33,13 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
 
     `normalisation` (the adapter's per-band scale and offset, `adapter.input_normalisation(dtype)`) becomes
     the model's first layer, so the model — and its saved checkpoint — takes raw images.
+    `classifier: true` gives every family the classification head (outputs `mask` and `label`, see
+    `split_outputs`); `classifier_weight` is the loss's business (segkit.losses.model_loss), not the builder's.
     """
     spec = dict(spec)
+    model_classifier(spec, where)
+    spec.pop("classifier_weight", None)
+    spec.pop("positive_only", None)  # which images the fold trains on: the trainer's business
     name = spec.pop("name", None)
     spec.pop("tag", None)
     if not name:
@@ -48,6 +53,29 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
     builder = _BUILDERS[name]
     check_kwargs(builder, spec, where, skip=("input_shape", "n_classes", "normalisation"))
     return builder(input_shape, n_classes, **spec, normalisation=normalisation)
+
+
+def split_outputs(pred: Any) -> tuple[Any, Any]:
+    """(mask, label or None) from a model's prediction: a plain (B, H, W, C) array (no classification head),
+    a list/tuple `[mask, label]` as `predict_on_batch` returns for a two-output model, or a dict keyed by the
+    output names `mask` and `label`."""
+    if isinstance(pred, dict):
+        if "mask" in pred:
+            return pred["mask"], pred.get("label")
+        values = list(pred.values())
+        return (values[0], None) if len(values) == 1 else (values[0], values[1])
+    if isinstance(pred, (list, tuple)):
+        if len(pred) == 1:
+            return pred[0], None
+        if len(pred) == 2:
+            return pred[0], pred[1]
+        raise ValueError(f"split_outputs: expected 1 or 2 model outputs, got {len(pred)}")
+    return pred, None
+
+
+def has_classifier(model) -> bool:
+    """True when the model has the classification head (two outputs: `mask`, `label`)."""
+    return len(model.outputs) == 2 and any(layer.name == "label" for layer in model.layers)
 
 
 def retrain_hint(path: str | Path) -> str:
