@@ -139,3 +139,117 @@ def test_non_square_flips_and_an_old_checkpoint_in_the_ensemble():
     tta = ["identity", "hflip", "vflip", "hvflip"]
     got = run(models, raw, tta, normalise=lambda im: im.astype(np.float32) * np.float32(SCALE), batch_size=4)
     np.testing.assert_allclose(got, expected_probabilities(raw, ps, tta), atol=2e-6)
+
+
+# --- weights, roles (positive-only, classification heads) and multi-scale TTA: predict_ensemble ----------------
+
+def head_model(h: int, w: int, params: dict, v: np.ndarray, d: np.ndarray) -> keras.Model:
+    """The ramp model with a classification head: outputs [mask, label], label = sigmoid(mean_pixels(x)·v + d)."""
+    mask_model = ramp_model(h, w, params)
+    inp = mask_model.input
+    x = mask_model.get_layer(index=1).output  # the normalised image
+    pooled = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(CLASSES, activation="sigmoid", name="label")
+    label = dense(pooled)
+    dense.set_weights([v.astype(np.float32), d.astype(np.float32)])
+    return keras.Model(inp, [mask_model.output, label])
+
+
+def ensemble(models, raw, tta, **kw):
+    from segkit.predict import predict_ensemble
+
+    cache = SimpleNamespace(images=raw)
+    return list(predict_ensemble(models, cache, np.arange(len(raw)), no_normalise, tta, 3, quiet=True, **kw))
+
+
+def test_weights_change_the_average_as_computed_by_hand(square):
+    raw, ps, models = square
+    tta = ["identity", "rot90"]
+    each = [expected_probabilities(raw, [p], tta) for p in ps]
+    got = np.concatenate([b.probs for b in ensemble(models, raw, tta, weights=[3.0, 1.0])])
+    np.testing.assert_allclose(got, (3 * each[0] + each[1]) / 4, atol=2e-6)
+    assert np.abs(got - (each[0] + each[1]) / 2).max() > 0.01  # not the equal mean
+    alone = np.concatenate([b.probs for b in ensemble(models, raw, tta, weights=[0.0, 2.0])])
+    np.testing.assert_allclose(alone, each[1], atol=2e-6)  # weight 0 drops a model
+    batches = ensemble(models, raw, tta)
+    assert all(b.gate_probs is b.probs and b.label is None for b in batches)  # no positive-only model, no head
+    np.testing.assert_allclose(np.concatenate([b.probs for b in batches]), (each[0] + each[1]) / 2, atol=2e-6)
+
+
+def test_roles_positive_only_normal_and_head_models(square):
+    """probs: every model by weight; gate_probs: the models not trained positive-only; label: the heads only."""
+    raw, ps, models = square
+    rng = np.random.default_rng(7)
+    v, d = rng.normal(0, 3, (BANDS, CLASSES)), rng.normal(0, 1, CLASSES)
+    p3 = params(3)
+    with_head = head_model(8, 8, p3, v, d)
+    tta = ["identity", "hflip", "transpose"]
+    each = [expected_probabilities(raw, [p], tta) for p in (*ps, p3)]
+    weights, roles = [1.0, 2.0, 3.0], [False, True, False]
+    batches = ensemble([models[0], models[1], with_head], raw, tta, weights=weights, positive_only=roles)
+    probs = np.concatenate([b.probs for b in batches])
+    gate = np.concatenate([b.gate_probs for b in batches])
+    label = np.concatenate([b.label for b in batches])
+    np.testing.assert_allclose(probs, (each[0] + 2 * each[1] + 3 * each[2]) / 6, atol=2e-6)
+    np.testing.assert_allclose(gate, (each[0] + 3 * each[2]) / 4, atol=2e-6)
+    x = raw.astype(np.float64) * SCALE
+    np.testing.assert_allclose(label, 1 / (1 + np.exp(-(x.mean(axis=(1, 2)) @ v + d))), atol=2e-6)
+    assert label.shape == (5, CLASSES) and label.dtype == np.float32
+    assert np.abs(gate - probs).max() > 0.01
+    # every gate model positive-only except one with weight 0: the gate falls back to the whole ensemble
+    batches = ensemble(models, raw, tta, weights=[0.0, 1.0], positive_only=[False, True])
+    assert all(b.gate_probs is b.probs for b in batches)
+
+
+def test_ensemble_arguments_are_checked(square):
+    from segkit.errors import ConfigError
+
+    raw, _, models = square
+    for kw, says in [({"weights": [1.0]}, "2 models, 1 weights"), ({"weights": [0, 0]}, "not all 0"),
+                     ({"weights": [1, -1]}, "≥ 0"), ({"positive_only": [True]}, "positive-only flags"),
+                     ({"scales": []}, "scales"), ({"scales": [0.0]}, "scales")]:
+        with pytest.raises(ConfigError, match=says):
+            ensemble(models, raw, ["identity"], **kw)
+
+
+def linear_model(h: int, w: int, kernel: np.ndarray, bias: np.ndarray, pool: int = 4) -> keras.Model:
+    """A scale-equivariant model: a per-pixel linear map (1×1 convolution, no activation) of the normalised
+    image, plus a branch that pools by `pool` and adds zero, so the model's size step is `pool`."""
+    inp = keras.Input((h, w, BANDS))
+    x = InputNormalisation([SCALE] * BANDS, [0.0] * BANDS)(inp)
+    head = keras.layers.Conv2D(CLASSES, 1)
+    y = head(x)
+    side = keras.layers.UpSampling2D(pool)(keras.layers.MaxPooling2D(pool)(x))
+    side = keras.layers.Conv2D(CLASSES, 1, kernel_initializer="zeros", use_bias=False)(side)
+    model = keras.Model(inp, keras.layers.Add()([y, side]))
+    head.set_weights([kernel[None, None].astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
+def test_multi_scale_tta_with_a_scale_equivariant_model():
+    """A per-pixel linear model on a linear ramp image: resizing (bilinear) commutes with the model, so every
+    scale gives back the input-size map exactly away from the border (cv2 clamps at the edge). The sizes run
+    are multiples of the model's size step; the map comes back at the input size, H ≠ W."""
+    from segkit.predict import scaled_size, size_step
+
+    h, w = 16, 24
+    rng = np.random.default_rng(11)
+    kernel, bias = rng.normal(0, 1, (BANDS, CLASSES)), rng.normal(0, 1, CLASSES)
+    model = linear_model(h, w, kernel, bias)
+    assert [tuple(spec.shape) for spec in model.input_spec] == [(None, h, w, BANDS)]
+    assert size_step(model) == 4
+    assert scaled_size(model, (h, w), 0.75) == (12, 16) and scaled_size(model, (h, w), 1.25) == (20, 32)
+    assert scaled_size(model, (h, w), 0.1) == (4, 4) and scaled_size(model, (h, w), 1.0) == (16, 24)
+    i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    slopes = rng.uniform(200, 900, (4, BANDS, 2))
+    raw = np.stack([1000 + s[:, 0] * i[..., None] + s[:, 1] * j[..., None] for s in slopes])  # (4, h, w, BANDS)
+    expected = np.einsum("nhwc,ck->nhwk", raw * SCALE, kernel) + bias
+    tta = ["identity", "hflip", "vflip"]
+    for scales in ([0.75], [1.25], [0.75, 1.0, 1.25]):
+        got = np.concatenate([b.probs for b in ensemble([model], raw.astype(np.float32), tta, scales=scales)])
+        assert got.shape == (4, h, w, CLASSES)
+        np.testing.assert_allclose(got[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-4)
+        err = np.abs(got - expected).max()
+        assert 1e-3 < err < 0.2 * np.abs(expected).max()  # the border shows that the batch was resized
+    # the input check lifted while the model ran at the other sizes is back in force afterwards
+    assert [tuple(spec.shape) for spec in model.input_spec] == [(None, h, w, BANDS)]
