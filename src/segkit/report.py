@@ -88,8 +88,9 @@ class Report:
         head = ["stage", "score", *self.classes, "note"]
         body = [[r.label, _num(r.score), *(_num(v) for v in _pad(r.per_class, len(self.classes))), r.note]
                 for r in self.rows]
-        lines = [f"[report] {self.name}: OOF {self.metric or 'score'} (mean over {len(self.classes)} "
-                 f"class{'es' if len(self.classes) != 1 else ''}; folds, models and ensemble at threshold {PLAIN})"]
+        lines = [f"[report] {self.name}: OOF score per stage, mean over {len(self.classes)} "
+                 f"class{'es' if len(self.classes) != 1 else ''} (folds, models and ensemble at threshold {PLAIN}; "
+                 f"metric: {self.metric.rstrip('.') or 'the competition metric'})"]
         lines += ["  " + line for line in _text_table(head, body)]
         if self.params:
             keys = _param_keys(self.params)
@@ -195,7 +196,7 @@ def build_report(cfg: Config, run: RunData | None = None, curves: bool = True, w
     report.rows.append(Row("ensemble", _ensemble_label(cfg), float(np.mean(plain)), plain))
     report.rows += step_rows(pp)
     report.rows += averaging_rows(cfg)
-    report.rows += pseudo_rows(cfg)
+    report.rows += pseudo_rows(cfg, pp)
 
     if per_image is not None:
         recorded = _float(pp.get("oof_score_tuned"))
@@ -240,17 +241,16 @@ class OofClass:
 
 
 def load_class(cfg: Config, n_samples: int, c: int) -> OofClass:
-    """The ensemble's OOF for class c as post-processing tunes on it: segkit.oof.load_oof_class when that module
-    exists (weights, positive-only models, heads), else the plain mean of postprocess.load_oof."""
-    try:
-        from segkit.oof import load_oof_class  # type: ignore[import-not-found]
-    except ImportError:
-        from segkit.postprocess import load_oof
+    """The ensemble's OOF for class c exactly as post-processing tunes on it (postprocess.load_oof_class: the
+    ensemble's weights, positive-only models and heads), or the plain mean of the models' OOF."""
+    from segkit import postprocess
 
-        probs = load_oof(cfg, n_samples, channel=c)
+    load = getattr(postprocess, "load_oof_class", None)
+    if load is None:
+        probs = postprocess.load_oof(cfg, n_samples, channel=c)
         return OofClass(probs, probs, None)
-    got = load_oof_class(cfg, n_samples, c)
-    return OofClass(got.probs, got.gate_probs, got.label)
+    got = load(cfg, n_samples, c)
+    return OofClass(got.probs, got.gate_probs if got.gate_probs is not None else got.probs, got.label)
 
 
 def chain_class(pp: dict[str, Any], c: int, oof: OofClass, area_scale: float) -> np.ndarray:
@@ -347,14 +347,18 @@ def step_rows(pp: dict[str, Any]) -> list[Row]:
     (version 1) the plain threshold and the tuned threshold + minimum area."""
     steps = pp.get("steps")
     if isinstance(steps, list) and steps:
-        rows = []
+        rows: list[Row] = []
         for s in steps:
             if not isinstance(s, dict):
                 continue
-            params = s.get("params") or {}
-            note = ", ".join(f"{k} {_param(v)}" for k, v in params.items()) if isinstance(params, dict) else ""
-            rows.append(Row("step", f"+ {s.get('step', '?')}", _float(s.get("oof_score")),
-                            [_float(v) for v in s.get("per_class") or []], note))
+            score = _float(s.get("oof_score"))
+            before = rows[-1].score if rows else None
+            if before is not None and score is not None and score <= before + 1e-12:
+                note = "no gain: kept neutral"
+            else:
+                note = _step_params(s.get("params"))
+            rows.append(Row("step", f"+ {s.get('step', '?')}", score, [_float(v) for v in s.get("per_class") or []],
+                            note))
         return rows
     cls = pp["classes"]
     return [
@@ -363,6 +367,16 @@ def step_rows(pp: dict[str, Any]) -> list[Row]:
         Row("step", "+ threshold + min area (tuned)", _float(pp.get("oof_score_tuned")),
             [_float(c.get("oof_score_tuned")) for c in cls]),
     ]
+
+
+def _step_params(params: Any) -> str:
+    """A step's parameters per class, once when every class has the same."""
+    if not isinstance(params, dict) or not params:
+        return ""
+    shown = {name: _param(p) for name, p in params.items()}
+    if len(set(shown.values())) == 1:
+        return f"{next(iter(shown.values()))} (every class)"
+    return "; ".join(f"{name}: {v}" for name, v in shown.items())
 
 
 def _step_class_score(pp: dict[str, Any], c: int) -> float | None:
@@ -406,38 +420,48 @@ def averaging_rows(cfg: Config) -> list[Row]:
     return rows
 
 
-def pseudo_rows(cfg: Config) -> list[Row]:
-    """The pseudo-label round when its report exists (runs/<name>/pseudo): how many images were kept per class
-    and, when recorded, the OOF score with the pseudo labels."""
-    rd = RunDir.of(cfg)
-    path = getattr(rd, "pseudo_report", None)
-    if path is None:
-        folder = rd.path / "pseudo"
-        found = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        path = found[-1] if found else None
-    if path is None or not Path(path).is_file():
-        return []
-    try:
-        data = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return [Row("pseudo", "pseudo-label round", None, [], f"{path}: unreadable, left out")]
-    if not isinstance(data, dict):
-        return []
-    rnd = data.get("round")
-    kept = data.get("kept_per_class") or data.get("per_class") or {}
-    score = _float(data.get("oof_score"))
-    per = data.get("oof_per_class") or []
-    bits = []
-    for key in ("kept", "n_kept", "images_kept", "n_images", "total"):
-        if _scalar(data.get(key)):
-            bits.append(f"{key} {data[key]}")
-    if isinstance(kept, dict) and kept:
-        bits.append("per class " + ", ".join(f"{k} {v}" for k, v in kept.items() if _scalar(v)))
-    elif isinstance(kept, list) and kept:
-        bits.append("per class " + ", ".join(str(v) for v in kept if _scalar(v)))
-    label = f"pseudo-label round {rnd}" if rnd is not None else "pseudo-label round"
-    return [Row("pseudo", label, score, [_float(v) for v in per] if isinstance(per, list) else [],
-                "; ".join(bits))]
+def pseudo_rows(cfg: Config, pp: dict[str, Any]) -> list[Row]:
+    """The pseudo-label round: when this run trained on one (train.pseudo), its score with what the round kept
+    and, when the run the round came from is tuned, that run's score as the baseline; when rounds were written
+    from this run (runs/<name>/pseudo/round_<r>), what each kept. Nothing when there is no round."""
+    from segkit.runs import PseudoRoundDir, pseudo_round_of
+
+    rows = []
+    used = pseudo_round_of(cfg) if getattr(cfg.train, "pseudo", None) else None
+    if used is not None and used.is_complete():
+        data = used.read_report()
+        note = _kept(data)
+        source = RunDir(used.path.parent.parent)
+        if source.postprocess.is_file() and source.path != RunDir.of(cfg).path:
+            base = _float(source.read_postprocess().get("oof_score_tuned"))
+            mine = _float(pp.get("oof_score_tuned"))
+            if base is not None and mine is not None:
+                note += f"; without it (run {source.path.name}): {base:.4f} ({mine - base:+.4f})"
+        rows.append(Row("pseudo", f"+ pseudo-label round {data.get('round', used.round)}",
+                        _float(pp.get("oof_score_tuned")), [_float(c.get("oof_score_tuned")) for c in pp["classes"]],
+                        note))
+    folder = RunDir.of(cfg).pseudo
+    for path in sorted(folder.glob("round_*"), key=lambda p: PseudoRoundDir(p).round or 0) if folder.is_dir() else []:
+        rnd = PseudoRoundDir(path)
+        if rnd.round is None or not rnd.is_complete():
+            continue
+        try:
+            data = rnd.read_report()
+        except TrainingError as exc:
+            rows.append(Row("pseudo", f"pseudo-label round {rnd.round} written", None, [], str(exc)))
+            continue
+        rows.append(Row("pseudo", f"pseudo-label round {rnd.round} written", None, [],
+                        _kept(data) + f"; train on it with train.pseudo={cfg.name}/{rnd.round}"))
+    return rows
+
+
+def _kept(data: dict[str, Any]) -> str:
+    """What a pseudo-label round kept: overall and the non-empty masks per class."""
+    note = f"kept {data.get('n_kept', '?')} of {data.get('n_test', '?')} test images"
+    per = [c for c in data.get("classes") or [] if isinstance(c, dict)]
+    if per:
+        note += " (non-empty: " + ", ".join(f"{c.get('name', '?')} {c.get('kept_nonempty', '?')}" for c in per) + ")"
+    return note
 
 
 def _params(pp: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Run commands: train, tune, predict and the end-to-end demo."""
+"""Run commands: train, tune, predict, pseudo, report and the end-to-end demo."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--out", help="submission path (default submissions/<run>/submission.csv)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("pseudo", help="pseudo-label round: the ensemble's confident test images and masks -> "
+                       "runs/<name>/pseudo/round_<r> (then train a new run with train.pseudo=<name>/<r>)")
+    add_config_args(p)
+    p.set_defaults(func=_pseudo)
+
+    p = sub.add_parser("report", help="ablation report of a trained run: OOF score per fold, model, ensemble and "
+                       "post-processing step -> runs/<name>/report.html (self-contained) and the same table")
+    add_config_args(p)
+    p.add_argument("--worst", type=int, default=8, metavar="N",
+                   help="how many of the worst OOF images the gallery shows (default 8; 0: none)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="synthetic 38-Cloud end to end: synth, train, tune, predict, evaluate")
     p.add_argument("--out", default="demo_out", help="folder for data, cache and runs (default demo_out)")
@@ -60,6 +72,27 @@ def _predict(args) -> int:
 
     path = predict(cfg, quiet=args.quiet, out=args.out)
     print(f"submission: {path}")
+    return 0
+
+
+def _pseudo(args) -> int:
+    cfg = _load(args)
+    from segkit.pipeline import pseudo
+
+    pseudo(cfg, quiet=args.quiet)
+    return 0
+
+
+def _report(args) -> int:
+    from segkit.errors import ConfigError
+
+    if args.worst < 0:
+        raise ConfigError(f"--worst: must be ≥ 0, got {args.worst}")
+    cfg = _load(args)
+    from segkit.pipeline import report
+
+    path = report(cfg, quiet=args.quiet, worst=args.worst)
+    print(f"report: {path}")
     return 0
 
 
