@@ -249,17 +249,21 @@ def test_pixel_counts_match_brute_force():
     assert np.array_equal(true_n, truth.reshape(5, -1).sum(1))
 
 
-def test_threshold_sweep_equals_the_metric_at_each_threshold():
+@pytest.mark.parametrize("competition", ["carvana", "cloud38", "airbus"])
+def test_threshold_sweep_equals_the_metric_at_each_threshold(competition):
+    """Count-based metrics (Dice per image, pooled Jaccard) come from one histogram pass over a fine grid; Airbus'
+    object-matched F2 is called per threshold of the coarse grid. Either way: the metric at each threshold."""
     from segkit.data.competitions.base import make_adapter
-    from segkit.report import threshold_sweep
+    from segkit.report import COARSE_THRESHOLDS, FINE_THRESHOLDS, threshold_sweep
 
-    adapter = make_adapter("carvana", ".")
+    adapter = make_adapter(competition, ".")
     rng = np.random.default_rng(1)
     truth = np.zeros((4, 8, 8), np.uint8)
     truth[1, 2:6, 2:6] = 1
     truth[2, :, :4] = 1
     probs = np.clip(truth * 0.6 + rng.random(truth.shape) * 0.5, 0, 1).astype(np.float32)
-    grid, scores, _ = threshold_sweep(adapter, truth, probs)
-    assert len(grid) == len(scores) >= 19
+    grid, scores, vectorised = threshold_sweep(adapter, truth, probs)
+    assert vectorised == (competition != "airbus")
+    assert grid == list(FINE_THRESHOLDS if vectorised else COARSE_THRESHOLDS) and len(scores) == len(grid)
     for t, s in zip(grid, scores):
         assert s == pytest.approx(adapter.score_class(truth, (probs > np.float32(t)).astype(np.uint8)), abs=1e-12)

@@ -485,10 +485,13 @@ def threshold_sweep(adapter, truth: np.ndarray, probs: np.ndarray,
     score_class is called once per threshold of a coarser grid."""
     fn = _count_metric(adapter)
     if fn is not None:
-        grid = list(thresholds) if thresholds is not None else list(FINE_THRESHOLDS)
+        grid = sorted({*(list(thresholds) if thresholds is not None else FINE_THRESHOLDS), PLAIN})
         tp, pos, true_n = pixel_counts(truth, probs, grid)
         scores = np.asarray(fn(tp.T.astype(np.float64), pos.T.astype(np.float64), true_n.astype(np.float64)))
-        return grid, [float(v) for v in scores.reshape(len(grid))], True
+        scores = scores.reshape(len(grid))
+        exact = adapter.score_class(truth, (probs > np.float32(PLAIN)).astype(np.uint8))
+        if abs(scores[grid.index(PLAIN)] - exact) <= 1e-6:  # else score_counts is not this metric: call it
+            return grid, [float(v) for v in scores], True
     grid = list(thresholds) if thresholds is not None else list(COARSE_THRESHOLDS)
     scores = [float(adapter.score_class(truth, (probs > np.float32(t)).astype(np.uint8))) for t in grid]
     return grid, scores, False
