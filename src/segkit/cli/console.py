@@ -12,7 +12,7 @@ import tempfile
 from typing import Iterator
 
 # commands that run a model, and the word for what they do on the device
-DEVICE_COMMANDS = {"train": "training", "predict": "predicting", "demo": "training"}
+DEVICE_COMMANDS = {"train": "training", "predict": "predicting", "pseudo": "predicting", "demo": "training"}
 
 
 # C++ log lines TensorFlow writes while it loads (absl logs before absl::InitializeLog ignore TF_CPP_MIN_LOG_LEVEL)

@@ -318,3 +318,52 @@ def _reserve(path: Path, dest: Path, needed: int) -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _no_space(dest, needed, shutil.disk_usage(path.parent).free) from None
         raise storage_error(dest, exc) from None
+
+
+class _StackedArray:
+    """Read-only row access to two arrays one after the other (shape, dtype, `a[i]` for an integer i)."""
+
+    def __init__(self, first: np.ndarray, second: np.ndarray) -> None:
+        if first.shape[1:] != second.shape[1:] or first.dtype != second.dtype:
+            raise DataError(f"cannot stack arrays {first.shape}:{first.dtype} and {second.shape}:{second.dtype}")
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+        self.dtype = first.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i):
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        n = len(self.first)
+        return self.first[i] if i < n else self.second[i - n]
+
+
+class StackedCache:
+    """Two caches with masks seen as one (items of `first`, then those of `second`), without copying: what a
+    fold trains on when pseudo-labelled images join the training set. Offers what the generator reads
+    (`images`, `masks`, `ids`, `len`)."""
+
+    def __init__(self, first: Cache, second: Cache) -> None:
+        if first.masks is None or second.masks is None:
+            raise DataError("StackedCache: both caches need masks")
+        self.first, self.second = first, second
+        self.images = _StackedArray(first.images, second.images)
+        self.masks = _StackedArray(first.masks, second.masks)
+        self.ids = [*first.ids, *second.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> dict:
+        return {"first": self.first, "second": self.second}  # each cache pickles as its path
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["first"], state["second"])
+
+    def __repr__(self) -> str:
+        return f"StackedCache({self.first.path} + {self.second.path}, n={len(self)})"
