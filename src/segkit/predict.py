@@ -245,7 +245,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     from segkit.data.cache import prepare
     from segkit.data.competitions.base import make_adapter
     from segkit.models.registry import load_model
-    from segkit.postprocess import apply, load_postprocess
+    from segkit.postprocess import apply_chain, load_chain
     from segkit.submission import read_sample_ids, validate_written, write_rows
 
     adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
@@ -260,12 +260,12 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     members = {m.tag: m for m in ensemble_members(cfg)}  # weight and role per model tag
     models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}", expected_shape=(h, w, adapter.bands))
               for f in folds]
-    thresholds, min_areas, source = load_postprocess(cfg, adapter.classes)
+    chain = load_chain(cfg, adapter.classes)
     tta = resolve_tta(cfg, adapter)
     cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
                     quiet=quiet, with_masks=False)
     if not quiet:
-        print(f"[predict] post-processing: {source}", flush=True)
+        print(f"[predict] post-processing: {chain.source}", flush=True)
 
     def rows() -> Iterator[tuple[str, str]]:
         index = np.arange(len(samples))
@@ -284,7 +284,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
                     same = g is p
                     p = cv2.resize(p, (sw, sh), interpolation=cv2.INTER_LINEAR).reshape(sh, sw, -1)
                     g = p if same else cv2.resize(g, (sw, sh), interpolation=cv2.INTER_LINEAR).reshape(sh, sw, -1)
-                yield from adapter.submission_rows(sample, apply(p, thresholds, min_areas))
+                yield from adapter.submission_rows(sample, apply_chain(p, chain, g, lab))
 
     path = Path(out) if out else cfg.submission_dir / "submission.csv"
     sample = adapter.sample_submission_path()

@@ -113,6 +113,18 @@ class Adapter:
         dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
         return float(dice.mean())
 
+    def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+        """`score_class` from per-image pixel counts (..., N) — intersection, predicted and true area —
+        reduced over the last axis; lets post-processing tuning score a candidate without its masks. An
+        adapter whose metric is not a function of these counts overrides score_class only (then unused)."""
+        return dice_from_counts(inter, pred_area, true_area)
+
+
+def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+    """Mean Dice over images (last axis) from per-image counts; 1 where both masks are empty."""
+    total = np.asarray(pred_area, dtype=np.float64) + true_area
+    return np.where(total == 0, 1.0, 2.0 * np.asarray(inter) / np.maximum(total, 1)).mean(axis=-1)
+
 
 _ADAPTERS: dict[str, type[Adapter]] = {}
 _MODULES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit import rle
-from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.base import Adapter, dice_from_counts, register_adapter
 from segkit.data.competitions.kaggle_files import (
     check_files_exist, check_mask_shape, folder, image_size, list_images, read_table,
 )
@@ -120,3 +120,7 @@ class CarvanaAdapter(Adapter):
         from segkit.evaluate import carvana_score
 
         return carvana_score(truth, pred)
+
+    def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+        """The same mean Dice from per-image counts (see Adapter.score_counts)."""
+        return dice_from_counts(inter, pred_area, true_area)

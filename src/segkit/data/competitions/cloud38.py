@@ -362,6 +362,12 @@ class Cloud38Adapter(Adapter):
         union = np.count_nonzero(t | p)
         return 1.0 if union == 0 else tp / union
 
+    def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+        """The same pooled Jaccard from per-image counts (see Adapter.score_counts)."""
+        tp = np.sum(inter, axis=-1)
+        union = np.sum(np.asarray(pred_area, dtype=np.float64) + true_area - inter, axis=-1)
+        return np.where(union == 0, 1.0, tp / np.maximum(union, 1))
+
 
 @register_adapter("cloud95")
 class Cloud95Adapter(Cloud38Adapter):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit import rle
-from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.base import Adapter, dice_from_counts, register_adapter
 from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
 from segkit.data.sample import Sample
 from segkit.errors import DataError
@@ -104,3 +104,7 @@ class CloudsAdapter(Adapter):
         from segkit.evaluate import carvana_score
 
         return carvana_score(truth, pred)
+
+    def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+        """The same mean Dice from per-image counts (see Adapter.score_counts)."""
+        return dice_from_counts(inter, pred_area, true_area)
