@@ -200,6 +200,10 @@ def test_pseudo_images_train_every_fold_and_never_validate(rounds):
         assert idx[idx >= n].tolist() == list(range(n, n + n_pseudo))
         assert set(idx[idx < n].tolist()).isdisjoint(np.flatnonzero(run.folds == k).tolist())
         assert np.array_equal(np.asarray(cache.masks[n]), np.asarray(run.pseudo.cache.masks[0]))
+    import pickle
+
+    again = pickle.loads(pickle.dumps(cache))  # worker processes get the caches by path, never copied arrays
+    assert again.ids == cache.ids and np.array_equal(np.asarray(again.images[n + 1]), np.asarray(cache.images[n + 1]))
     assert open_run_data(cfg, quiet=True).pseudo is None  # tune / OOF readers never see the round
     assert "[train] finished folds:" in log and rd.postprocess.is_file()
 
@@ -222,6 +226,11 @@ def test_rounds_are_refused_when_missing_empty_own_or_changed(rounds, tmp_path, 
     assert "[pseudo] round 3: kept 0 of" in out
     code, _, err = cli(capsys, "train", *args("name=demo_p3", "train.pseudo=demo/round_3"))
     assert_one_line_error(code, err, "train.pseudo: 'demo/round_3'", "kept no image", "pseudo.low")
+    # the notebook API writes a round the same way
+    import segkit as sk
+
+    api = sk.Run("demo", overrides(base, runs=runs), quiet=True).pseudo(low=0, high=1, round=4)
+    assert api["round"] == 4 and api["n_kept"] == 0 and (runs / "demo" / "pseudo" / "round_4" / "ids.csv").is_file()
     # a run cannot train on its own round (--restart would delete it)
     code, _, err = cli(capsys, "train", *args("train.pseudo=demo/1"))
     assert_one_line_error(code, err, "train.pseudo: 'demo/1' is a round of this run", "name=demo_p1")
