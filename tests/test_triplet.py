@@ -128,3 +128,27 @@ def test_tune_class_without_triplet_or_gate_keeps_those_steps_neutral():
 def test_triplet_config_keys_refuse_bad_values(override, says):
     with pytest.raises(ConfigError, match=says):
         load_config(None, [override])
+
+
+class _MeanIoU(Adapter):
+    """A metric (mean IoU per image) whose count form is wrongly declared as Dice: tuning must notice."""
+
+    def score_class(self, truth, pred):
+        t = truth.reshape(len(truth), -1) > 0
+        p = pred.reshape(len(pred), -1) > 0
+        union = (t | p).sum(1)
+        return float(np.where(union == 0, 1.0, (t & p).sum(1) / np.maximum(union, 1)).mean())
+
+    def score_counts(self, inter, pred_area, true_area):
+        return super().score_counts(inter, pred_area, true_area)  # Dice: not this metric
+
+
+def test_a_count_form_that_disagrees_with_the_metric_is_not_used():
+    probs, truth = siim_like()
+    a = _MeanIoU(".")
+    cfg = load_config(None, ["postprocess.min_area_grid=[0,2]"])
+    row, steps = tune_class(a, truth, OofClass(probs, probs, None), cfg, 1.0, S * S)
+    assert steps[0][0] == pytest.approx(a.score_class(truth, (probs > 0.5).astype(np.uint8)))
+    chain = ChainParams.from_dict({"classes": [row]})
+    masks = np.stack([apply_chain(p[..., None], chain)[..., 0] for p in probs])
+    assert a.score_class(truth, masks) == pytest.approx(steps[-1][0])

@@ -71,6 +71,16 @@ def _gate_kinds(cfg: Config, has_label: bool) -> list[str]:
     return [gate]
 
 
+def _counts_agree(adapter, scorer: Scorer, tab: ClassTables, truth: np.ndarray, probs: np.ndarray) -> bool:
+    """Whether the adapter's score_counts gives its score_class at threshold 0.5, checked on up to 256 images
+    spread over the OOF (a guard against a count form that does not match the metric)."""
+    idx = np.unique(np.linspace(0, len(truth) - 1, min(len(truth), 256)).round().astype(int))
+    stats = tab.stats(0.5, [0])[0][idx]
+    fast = float(scorer.fn(stats[:, 0], stats[:, 1], scorer.tsum[idx]))
+    exact = adapter.score_class(truth[idx], (probs[idx] > 0.5).astype(np.uint8))
+    return abs(fast - exact) <= 1e-6
+
+
 def tune_class(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                sub_pixels: int) -> tuple[dict[str, Any], list[tuple[float, dict[str, Any]]]]:
     """Tune one class's chain → (its postprocess.json row, [(score, params) after each step])."""
@@ -87,8 +97,7 @@ def tune_class(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scal
     scorer = Scorer(adapter, truth)
     tab = ClassTables(oof.probs, truth, scorer, pc.threshold_grid, top_k, ks, oof.gate_probs, oof.label)
     plain = tab.score(0.5, 0)
-    exact = adapter.score_class(truth, (oof.probs > 0.5).astype(np.uint8))
-    if scorer.counts and abs(plain - exact) > 1e-6:  # score_counts disagrees with score_class: per-image scores
+    if scorer.counts and not _counts_agree(adapter, scorer, tab, truth, oof.probs):  # then per-image scores
         scorer = Scorer(adapter, truth, counts=False)
         tab = ClassTables(oof.probs, truth, scorer, pc.threshold_grid, top_k, ks, oof.gate_probs, oof.label)
         plain = tab.score(0.5, 0)
