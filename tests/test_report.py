@@ -267,3 +267,29 @@ def test_threshold_sweep_equals_the_metric_at_each_threshold(competition):
     assert grid == list(FINE_THRESHOLDS if vectorised else COARSE_THRESHOLDS) and len(scores) == len(grid)
     for t, s in zip(grid, scores):
         assert s == pytest.approx(adapter.score_class(truth, (probs > np.float32(t)).astype(np.uint8)), abs=1e-12)
+
+
+def test_the_chain_is_re_applied_to_the_oof_and_a_stale_file_is_named(run):
+    """postprocess.json edited so that one step of the chain empties each class (a top-k gate, an area gate, a
+    minimum area, a top threshold) after a threshold of 0: the report re-applies the chain to the OOF, finds the score of empty
+    predictions (the share of images whose truth is empty, per class) and says it differs from the file's."""
+    from segkit.config import load_config
+    from segkit.runs import open_run_data
+
+    base, runs, rd = run
+    pp = json.loads((rd / "postprocess.json").read_text())
+    rows = pp["classes"]
+    for row in rows:
+        row["threshold"] = 0.0  # every pixel above it: only the step under test can empty the class
+    rows[0].update(gate={"kind": "topk", "k": 50, "cut": 1.5})
+    rows[1].update(gate={"kind": "area", "k": None, "cut": 1e9})
+    rows[2].update(gate=None, min_area=10 ** 9)
+    rows[3].update(gate=None, top_threshold=1.0, top_k=1)
+    pp["oof_score_tuned"] = -1.0  # the file no longer matches its chain
+    (rd / "postprocess.json").write_text(json.dumps(pp))
+    code, out, err = cli("report", "--worst", "2", "clouds", *overrides(base, runs))
+    assert code == 0, err
+    masks = np.asarray(open_run_data(load_config("clouds", overrides(base, runs)), quiet=True).cache.masks)
+    empty_share = (masks.reshape(len(masks), -1, masks.shape[-1]).sum(1) == 0).mean(0)
+    assert f"the chain re-applied to today's OOF scores {empty_share.mean():.4f}, postprocess.json records " \
+           "-1.0000" in out

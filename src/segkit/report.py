@@ -203,7 +203,7 @@ def build_report(cfg: Config, run: RunData | None = None, curves: bool = True, w
         again = float(np.mean(chained))
         if recorded is not None and abs(again - recorded) > 1e-6:
             report.notes.append(f"the chain re-applied to today's OOF scores {again:.4f}, postprocess.json records "
-                                f"{recorded:.4f}: the OOF changed since tuning (run `segkit tune CONFIG`)")
+                                f"{recorded:.4f}: the OOF or the file changed since tuning (run `segkit tune CONFIG`)")
         report.gallery = _gallery(cfg, run, pp, per_image, worst, area_scale)
     return report
 
