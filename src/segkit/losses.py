@@ -360,3 +360,40 @@ def get(name: str, n_classes: int = 1, **params: Any) -> SegmentationLoss:
 
 
 get_loss = get  # the name before segkit.losses.get
+
+
+# --- the classification head's loss (models with `classifier: true`) ------------------------------
+
+def label_target(y_true):
+    """(B, C) float32: 1 where class c's mask target has any pixel > 0.5, else 0 ("mask non-empty"), from a
+    (B, H, W, C) mask target; softmax one-hot targets the same, per channel. A (B, C) target passes through."""
+    y_true = ops.cast(y_true, "float32")
+    if len(y_true.shape) > 2:
+        y_true = ops.max(y_true, axis=_pixel_axes(y_true))
+    return ops.cast(y_true > 0.5, "float32")
+
+
+@keras.saving.register_keras_serializable(package="segkit")
+class ClassifierLoss(keras.losses.Loss):
+    """Binary cross-entropy, mean over classes per image, of the head's (B, C) "class present" probabilities
+    against `label_target` of the MASK target, so the data pipeline feeds the mask to both outputs."""
+
+    def __init__(self, name: str = "classifier_bce", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        target = label_target(y_true)
+        p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+        return ops.mean(-(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p)), axis=-1)
+
+
+def compile_args(loss: keras.losses.Loss, metrics: list, classifier_weight: float | None = None) -> dict[str, Any]:
+    """`model.compile` keyword arguments for a segmentation loss and mask metrics: as given for a one-output
+    model (`classifier_weight` None); for a model with the classification head (outputs `mask`, `label`) the
+    loss is `loss` on the mask + classifier_weight × ClassifierLoss on the label, and the metrics read the mask
+    only. Fit such a model with the mask target given to both outputs: `{"mask": y, "label": y}`."""
+    if classifier_weight is None:
+        return {"loss": loss, "metrics": metrics}
+    return {"loss": {"mask": loss, "label": ClassifierLoss()},
+            "loss_weights": {"mask": 1.0, "label": float(classifier_weight)},
+            "metrics": {"mask": list(metrics)}}

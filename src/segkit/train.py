@@ -12,10 +12,10 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from segkit.config import Config
+from segkit.config import Config, model_classifier
 from segkit.data.io import atomic_save_npy, atomic_write
 from segkit.errors import ConfigError, TrainingError
-from segkit.predict import predict_probabilities, resolve_tta
+from segkit.predict import predict_ensemble, resolve_tta
 from segkit.runs import RESTART_HINT, FoldDir, RunData, RunDir, changed_keys, fold_fingerprint, model_tags, \
     open_run_data
 
@@ -116,9 +116,9 @@ def _epoch_change(fold: FoldDir, epochs: int) -> list[str]:
 def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerprint: dict, quiet: bool = False) -> None:
     """Train one model on one fold (resuming from its last finished epoch) and write its OOF predictions."""
     from segkit.data.generator import SegmentationDataset
-    from segkit.losses import get_loss
+    from segkit.losses import compile_args, get_loss
     from segkit.metrics import get_metrics
-    from segkit.models.registry import build_model, load_model, set_precision
+    from segkit.models.registry import build_model, has_classifier, load_model, set_precision
 
     from segkit.data.io import sweep_stale
 
@@ -154,9 +154,11 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
                             normalisation=run.adapter.input_normalisation(run.cache.images.dtype))
         model.compile(
             optimizer=keras.optimizers.Adam(tc.learning_rate),
-            loss=get_loss(tc.loss, n_classes),
-            metrics=get_metrics(tc.metrics, n_classes, activation=spec.get("activation", "sigmoid")),
+            **compile_args(get_loss(tc.loss, n_classes),
+                           get_metrics(tc.metrics, n_classes, activation=spec.get("activation", "sigmoid")),
+                           classifier_weight=model_classifier(spec)[1] if has_classifier(model) else None),
         )
+    head = has_classifier(model)
     monitor = "val_dice" if "dice" in tc.metrics else "val_loss"
     mode = "max" if monitor != "val_loss" else "min"
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)
@@ -168,6 +170,8 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
         train_ds.epoch = initial_epoch  # a resumed fold sees the augmentations it would have seen
         train_feed, feed_callbacks = train_ds.keras_feed()
         val_feed, _ = val_ds.keras_feed()
+        if head:  # the mask target feeds both outputs; the head's loss reduces it to "mask non-empty"
+            train_feed, val_feed = mask_to_both_outputs(train_feed), mask_to_both_outputs(val_feed)
         if not quiet:
             print(f"[{tag} fold {k}] compiling… (the first epoch includes it)", flush=True)
         model.fit(
@@ -177,14 +181,15 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
             initial_epoch=initial_epoch,
             steps_per_epoch=tc.steps_per_epoch,
             shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
-            callbacks=[*feed_callbacks, early, reduce, keeper],
+            callbacks=[MaskMetricNames(), *feed_callbacks, early, reduce, keeper],
             verbose=fit_verbosity(tc.verbose, quiet),
         )
     best = (load_model(fold.best, fix=f"retrain the fold: {fold.restart_hint()}") if fold.best.is_file()
             else model)
     write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
     fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
-                                "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx))})
+                                "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx)),
+                                "classifier": has_classifier(best)})
     fold.last.unlink(missing_ok=True)  # the resume point is no longer needed; the best checkpoint stays
     keras.backend.clear_session()
 
@@ -221,20 +226,72 @@ def print_fold_table(rd: RunDir, tags: Sequence[str], folds: Sequence[int]) -> N
 
 def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fold: FoldDir, quiet: bool = False) -> None:
     """Out-of-fold probabilities of the validation samples (float16, with their sample indices), streamed batch
-    by batch into a memory-mapped .npy that is moved into place when complete."""
+    by batch into a memory-mapped .npy that is moved into place when complete; for a model with the
+    classification head also its "class present" probabilities (N_val, C) float16, averaged over the same TTA."""
     tta = resolve_tta(cfg, run.adapter)
     h, w = run.cache.images.shape[1:3]
     out = np.lib.format.open_memmap(fold.oof_tmp, mode="w+", dtype=np.float16,
                                     shape=(len(val_idx), h, w, len(run.adapter.classes)))
+    labels = []
     pos = 0
-    for probs in predict_probabilities([model], run.cache, val_idx, run.adapter.normalise, tta,
-                                       cfg.predict.batch_size, quiet=quiet):
-        out[pos:pos + len(probs)] = probs
-        pos += len(probs)
+    for batch in predict_ensemble([model], run.cache, val_idx, run.adapter.normalise, tta, cfg.predict.batch_size,
+                                  quiet=quiet):
+        out[pos:pos + len(batch.probs)] = batch.probs
+        pos += len(batch.probs)
+        if batch.label is not None:
+            labels.append(batch.label)
     out.flush()
     del out
     os.replace(fold.oof_tmp, fold.oof)
+    if labels:
+        atomic_save_npy(fold.oof_label, np.concatenate(labels).astype(np.float16))
+    else:
+        fold.oof_label.unlink(missing_ok=True)
     atomic_save_npy(fold.oof_index, val_idx.astype(np.int64))
+
+
+def mask_to_both_outputs(feed):
+    """A training feed of (x, mask) batches turned into (x, {"mask": mask, "label": mask}) for a model with the
+    classification head (segkit.losses.ClassifierLoss reduces the mask to "class present" itself): a tf.data
+    pipeline is mapped, a PyDataset wrapped."""
+    if isinstance(feed, keras.utils.PyDataset):
+        return _BothOutputs(feed)
+    return feed.map(lambda x, y: (x, {"mask": y, "label": y}))
+
+
+class _BothOutputs(keras.utils.PyDataset):
+    """A PyDataset of (x, mask) batches serving (x, {"mask": mask, "label": mask}), epochs passed through."""
+
+    def __init__(self, inner: keras.utils.PyDataset) -> None:
+        super().__init__(workers=inner.workers, use_multiprocessing=inner.use_multiprocessing,
+                         max_queue_size=inner.max_queue_size)
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        x, y = self.inner[index]
+        return x, {"mask": y, "label": y}
+
+    def on_epoch_end(self) -> None:
+        self.inner.on_epoch_end()
+
+
+class MaskMetricNames(keras.callbacks.Callback):
+    """Logs the mask metrics of a two-output model (Keras names them `mask_dice`, `val_mask_dice`, …) under
+    the plain names (`dice`, `val_dice`) that early stopping, the LR schedule, EpochKeeper and history.csv use,
+    so a model with the classification head is monitored like one without. Must come first among the
+    callbacks: they share the epoch's logs dict. One-output models' logs pass unchanged."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not logs:
+            return
+        for key in list(logs):
+            for prefix in ("", "val_"):
+                name = key[len(prefix) + len("mask_"):]
+                if key.startswith(f"{prefix}mask_") and name != "loss" and f"{prefix}{name}" not in logs:
+                    logs[f"{prefix}{name}"] = logs.pop(key)
 
 
 class EpochKeeper(keras.callbacks.Callback):

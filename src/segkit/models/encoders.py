@@ -27,7 +27,7 @@ from keras import layers
 
 from segkit.errors import ConfigError
 from segkit.models.layers import (Normalisation, check_choice, check_input_shape, conv_block, model_input,
-                                  output_head, upsample)
+                                  segmentation_model, upsample)
 from segkit.models.registry import register_model
 
 # Architectures of KerasHub's converted timm checkpoints (same hyper-parameters as their presets).
@@ -211,6 +211,7 @@ def encoder_unet(
     encoder_trainable: bool = True,
     activation: str = "sigmoid",
     normalisation: Normalisation | None = None,
+    classifier: bool = False,
 ) -> keras.Model:
     """U-Net decoder on a KerasHub backbone (`backbone` from BACKBONES, random weights) or a `preset`.
 
@@ -218,6 +219,8 @@ def encoder_unet(
     are the decoder's widths from the deepest step up (the last one is reused if the pyramid is deeper).
     `encoder_trainable=False` freezes the backbone (its BatchNorms then run in inference mode).
     `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
+    `classifier`: also output per-class "mask non-empty" probabilities from the deepest backbone feature
+    (outputs `mask`, `label`).
     """
     check_choice(upsampling, ("transpose", "bilinear"), "upsampling")
     h, w, bands = check_input_shape(input_shape, 0, "encoder_unet")
@@ -254,15 +257,16 @@ def encoder_unet(
             x = layers.Concatenate(name=f"dec{stride}_concat")([x, by_stride[stride]])
         x = conv_block(x, width, f"dec{stride}", batch_norm=bool(decoder_batch_norm))
         step += 1
-    outputs = output_head(x, int(n_classes), activation)
-    return keras.Model(inputs, outputs, name="encoder_unet")
+    return segmentation_model(inputs, x, by_stride[deepest], int(n_classes), activation, bool(classifier),
+                              "encoder_unet")
 
 
 @register_model("resnet_unet")
 def resnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str = "resnet34", preset: str | None = None,
                 rgb_bands: Sequence[int] = (0, 1, 2), decoder_filters: Sequence[int] = (256, 128, 64, 32, 16),
                 decoder_batch_norm: bool = True, upsampling: str = "transpose", encoder_trainable: bool = True,
-                activation: str = "sigmoid", normalisation: Normalisation | None = None) -> keras.Model:
+                activation: str = "sigmoid", normalisation: Normalisation | None = None,
+                classifier: bool = False) -> keras.Model:
     """`encoder_unet` with a ResNet (resnet18/34/50/101/152, resnet_v2_50/101) by default."""
     return encoder_unet(**{k: v for k, v in locals().items()})
 
@@ -272,6 +276,7 @@ def efficientnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str 
                       preset: str | None = None, rgb_bands: Sequence[int] = (0, 1, 2),
                       decoder_filters: Sequence[int] = (256, 128, 64, 32, 16), decoder_batch_norm: bool = True,
                       upsampling: str = "transpose", encoder_trainable: bool = True,
-                      activation: str = "sigmoid", normalisation: Normalisation | None = None) -> keras.Model:
+                      activation: str = "sigmoid", normalisation: Normalisation | None = None,
+                      classifier: bool = False) -> keras.Model:
     """`encoder_unet` with an EfficientNet (efficientnet_b0 … b5) by default."""
     return encoder_unet(**{k: v for k, v in locals().items()})

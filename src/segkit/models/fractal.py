@@ -167,6 +167,7 @@ def fractal_unet(
     activation: str = "sigmoid",
     seed: int | None = None,
     normalisation: Normalisation | None = None,
+    classifier: bool = False,
 ) -> keras.Model:
     """FractalNet-U-Net with `columns` columns per block (see the module docstring).
 
@@ -176,6 +177,7 @@ def fractal_unet(
     `deepest_only`: at inference keep only the deepest column. With base_filters 16 and 3 columns it costs
     about as much as a base-32 U-Net (a 3-column block costs ≈ 3.4 U-Net blocks of equal width).
     `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
+    `classifier`: also output per-class "mask non-empty" probabilities from the bridge (outputs `mask`, `label`).
     """
     columns, depth = int(columns), int(depth)
     if not 1 <= columns <= 6:
@@ -194,7 +196,8 @@ def fractal_unet(
                              drop_prob=float(drop_path_local), inference=inference, seed=seed)
 
     return unet_skeleton(input_shape, int(n_classes), block, depth, int(base_filters), upsampling, activation,
-                         name="fractal_unet", extra_inputs=sampler, normalisation=normalisation)
+                         name="fractal_unet", extra_inputs=sampler, normalisation=normalisation,
+                         classifier=bool(classifier))
 
 
 def set_join_inference(model: keras.Model, mode: str) -> keras.Model:

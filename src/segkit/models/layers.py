@@ -135,17 +135,40 @@ def upsample(x, filters: int, mode: str, name: str):
     return layers.Conv2D(filters, 1, padding="same", name=f"{name}_upproj")(x)
 
 
-def output_head(x, n_classes: int, activation: str):
+def output_head(x, n_classes: int, activation: str, name: str = "probabilities"):
     """1×1 convolution to the class channels and the final activation, always in float32.
 
     The activation layer has dtype float32 so the model's output (and hence losses and saved
-    probabilities) stays float32 under a mixed-precision policy.
+    probabilities) stays float32 under a mixed-precision policy. `name` names that layer, hence the output:
+    "probabilities" for a one-output model, MASK_OUTPUT beside a classification head.
     """
     check_choice(activation, ACTIVATIONS, "activation")
     if activation == "softmax" and n_classes < 2:
         raise ConfigError("activation: softmax needs n_classes >= 2 (use sigmoid for a single binary mask)")
     x = layers.Conv2D(n_classes, 1, padding="same", name="logits")(x)
-    return layers.Activation(activation, dtype="float32", name="probabilities")(x)
+    return layers.Activation(activation, dtype="float32", name=name)(x)
+
+
+MASK_OUTPUT, LABEL_OUTPUT = "mask", "label"  # the two outputs of a model with a classification head
+
+
+def classifier_head(bottleneck, n_classes: int):
+    """Per-class "the mask is non-empty" probabilities (B, n_classes) from the bottleneck features: global
+    average pooling → dense → sigmoid (float32, named LABEL_OUTPUT). Also for softmax masks: one sigmoid per
+    channel, background included, so the head gates each class on its own."""
+    x = layers.GlobalAveragePooling2D(name="label_pool")(bottleneck)
+    x = layers.Dense(int(n_classes), name="label_logits")(x)
+    return layers.Activation("sigmoid", dtype="float32", name=LABEL_OUTPUT)(x)
+
+
+def segmentation_model(inputs, features, bottleneck, n_classes: int, activation: str, classifier: bool,
+                       name: str) -> keras.Model:
+    """The model from its decoder's last features: one output (the mask probabilities, as before) or, with
+    `classifier`, two outputs in this order, `mask` (B, H, W, C) and `label` (B, C) from the bottleneck."""
+    if not classifier:
+        return keras.Model(inputs, output_head(features, n_classes, activation), name=name)
+    mask = output_head(features, n_classes, activation, name=MASK_OUTPUT)
+    return keras.Model(inputs, [mask, classifier_head(bottleneck, n_classes)], name=name)
 
 
 def unet_skeleton(
@@ -159,6 +182,7 @@ def unet_skeleton(
     name: str,
     extra_inputs: Callable | None = None,
     normalisation: Normalisation | None = None,
+    classifier: bool = False,
 ) -> keras.Model:
     """Encoder (block + 2×2 max-pool per level), bridge block, decoder (up-sample, concat skip, block).
 
@@ -167,7 +191,7 @@ def unet_skeleton(
     `extra_inputs(inputs)`, when given, runs once on the input tensor before the network (the FractalNet uses
     it to draw its per-batch drop-path decision) and its result is passed to every block as `context=`.
     `normalisation` (per-band scale, offset) puts an InputNormalisation layer first, so the model takes raw
-    images.
+    images. `classifier` adds the classification head on the bridge (see `segmentation_model`).
     """
     if int(depth) < 1:
         raise ConfigError(f"depth: must be >= 1, got {depth}")
@@ -184,11 +208,10 @@ def unet_skeleton(
         x = block(x, base_filters * 2**level, level, f"enc{level}", **kw)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
-    x = block(x, base_filters * 2**depth, depth, "bridge", **kw)
+    x = bottleneck = block(x, base_filters * 2**depth, depth, "bridge", **kw)
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = upsample(x, filters, upsampling, f"dec{level}")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = block(x, filters, level, f"dec{level}", **kw)
-    outputs = output_head(x, n_classes, activation)
-    return keras.Model(inputs, outputs, name=name)
+    return segmentation_model(inputs, x, bottleneck, n_classes, activation, bool(classifier), name)

@@ -34,7 +34,7 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
     `normalisation` (the adapter's per-band scale and offset, `adapter.input_normalisation(dtype)`) becomes
     the model's first layer, so the model — and its saved checkpoint — takes raw images.
     `classifier: true` gives every family the classification head (outputs `mask` and `label`, see
-    `split_outputs`); `classifier_weight` is the loss's business (segkit.losses.model_loss), not the builder's.
+    `split_outputs`); `classifier_weight` is the loss's business (segkit.losses.compile_args), not the builder's.
     """
     spec = dict(spec)
     model_classifier(spec, where)

@@ -20,6 +20,7 @@ def unet(
     upsampling: str = "transpose",
     activation: str = "sigmoid",
     normalisation: Normalisation | None = None,
+    classifier: bool = False,
 ) -> keras.Model:
     """A U-Net of `depth` down-samplings (H and W must divide by 2**depth).
 
@@ -28,6 +29,7 @@ def unet(
     1×1 conv). `activation`: "sigmoid" for binary / multi-label masks, "softmax" for one-hot multi-class.
     The output is float32 (N, H, W, n_classes) probabilities, also under mixed precision.
     `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
+    `classifier`: also output per-class "mask non-empty" probabilities from the bridge (outputs `mask`, `label`).
     """
     rates = per_level(dropout, int(depth), "dropout")
 
@@ -36,5 +38,5 @@ def unet(
 
     return unet_skeleton(
         input_shape, int(n_classes), block, int(depth), int(base_filters), upsampling, activation, name="unet",
-        normalisation=normalisation,
+        normalisation=normalisation, classifier=bool(classifier),
     )
