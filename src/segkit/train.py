@@ -4,6 +4,7 @@ A fold records the settings that shape its weights (segkit.runs.fold_fingerprint
 settings refuses instead of silently reusing folds trained with the old ones."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from segkit.averaging import Averager, make_averager, optimizer_options
 from segkit.config import Config, model_classifier
 from segkit.data.io import atomic_save_npy, atomic_write
 from segkit.errors import ConfigError, TrainingError
@@ -153,7 +155,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
         model = build_model(spec, (h, w, run.adapter.bands), n_classes, where=f"models.{cfg.models.index(spec)}",
                             normalisation=run.adapter.input_normalisation(run.cache.images.dtype))
         model.compile(
-            optimizer=keras.optimizers.Adam(tc.learning_rate),
+            optimizer=keras.optimizers.Adam(tc.learning_rate, **optimizer_options(tc)),  # + train.ema
             **compile_args(get_loss(tc.loss, n_classes),
                            get_metrics(tc.metrics, n_classes, activation=spec.get("activation", "sigmoid")),
                            classifier_weight=model_classifier(spec)[1] if has_classifier(model) else None),
@@ -164,7 +166,9 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     early = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)
     reduce = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=tc.reduce_lr_patience,
                                                factor=tc.reduce_lr_factor, verbose=0)
-    keeper = EpochKeeper(fold, monitor, mode, early, reduce, state)
+    averager = make_averager(tc, fold, monitor, mode, val_feed=lambda: _eval_feed(val_ds, head), state=state,
+                             bn_batches=lambda n: _input_batches(train_ds, tc.epochs, n))  # train.ema / train.swa
+    keeper = EpochKeeper(fold, monitor, mode, early, reduce, state, averaging=averager)
     initial_epoch = state["epoch"] if state else 0
     if initial_epoch < tc.epochs and not (state or {}).get("stopped"):
         train_ds.epoch = initial_epoch  # a resumed fold sees the augmentations it would have seen
@@ -181,15 +185,19 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
             initial_epoch=initial_epoch,
             steps_per_epoch=tc.steps_per_epoch,
             shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
-            callbacks=[MaskMetricNames(), *feed_callbacks, early, reduce, keeper],
+            callbacks=[MaskMetricNames(), *feed_callbacks, *([averager] if averager else []), early, reduce, keeper],
             verbose=fit_verbosity(tc.verbose, quiet),
         )
+    averaging = averager.finish(model, keeper.best) if averager else None  # best.keras: the averaged weights
     best = (load_model(fold.best, fix=f"retrain the fold: {fold.restart_hint()}") if fold.best.is_file()
             else model)
     write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
     fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
                                 "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx)),
-                                "classifier": has_classifier(best)})
+                                "classifier": has_classifier(best),
+                                **({"averaging": averaging} if averaging else {})})
+    if averager:
+        averager.cleanup()  # SWA's epoch snapshots
     fold.last.unlink(missing_ok=True)  # the resume point is no longer needed; the best checkpoint stays
     keras.backend.clear_session()
 
@@ -298,9 +306,11 @@ class EpochKeeper(keras.callbacks.Callback):
     """Keras callback saving, after every epoch, the best checkpoint, a resumable last checkpoint, the
     early-stopping / LR-reduction state and the history CSV, all atomically, so a killed run resumes."""
 
-    def __init__(self, fold: FoldDir, monitor: str, mode: str, early, reduce, state: dict | None) -> None:
+    def __init__(self, fold: FoldDir, monitor: str, mode: str, early, reduce, state: dict | None,
+                 averaging: Averager | None = None) -> None:
         super().__init__()
         self.fold, self.monitor, self.mode = fold, monitor, mode
+        self.averaging = averaging  # train.ema / train.swa: what best.keras holds, its resume state
         self.early, self.reduce = early, reduce
         self.state = state
         self.history: list[dict] = list(state["history"]) if state else []
@@ -327,7 +337,8 @@ class EpochKeeper(keras.callbacks.Callback):
         )
         if improved or not self.fold.best.is_file():
             self.best = value if improved else self.best
-            _save_model(self.model, self.fold.best)
+            with self.averaging.best_weights() if self.averaging else contextlib.nullcontext():
+                _save_model(self.model, self.fold.best)
         self.epoch = epoch + 1
         self.stopped = bool(getattr(self.model, "stop_training", False))
         _save_model(self.model, self.fold.last)
@@ -341,8 +352,25 @@ class EpochKeeper(keras.callbacks.Callback):
             "reduce": {"wait": int(self.reduce.wait), "best": _num(self.reduce.best),
                        "cooldown_counter": int(self.reduce.cooldown_counter)},
         }
+        if self.averaging:
+            state["averaging"] = self.averaging.state()
         write_history_csv(self.fold.history, self.history)
         self.fold.write_json(self.fold.state, state)
+        if self.averaging:
+            self.averaging.commit()  # files the written state no longer refers to
+
+
+def _eval_feed(val_ds, head: bool):
+    """The validation data as model.evaluate takes it (weight averaging validates outside fit's own pass)."""
+    feed, _ = val_ds.keras_feed()
+    return mask_to_both_outputs(feed) if head else feed
+
+
+def _input_batches(train_ds, epoch: int, n: int):
+    """Up to n input batches of the training data as it is fed in `epoch` (SWA's BatchNorm re-estimation)."""
+    for i in range(min(n, len(train_ds))):
+        batch = train_ds.batch(i, epoch)
+        yield batch[0] if isinstance(batch, tuple) else batch
 
 
 def _num(x) -> float | None:
