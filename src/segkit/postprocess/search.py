@@ -139,8 +139,9 @@ class ClassTables:
 
         with ThreadPoolExecutor(_workers()) as pool:
             list(pool.map(chunk, range(0, n, _CHUNK)))
+        self.psum = psum  # pixels above each threshold, per image
         if not separate_gate:
-            self.gate_area = psum.copy()
+            self.gate_area = psum
         if self.scorer.counts:
             for j, t in enumerate(self.thresholds):
                 self._cache[(t, (0,))] = np.stack([inter[j], psum[j]], axis=-1)[None]
@@ -168,8 +169,16 @@ class ClassTables:
         out = np.zeros((len(areas), self.n, sc.empty.shape[1]))
         out[:] = sc.empty[None]
         shape = self.probs.shape[1:]
+        known = self.psum[self.thresholds.index(threshold)] if threshold in self.thresholds else None
+        smallest = int(areas[areas > 0].min()) if label else 0
+        plain = self._cache.get((threshold, (0,)))
 
         def image(i: int) -> None:
+            if known is not None and known[i] == 0:
+                return  # nothing predicted: every area leaves it empty
+            if known is not None and plain is not None and known[i] < smallest:
+                out[areas == 0, i] = plain[0, i]  # every component is smaller than every positive area
+                return
             m = (np.asarray(self.probs[i]) > threshold).astype(np.uint8)
             if not m.any():
                 return

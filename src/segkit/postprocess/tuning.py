@@ -72,9 +72,9 @@ def _gate_kinds(cfg: Config, has_label: bool) -> list[str]:
 
 
 def _counts_agree(adapter, scorer: Scorer, tab: ClassTables, truth: np.ndarray, probs: np.ndarray) -> bool:
-    """Whether the adapter's score_counts gives its score_class at threshold 0.5, checked on up to 256 images
+    """Whether the adapter's score_counts gives its score_class at threshold 0.5, checked on up to 64 images
     spread over the OOF (a guard against a count form that does not match the metric)."""
-    idx = np.unique(np.linspace(0, len(truth) - 1, min(len(truth), 256)).round().astype(int))
+    idx = np.unique(np.linspace(0, len(truth) - 1, min(len(truth), 64)).round().astype(int))
     stats = tab.stats(0.5, [0])[0][idx]
     fast = float(scorer.fn(stats[:, 0], stats[:, 1], scorer.tsum[idx]))
     exact = adapter.score_class(truth[idx], (probs[idx] > 0.5).astype(np.uint8))
