@@ -20,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write (created; replaced if it is an older synthetic dataset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patch-size", type=int, default=None, help="patch/image side in pixels (format default when omitted)")
+    p.add_argument("--n-train", type=int, default=None, help="training images (airbus, clouds; format default when omitted)")
+    p.add_argument("--n-test", type=int, default=None, help="test images (airbus, clouds)")
+    p.add_argument("--empty-fraction", type=float, default=None,
+                   help="share of training images with an empty mask (airbus: ship-free; clouds: no label at all)")
+    p.add_argument("--faint", type=float, default=None,
+                   help="share of objects drawn small and faint (airbus ships, clouds regions)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("prepare", help="decode the training and test images once into the memory-mapped cache")
@@ -40,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """segkit synth NAME --out DIR --seed N [--patch-size P]."""
+    """segkit synth NAME --out DIR --seed N [--patch-size P] [--n-train N] [--n-test N] [--empty-fraction F]
+    [--faint F]."""
     import importlib
 
     from segkit.data.synth import SYNTH_MODULES
@@ -55,6 +62,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if args.patch_size < 8:
             raise ConfigError(f"--patch-size: expected at least 8, got {args.patch_size}")
         options[key] = args.patch_size
+    params = inspect.signature(module.generate).parameters
+    # option -> the generate() keywords it may be called (the first one the format has)
+    for option, keys in (("n_train", ("n_train",)), ("n_test", ("n_test",)),
+                         ("empty_fraction", ("empty_fraction", "ship_free")), ("faint", ("faint",))):
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        key = next((k for k in keys if k in params), None)
+        if key is None:
+            raise ConfigError(f"synth {args.name}: this format takes no --{option.replace('_', '-')}")
+        options[key] = value
     root = module.generate(Path(args.out), seed=args.seed, quiet=bool(getattr(args, "quiet", False)), **options)
     print(f"synthetic {args.name} data written to {root}")
     return 0
