@@ -211,6 +211,21 @@ def test_weight_averaging_and_pseudo_label_rows(run):
     assert "kept 1 of 2 test images (non-empty: Fish 1)" in " ".join(rows["pseudo-label round 1 written"])
     assert "EMA unet fold 1" in (rd / "report.html").read_text()
 
+    # a run trained on that round (train.pseudo=clouds/1 in its saved config): its score, and the source run's
+    shutil.copytree(rd, runs / "clouds_p1", ignore=shutil.ignore_patterns("pseudo"))
+    p1 = RunDir(runs / "clouds_p1")
+    cfg = p1.read_config()
+    cfg.train.pseudo = "clouds/1"
+    p1.write_config(cfg)
+    pp = json.loads(p1.postprocess.read_text())
+    pp["oof_score_tuned"] += 0.125
+    p1.postprocess.write_text(json.dumps(pp))
+    code, out, err = cli("report", "--worst", "0", "clouds", *overrides(base, runs, "name=clouds_p1"))
+    assert code == 0, err
+    row = table_rows(out)["+ pseudo-label round 1"]
+    assert row[0] == f"{pp['oof_score_tuned']:.4f}"
+    assert f"without it (run clouds): {pp['oof_score_tuned'] - 0.125:.4f} (+0.1250)" in row[-1]
+
 
 def test_a_run_not_trained_is_one_line(run, tmp_path):
     base, runs, rd = run

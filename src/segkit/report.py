@@ -193,7 +193,7 @@ def build_report(cfg: Config, run: RunData | None = None, curves: bool = True, w
             chained.append(float(adapter.score_class(truth, pred)))
             per_image[:, c] = [adapter.score_class(truth[i:i + 1], pred[i:i + 1]) for i in range(n)]
         del oof
-    report.rows.append(Row("ensemble", _ensemble_label(cfg), float(np.mean(plain)), plain))
+    report.rows.append(Row("ensemble", _ensemble_label(cfg), float(np.mean(plain)), plain, _ensemble_note(cfg)))
     report.rows += step_rows(pp)
     report.rows += averaging_rows(cfg)
     report.rows += pseudo_rows(cfg, pp)
@@ -294,31 +294,32 @@ def oof_class_params(row: dict[str, Any], area_scale: float) -> dict[str, Any]:
 
 def _fold_rows(cfg: Config, run: RunData) -> list[Row]:
     """Per model: each fold's OOF score on its own validation images and the model's score over all folds, at
-    threshold 0.5. One class at a time (the model's OOF of one class is held)."""
+    threshold 0.5. One class at a time: its truth and one model's binarised OOF (N, H, W) uint8 are held."""
     rd = RunDir.of(cfg)
     adapter, masks, n = run.adapter, run.cache.masks, len(run.samples)
     n_classes = len(adapter.classes)
-    rows: list[Row] = []
-    for tag in model_tags(cfg):
-        folds = [rd.fold(tag, k) for k in range(cfg.train.folds)]
-        fold_scores = [[0.0] * n_classes for _ in folds]
-        model_scores = [0.0] * n_classes
-        sizes = [0] * len(folds)
-        for c in range(n_classes):
-            whole = np.zeros((n,) + masks.shape[1:3], np.float32)
-            for j, fold in enumerate(folds):
+    tags = model_tags(cfg)
+    folds = {tag: [rd.fold(tag, k) for k in range(cfg.train.folds)] for tag in tags}
+    fold_scores = {tag: [[0.0] * n_classes for _ in folds[tag]] for tag in tags}
+    model_scores = {tag: [0.0] * n_classes for tag in tags}
+    sizes: dict[tuple[str, int], int] = {}
+    for c in range(n_classes):
+        truth = np.ascontiguousarray(masks[..., c])
+        for tag in tags:
+            whole = np.zeros(truth.shape, np.uint8)
+            for j, fold in enumerate(folds[tag]):
                 probs, index = read_fold_oof(fold)
-                p = np.asarray(probs[..., c], np.float32)
-                whole[index] = p
-                sizes[j] = len(index)
-                truth = np.asarray(masks[index])[..., c]
-                fold_scores[j][c] = float(adapter.score_class(truth, (p > PLAIN).astype(np.uint8)))
-            model_scores[c] = float(adapter.score_class(np.ascontiguousarray(masks[..., c]),
-                                                        (whole > PLAIN).astype(np.uint8)))
-        for j, fold in enumerate(folds):
-            rows.append(Row("fold", f"{tag} fold {fold.k}", float(np.mean(fold_scores[j])), fold_scores[j],
-                            f"{sizes[j]} val images"))
-        rows.append(Row("model", f"{tag} (all folds)", float(np.mean(model_scores)), model_scores))
+                pred = (np.asarray(probs[..., c]) > PLAIN).astype(np.uint8)
+                whole[index] = pred
+                sizes[(tag, j)] = len(index)
+                fold_scores[tag][j][c] = float(adapter.score_class(truth[index], pred))
+            model_scores[tag][c] = float(adapter.score_class(truth, whole))
+    rows: list[Row] = []
+    for tag in tags:
+        for j, fold in enumerate(folds[tag]):
+            rows.append(Row("fold", f"{tag} fold {fold.k}", float(np.mean(fold_scores[tag][j])), fold_scores[tag][j],
+                            f"{sizes[(tag, j)]} val images"))
+        rows.append(Row("model", f"{tag} (all folds)", float(np.mean(model_scores[tag])), model_scores[tag]))
     return rows
 
 
@@ -340,6 +341,21 @@ def _ensemble_label(cfg: Config) -> str:
 
     tags = ensembled_tags(cfg)
     return f"ensemble of {'+'.join(tags)} ({PLAIN})" if len(tags) > 1 else f"ensemble ({PLAIN})"
+
+
+def _ensemble_note(cfg: Config) -> str:
+    """The ensemble's weights and positive-only models when they are not plain equal weights (segkit.oof)."""
+    try:
+        from segkit.oof import ensemble_members
+    except ImportError:
+        return ""
+    members = ensemble_members(cfg)
+    bits = []
+    if len({m.weight for m in members}) > 1:
+        bits.append("weights " + ", ".join(f"{m.tag} {m.weight:g}" for m in members))
+    if any(m.positive_only for m in members):
+        bits.append("positive-only " + ", ".join(m.tag for m in members if m.positive_only))
+    return "; ".join(bits)
 
 
 def step_rows(pp: dict[str, Any]) -> list[Row]:
