@@ -92,14 +92,16 @@ class Ensemble:
 
     Images are raw, in the dataset's dtype and range (uint16 for 38-Cloud): the checkpoints normalise them in
     their first layer. Any image size works: images are resized to the models' input and the probabilities
-    back to the image's own size, as `segkit predict` does. Batches go through `predict_probabilities`, the
-    function behind `segkit predict`, `batch_size` images at a time.
+    back to the image's own size, as `segkit predict` does. Batches go through `predict_ensemble`, the
+    function behind `segkit predict`, `batch_size` images at a time. `postprocess` (for `predict_masks`):
+    a `segkit.postprocess.ChainParams` (what `Run.ensemble` passes) or (thresholds, min_areas) per class.
     """
 
     def __init__(self, models: Sequence, tta: Sequence[str] = ("identity",), batch_size: int = 8,
                  image_size: Sequence[int] | None = None, normalise=None,
-                 postprocess: tuple[list[float], list[int]] | None = None, classes: Sequence[str] | None = None,
-                 checkpoints: Sequence[Path] = ()) -> None:
+                 postprocess: Any = None, classes: Sequence[str] | None = None,
+                 checkpoints: Sequence[Path] = (), scales: Sequence[float] = (1.0,),
+                 weights: Sequence[float] | None = None, positive_only: Sequence[bool] | None = None) -> None:
         from segkit.predict import TTA
 
         if not models:
@@ -120,6 +122,15 @@ class Ensemble:
         self.checkpoints = [Path(p) for p in checkpoints]
         self._normalise = normalise
         self._postprocess = postprocess
+        # multi-scale TTA, per-model weights and positive-only roles, as predict_ensemble takes them
+        self.scales = [float(s) for s in scales]
+        self.weights = None if weights is None else [float(w) for w in weights]
+        self.positive_only = None if positive_only is None else [bool(p) for p in positive_only]
+        for name, given in (("weights", self.weights), ("positive_only", self.positive_only)):
+            if given is not None and len(given) != len(self.models):
+                raise ConfigError(f"ensemble {name}: {len(given)} values for {len(self.models)} models")
+        if not self.scales or not all(0 < s <= 4 for s in self.scales):
+            raise ConfigError(f"ensemble scales: must be numbers in (0, 4], got {self.scales}")
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], tta: Sequence[str] = ("identity",),
@@ -154,19 +165,28 @@ class Ensemble:
         """Yield (H, W, C) float32 probabilities image by image for an iterable of raw (H, W, bands) images
         (a batch array, a memory map, a generator reading files; sizes may differ): only `batch_size`
         images are held at once."""
-        from segkit.predict import predict_probabilities
+        for probs, _, _ in self._iter_ensemble(images):
+            yield probs
+
+    def _iter_ensemble(self, images: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        """Yield (probs, gate_probs, label) image by image at the images' own size, from `predict_ensemble`
+        (gate_probs is probs itself when no model is positive-only; label is None without heads)."""
+        from segkit.predict import predict_ensemble
 
         chunk: list[np.ndarray] = []
 
-        def flush() -> Iterator[np.ndarray]:
+        def flush() -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
             from segkit.data.cache import resize_image
 
             sizes = [im.shape[:2] for im in chunk]
             batch = _Batch(np.stack([resize_image(np.asarray(im), self.image_size) for im in chunk]))
-            probs = next(predict_probabilities(self.models, batch, np.arange(len(chunk)), self._normalise_fn,
-                                               self.tta, len(chunk), quiet=True))
-            for p, size in zip(probs, sizes):
-                yield _to_size(p, size)
+            out = next(predict_ensemble(self.models, batch, np.arange(len(chunk)), self._normalise_fn, self.tta,
+                                        len(chunk), quiet=True, scales=self.scales, weights=self.weights,
+                                        positive_only=self.positive_only))
+            for i, size in enumerate(sizes):
+                p = _to_size(out.probs[i], size)
+                g = p if out.gate_probs is out.probs else _to_size(out.gate_probs[i], size)
+                yield p, g, None if out.label is None else out.label[i]
 
         for image in images:
             image = self._check(np.asarray(image), single=True)
@@ -179,17 +199,20 @@ class Ensemble:
 
     def predict_masks(self, images: np.ndarray) -> np.ndarray:
         """Binary uint8 masks (as in the submission) for one image or a batch: the probabilities after the
-        run's post-processing (per-class threshold and minimum area)."""
-        from segkit.postprocess import apply
+        run's post-processing chain (threshold, min area, gate, triplet; `segkit.postprocess.apply_chain`)."""
+        from segkit.postprocess import ChainParams, apply_chain
 
         if self._postprocess is None:
             raise ConfigError("ensemble: no post-processing known (build it with Run.ensemble after tuning, or "
                               "pass postprocess=(thresholds, min_areas))")
-        thresholds, areas = self._postprocess
-        probs = self.predict(images)
-        if probs.ndim == 3:
-            return apply(probs, thresholds, areas)
-        return np.stack([apply(p, thresholds, areas) for p in probs])
+        chain = self._postprocess
+        if not isinstance(chain, ChainParams):
+            thresholds, areas = chain
+            chain = ChainParams.plain(thresholds, areas)
+        images = self._check(images)
+        single = images.ndim == 3
+        masks = [apply_chain(p, chain, g, lab) for p, g, lab in self._iter_ensemble(images[None] if single else images)]
+        return masks[0] if single else np.stack(masks)
 
     def _normalise_fn(self, image: np.ndarray) -> np.ndarray:
         if self._normalise is None:
@@ -321,6 +344,26 @@ class Run:
 
         return tune(self.config, quiet=self.quiet)
 
+    def pseudo(self, **selection: Any) -> dict[str, Any]:
+        """Write a pseudo-label round of this run (`segkit pseudo`): the ensemble's confident test images and
+        masks under `<run>/pseudo/round_<r>/`; `selection` overrides the `pseudo` section (low, high,
+        max_uncertain, gate, round). Returns the round's report (kept images overall and per class). Train on it
+        with `Run(config, name=..., train={"pseudo": f"{run.name}/{report['round']}"}).fit()`."""
+        from segkit.pipeline import pseudo
+
+        cfg = load_config(self.config, pseudo=selection) if selection else self.config
+        return pseudo(cfg, quiet=self.quiet)
+
+    def report(self, worst: int = 8) -> Path:
+        """Write the ablation report (`segkit report`): runs/<name>/report.html with the OOF score of each fold,
+        model, the ensemble and each post-processing step, score-versus-threshold curves and the `worst` OOF
+        images; prints the table unless quiet. Returns the page's path."""
+        from segkit.pipeline import report
+
+        if worst < 0:
+            raise ConfigError(f"report worst: must be ≥ 0, got {worst}")
+        return report(self.config, quiet=self.quiet, worst=worst)
+
     def predict_config(self, tta: Sequence[str] | None = None, models: Sequence[str] | None = None,
                        quiet: bool = True) -> Config:
         """The config predict uses: the run's saved training settings, with `tta` / `models` (tags) if given."""
@@ -339,11 +382,14 @@ class Run:
         from segkit.data.competitions.base import adapter_class, make_adapter
         from segkit.models.registry import load_model
         from segkit.predict import resolve_tta
-        from segkit.runs import checkpoint_paths
+        from segkit.oof import ensemble_members
+        from segkit.runs import checkpoint_folds
 
         cfg = self.predict_config(tta, models)
         names = resolve_tta(cfg, adapter_class(cfg.data.competition))
-        paths = checkpoint_paths(cfg)
+        folds = checkpoint_folds(cfg)
+        paths = [f.best for f in folds]
+        members = {m.tag: m for m in ensemble_members(cfg)}  # predict.weights (or tuned) and positive-only roles
         loaded = [load_model(p) for p in paths]
         try:  # the data is not needed to predict arrays (e.g. a run attached as a Kaggle input)
             adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
@@ -354,13 +400,13 @@ class Run:
             classes, normalise = (known if len(known) == n_out else [f"class_{c}" for c in range(n_out)]), None
         postprocess = None
         if cfg.postprocess.tune is False or RunDir.of(cfg).postprocess.is_file():
-            from segkit.postprocess import load_postprocess
+            from segkit.postprocess import load_chain
 
-            thresholds, areas, _ = load_postprocess(cfg, classes)
-            postprocess = (thresholds, areas)
+            postprocess = load_chain(cfg, classes)
         h, w = cfg.data.image_size
         return Ensemble(loaded, names, batch_size or cfg.predict.batch_size, (h, w), normalise, postprocess,
-                        classes, paths)
+                        classes, paths, scales=cfg.predict.scales, weights=[members[f.tag].weight for f in folds],
+                        positive_only=[members[f.tag].positive_only for f in folds])
 
     def write_submission(self, path: str | Path | None = None, tta: Sequence[str] | None = None,
                          models: Sequence[str] | None = None) -> Path:
