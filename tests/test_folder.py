@@ -106,3 +106,32 @@ def test_problems_are_named(tmp_path):
     cv2.imwrite(str(colour / "masks" / "img0.png"), np.dstack([np.zeros((24, 32)), np.ones((24, 32)), np.zeros((24, 32))]))
     with pytest.raises(DataError, match="colour mask"):
         make_adapter("folder", colour)
+
+
+def test_tgs_iou_metric_by_hand_and_real_tgs_masks(tmp_path, fixtures_dir):
+    """data.options.metric: tgs_iou on hand-made masks; the real TGS masks (16-bit {0, 65535}, empty ones 8-bit
+    zeros) read through the folder adapter."""
+    tgs = fixtures_dir / "tgs" / "train"
+    ids = [p.stem for p in sorted((tgs / "masks").glob("*.png"))[:40]]
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+        for i in ids:
+            (tmp_path / sub / f"{i}.png").symlink_to(tgs / sub / f"{i}.png")
+    adapter = make_adapter("folder", tmp_path, {"metric": "tgs_iou"})
+    assert adapter.values == (65535,) and adapter.bands == 3
+    depths = {cv2.imread(str(tgs / "masks" / f"{i}.png"), cv2.IMREAD_UNCHANGED).dtype for i in ids}
+    assert depths == {np.dtype(np.uint16), np.dtype(np.uint8)}  # both kinds among the first 40
+    masks = np.stack([adapter.read_mask(s) for s in adapter.train_samples()])[..., 0]
+    assert masks.shape == (40, 101, 101) and set(np.unique(masks)) == {0, 1}
+    assert adapter.score_class(masks, masks) == 1.0
+
+    truth = np.zeros((4, 10, 10), np.uint8)
+    pred = np.zeros_like(truth)
+    truth[0] = 1
+    pred[0].flat[:78] = 1  # IoU 0.78 passes 0.50 ... 0.75: 6 of 10 thresholds
+    pred[2, 0, 0] = 1  # a prediction on an empty truth: 0
+    truth[3, :2] = 1  # a missed mask: 0; image 1 empty/empty: 1
+    assert adapter.score_class(truth, pred) == pytest.approx((0.6 + 1 + 0 + 0) / 4)
+    assert make_adapter("folder", tmp_path).score_class(truth, pred) == pytest.approx((2 * 78 / 178 + 1) / 4)
+    with pytest.raises(ConfigError, match="data.options.metric: unknown metric 'tgs'; did you mean 'tgs_iou'"):
+        make_adapter("folder", tmp_path, {"metric": "tgs"})

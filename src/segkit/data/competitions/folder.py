@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from segkit import rle
-from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.base import Adapter, dice_from_counts, register_adapter
 from segkit.data.competitions.kaggle_files import IMAGE_EXTENSIONS, check_mask_shape, image_size, list_images
 from segkit.data.io import read_image
 from segkit.data.sample import Sample
-from segkit.errors import ConfigError, DataError
+from segkit.errors import ConfigError, DataError, unknown_name
 from segkit.submission import SubmissionFormat
 
 
@@ -40,6 +40,19 @@ def read_any(path: str | Path) -> np.ndarray:
     return image[..., None] if image.ndim == 2 else image
 
 
+METRICS = ("dice", "tgs_iou")
+IOU_THRESHOLDS = np.arange(0.5, 1.0, 0.05)  # 0.50, 0.55, ... 0.95
+
+
+def tgs_iou_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+    """TGS Salt's metric from per-image counts (..., N): per image the share of IoU thresholds 0.50-0.95 that
+    the mask's IoU exceeds (both empty = 1, one empty = 0), mean over images (last axis)."""
+    inter = np.asarray(inter, dtype=np.float64)
+    union = np.asarray(pred_area, dtype=np.float64) + true_area - inter
+    iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    return (iou[..., None] > IOU_THRESHOLDS).mean(axis=-1).mean(axis=-1)
+
+
 @register_adapter("folder")
 class FolderAdapter(Adapter):
     """images/ + masks/ in either mask layout; the classes and bands are found from the files.
@@ -51,6 +64,8 @@ class FolderAdapter(Adapter):
         default: every non-zero value found in the masks (read once when the adapter is made).
       images_dir, masks_dir, test_dir: folder names under the root.
       rle_order: "F" (Kaggle's usual column-major) or "C".
+      metric: what post-processing is tuned on, per class: "dice" (mean Dice over images, default) or "tgs_iou"
+        (TGS Salt's mean over images of the share of IoU thresholds 0.50-0.95 passed).
     """
 
     # each image's own size; the instance sets the pixel order and, for several classes, `<stem>_<class>` rows
@@ -59,10 +74,13 @@ class FolderAdapter(Adapter):
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, values: list[int] | None = None,
                  images_dir: str = "images", masks_dir: str = "masks", test_dir: str = "test",
-                 rle_order: str = "F") -> None:
+                 rle_order: str = "F", metric: str = "dice") -> None:
         super().__init__(root)
         if rle_order not in rle.ORDERS:
             raise ConfigError(f"data.options.rle_order: expected 'F' or 'C', got {rle_order!r}")
+        if metric not in METRICS:
+            raise unknown_name("data.options.metric", "metric", metric, METRICS)
+        self.metric = metric
         self.images_dir = self.root / images_dir
         self.masks_dir = self.root / masks_dir
         self.test_dir = self.root / test_dir
@@ -169,6 +187,19 @@ class FolderAdapter(Adapter):
         if image.shape[2] != self.bands:
             raise DataError(f"{sample.image[0]}: {image.shape[2]} bands, but {self._images[0].name} has {self.bands}")
         return image
+
+    # --- scoring -------------------------------------------------------------------------
+    def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
+        """data.options.metric over a stack of masks (N, H, W): mean Dice (both empty = 1) or TGS' IoU precision."""
+        n = len(truth)
+        t = truth.reshape(n, -1).astype(bool)
+        p = pred.reshape(n, -1).astype(bool)
+        return float(self.score_counts((t & p).sum(1), p.sum(1), t.sum(1)))
+
+    def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+        """score_class from per-image counts (see Adapter.score_counts)."""
+        fn = tgs_iou_from_counts if self.metric == "tgs_iou" else dice_from_counts
+        return fn(inter, pred_area, true_area)
 
     def read_mask(self, sample: Sample) -> np.ndarray:
         """(H, W, classes) uint8 {0,1}, checked against the image's size."""
