@@ -200,6 +200,11 @@ class PseudoRoundDir:
     def is_complete(self) -> bool:
         return self.report.is_file()
 
+    @property
+    def source(self) -> "RunDir":
+        """The run the round was written from (`runs/<name>/` above `pseudo/round_<r>/`)."""
+        return RunDir(self.path.parent.parent)
+
     def read_report(self) -> dict[str, Any]:
         """The round's report; TrainingError naming the file when it is damaged."""
         return _read_json(self.report, "run `segkit pseudo CONFIG` again to rewrite the round",
@@ -295,6 +300,11 @@ class RunDir:
 
     def pseudo_round(self, r: int) -> PseudoRoundDir:
         return PseudoRoundDir(self.pseudo / f"{_ROUND_PREFIX}{int(r)}")
+
+    def pseudo_rounds(self) -> list[PseudoRoundDir]:
+        """The pseudo-label rounds written from this run (complete or not), in round order."""
+        found = [PseudoRoundDir(p) for p in self.pseudo.glob(f"{_ROUND_PREFIX}*")] if self.pseudo.is_dir() else []
+        return sorted((r for r in found if r.round is not None), key=lambda r: r.round)
 
     def fold(self, tag: str, k: int) -> FoldDir:
         return FoldDir(self.path / tag / f"{_FOLD_PREFIX}{int(k)}", tag, k)
@@ -430,11 +440,12 @@ class RunData:
     folds: np.ndarray
     pseudo: PseudoData | None = None  # a pseudo-label round (train.pseudo): training side only
 
-    def training_source(self, train_idx: np.ndarray, nonempty_only: bool = False) -> tuple[Any, np.ndarray]:
+    def training_source(self, train_idx: np.ndarray, nonempty_only: bool = False,
+                        skip_first: bool = False) -> tuple[Any, np.ndarray]:
         """(cache, indices) a fold trains on: the training cache and `train_idx`, plus, with a pseudo-label round,
-        every pseudo image (only those with a non-empty mask when `nonempty_only`) as indices past the training
-        samples of a stacked view. Validation and OOF use `cache` and the fold split alone, so pseudo images never
-        enter them."""
+        every pseudo image (only those with a non-empty mask when `nonempty_only`, channel 0 — a softmax model's
+        background — left out with `skip_first`) as indices past the training samples of a stacked view.
+        Validation and OOF use `cache` and the fold split alone, so pseudo images never enter them."""
         if self.pseudo is None:
             return self.cache, train_idx
         from segkit.data.cache import StackedCache
@@ -442,7 +453,7 @@ class RunData:
         extra = np.arange(len(self.pseudo.cache), dtype=np.int64)
         if nonempty_only:
             masks = self.pseudo.cache.masks
-            extra = extra[[bool(np.asarray(masks[i]).any()) for i in extra]]
+            extra = extra[[bool(np.asarray(masks[i])[..., int(skip_first):].any()) for i in extra]]
         return StackedCache(self.cache, self.pseudo.cache), np.concatenate(
             [np.asarray(train_idx, dtype=np.int64), len(self.cache) + extra])
 

@@ -14,12 +14,12 @@ import keras
 import numpy as np
 
 from segkit.averaging import Averager, make_averager, optimizer_options
-from segkit.config import Config, model_classifier
+from segkit.config import Config, model_classifier, model_positive_only
 from segkit.data.io import atomic_save_npy, atomic_write
 from segkit.errors import ConfigError, TrainingError
 from segkit.predict import predict_ensemble, resolve_tta
 from segkit.runs import RESTART_HINT, FoldDir, RunData, RunDir, changed_keys, fold_fingerprint, model_tags, \
-    open_run_data
+    open_run_data, pseudo_round_of
 
 
 def folds_to_train(cfg: Config) -> list[int]:
@@ -44,13 +44,17 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
     if restart_fold is not None and not 0 <= restart_fold < cfg.train.folds:
         raise ConfigError(f"--restart-fold: fold {restart_fold} outside 0..{cfg.train.folds - 1} "
                           f"(train.folds = {cfg.train.folds})")
+    own = pseudo_round_of(cfg)
+    if own is not None and rd.path.resolve() in own.path.resolve().parents:
+        raise ConfigError(f"train.pseudo: {cfg.train.pseudo!r} is a round of this run ({rd.path}); train a new run "
+                          f"on it: name={cfg.name}_p{own.round or 1} train.pseudo={cfg.train.pseudo}")
     if restart and rd.path.exists():
         if not quiet:
             print(f"[train] --restart: deleting {rd.path}")
         rd.wipe()
-    run = open_run_data(cfg, quiet=quiet)
+    run = open_run_data(cfg, quiet=quiet, pseudo=True)
     ids = [s.id for s in run.samples]
-    fingerprints = {tag: fold_fingerprint(cfg, tag, ids, run.folds) for tag in tags}
+    fingerprints = {tag: fold_fingerprint(cfg, tag, ids, run.folds, run.pseudo) for tag in tags}
     check_trained_with(cfg, rd, fingerprints, skip_fold=restart_fold)
     if restart_fold is not None:
         if not quiet:
@@ -58,6 +62,7 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
         for tag in tags:
             rd.fold(tag, restart_fold).wipe()
         rd.postprocess.unlink(missing_ok=True)
+        rd.weights.unlink(missing_ok=True)  # tuned ensemble weights (predict.tune_weights) describe it no more
     rd.write_config(cfg)  # only now: every trained fold agrees with it
     for spec, tag in zip(cfg.models, tags):
         for k in wanted:
@@ -133,14 +138,25 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     keras.utils.set_random_seed(cfg.seed + 1000 * k)
     train_idx = np.flatnonzero(run.folds != k)
     val_idx = np.flatnonzero(run.folds == k)
+    fit_val_idx = val_idx  # what Keras validates on (early stopping); OOF is written for all of val_idx
+    po = model_positive_only(spec, tc.positive_only, f"models.{cfg.models.index(spec)}")
+    if po:  # train.positive_only: train and validate on the images with a non-empty mask only
+        train_idx, fit_val_idx = positive_only_split(run, spec, train_idx, val_idx, tag, k)
+    n_true = len(train_idx)
+    train_cache, train_idx = run.training_source(  # + pseudo-labelled images, training side only
+        train_idx, nonempty_only=po, skip_first=spec.get("activation", "sigmoid") == "softmax")
+    n_pseudo = len(train_idx) - n_true
     n_classes = len(run.adapter.classes)
     if not quiet:
-        print(f"[{tag} fold {k}] {len(train_idx)} train / {len(val_idx)} val patches "
+        extra = f" (+{n_pseudo} pseudo-labelled)" if run.pseudo is not None else ""
+        only = f" (non-empty masks only; OOF on all {len(val_idx)})" if po else ""
+        print(f"[{tag} fold {k}] {n_true} train{extra} / {len(fit_val_idx)} val patches{only} "
               f"(fold {k + 1} of {tc.folds})", flush=True)
     common = dict(workers=tc.workers, use_multiprocessing=tc.use_multiprocessing)
-    train_ds = SegmentationDataset(run.cache, train_idx, tc.batch_size, augment=tc.augment, shuffle=True,
+    train_ds = SegmentationDataset(train_cache, train_idx, tc.batch_size, augment=tc.augment, shuffle=True,
                                    seed=cfg.seed + k, **common)
-    val_ds = SegmentationDataset(run.cache, val_idx, tc.batch_size, augment=None, shuffle=False, seed=0, **common)
+    val_ds = SegmentationDataset(run.cache, fit_val_idx, tc.batch_size, augment=None, shuffle=False, seed=0,
+                                 **common)
 
     if state:
         try:
@@ -194,12 +210,42 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
     fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
                                 "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx)),
+                                "n_train": int(n_true), "n_pseudo": int(n_pseudo),
+                                "positive_only": po, "n_val_fit": int(len(fit_val_idx)),
                                 "classifier": has_classifier(best),
                                 **({"averaging": averaging} if averaging else {})})
     if averager:
         averager.cleanup()  # SWA's epoch snapshots
     fold.last.unlink(missing_ok=True)  # the resume point is no longer needed; the best checkpoint stays
     keras.backend.clear_session()
+
+
+def positive_only_split(run: RunData, spec: dict, train_idx: np.ndarray, val_idx: np.ndarray, tag: str,
+                        k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices of a positive-only fold: the samples of each side whose mask is non-empty in any
+    class (softmax models: any class but channel 0, the background); TrainingError when a side has none."""
+    background = spec.get("activation", "sigmoid") == "softmax"
+    sides = []
+    for name, idx in (("training", train_idx), ("validation", val_idx)):
+        kept = idx[nonempty_masks(run.cache.masks, idx, skip_first=background)]
+        if not len(kept):
+            raise TrainingError(f"train.positive_only: fold {k} of {tag} has no {name} image with a non-empty mask; "
+                                f"use fewer folds (train.folds) or train {tag} on every image "
+                                "(models.<i>.positive_only: false)")
+        sides.append(kept)
+    return sides[0], sides[1]
+
+
+def nonempty_masks(masks, indices: np.ndarray, skip_first: bool = False, chunk: int = 64) -> np.ndarray:
+    """For each of `indices`, whether masks[i] (H, W, C) has a positive pixel in any channel (from channel 1
+    with `skip_first`), read `chunk` masks at a time from the memory-mapped cache."""
+    out = np.zeros(len(indices), bool)
+    for s in range(0, len(indices), chunk):
+        part = np.stack([np.asarray(masks[i]) for i in indices[s:s + chunk]])
+        if skip_first:
+            part = part[..., 1:]
+        out[s:s + chunk] = part.reshape(len(part), -1).any(axis=1)
+    return out
 
 
 def fit_verbosity(setting: int | None, quiet: bool = False) -> int:
@@ -243,7 +289,7 @@ def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fold: FoldD
     labels = []
     pos = 0
     for batch in predict_ensemble([model], run.cache, val_idx, run.adapter.normalise, tta, cfg.predict.batch_size,
-                                  quiet=quiet):
+                                  quiet=quiet, scales=cfg.predict.scales):  # as predict: TTA × scales
         out[pos:pos + len(batch.probs)] = batch.probs
         pos += len(batch.probs)
         if batch.label is not None:
