@@ -239,6 +239,11 @@ def test_rounds_are_refused_when_missing_empty_own_or_changed(rounds, tmp_path, 
     assert code == 0 and "replacing" in out, err
     rewritten = json.loads((runs / "demo" / "pseudo" / "round_1" / "report.json").read_text())
     assert rewritten["n_kept"] == report["n_kept"] and rewritten["classes"][0]["kept_empty"] == report["n_kept"]
+    from segkit.runs import open_run_data
+
+    run = open_run_data(load_config("demo", args("name=demo_p1", "train.pseudo=demo/1")[1:]), quiet=True, pseudo=True)
+    assert len(run.training_source(np.arange(3))[1]) == 3 + report["n_kept"]
+    assert run.training_source(np.arange(3), nonempty_only=True)[1].tolist() == [0, 1, 2]  # positive-only models
     code, _, err = cli(capsys, "train", *args("name=demo_p1", "train.pseudo=demo/1"))
     assert_one_line_error(code, err, f"train.pseudo_data: '{report['n_kept']} images, sha1 {report['digest']}' → "
                           f"'{rewritten['n_kept']} images, sha1 {rewritten['digest']}'")
