@@ -151,6 +151,8 @@ class EmaAverager(Averager):
             return  # no step taken yet: the average holds nothing
         self._raw = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
         optimizer.finalize_variable_values(model.trainable_variables)  # public: copies the EMA into the model
+        for var in model.trainable_variables:  # own buffers (on JAX the assign shares the average's array, which
+            var.assign(keras.ops.copy(var))  # an evaluate would then free with the model's)
 
     def _swap_out(self, model) -> None:
         if self._raw is None:
