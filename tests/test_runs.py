@@ -116,9 +116,10 @@ def test_fingerprint_names_what_shapes_the_weights(tmp_path):
     assert json.loads(json.dumps(weight_settings(cfg))) == weight_settings(cfg)
 
 
-MY_MODULES = ("train.py", "postprocess.py", "predict.py", "demo.py", "pipeline.py", "kaggle/runtime.py", "cli/run.py")
+MY_MODULES = ("train.py", "postprocess/chain.py", "postprocess/search.py", "postprocess/tuning.py", "predict.py",
+              "demo.py", "pipeline.py", "kaggle/runtime.py", "cli/run.py", "report.py")
 RUN_FILES = ("best.keras", "last.keras", "done.json", "state.json", "oof.npy", "oof_index.npy", "postprocess.json",
-             "folds.csv", "config.yaml", "history.csv", "metrics.json", "fingerprint.json", "fold_")
+             "folds.csv", "config.yaml", "history.csv", "metrics.json", "fingerprint.json", "fold_", "report.html")
 
 
 @pytest.mark.parametrize("module", MY_MODULES)

@@ -79,6 +79,7 @@ class Report:
     rows: list[Row]
     params: list[dict[str, Any]]
     postprocess_version: int
+    postprocess_file: str = ""
     notes: list[str] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
     gallery: list[GalleryItem] = field(default_factory=list)
@@ -111,7 +112,7 @@ class Report:
             f"<h1>segkit report: {e(self.name)}</h1>",
             f"<p>Metric: {e(self.metric or 'the competition metric')} — per class, mean over classes. "
             f"Folds, models and the ensemble at threshold {PLAIN}; then each post-processing step in chain order "
-            f"(postprocess.json version {self.postprocess_version}).</p>",
+            f"({e(self.postprocess_file)} version {self.postprocess_version}).</p>",
             "<h2>Ablation on out-of-fold predictions</h2>",
             _html_table(["stage", "score", *self.classes, "note"],
                         [[r.label, _num(r.score), *(_num(v) for v in _pad(r.per_class, len(self.classes))), r.note]
@@ -149,7 +150,7 @@ def check_trained(cfg: Config) -> RunDir:
     rd = RunDir.of(cfg)
     tags = model_tags(cfg)
     folds = [rd.fold(t, k) for t in tags for k in range(cfg.train.folds)]
-    missing = [f"{f.tag}/fold_{f.k}" for f in folds if not f.is_done()]
+    missing = [f.path.relative_to(rd.path).as_posix() for f in folds if not f.is_done()]
     if len(missing) == len(folds):
         raise TrainingError(f"{rd.path}: run not trained yet (no finished fold); run `segkit train CONFIG` first")
     if missing:
@@ -173,7 +174,7 @@ def build_report(cfg: Config, run: RunData | None = None, curves: bool = True, w
     n, masks = len(run.samples), run.cache.masks
     sub_h, sub_w = adapter.submission_size(run.samples[0])
     area_scale = (masks.shape[1] * masks.shape[2]) / float(sub_h * sub_w)  # min_area is in submission pixels
-    report = Report(cfg.name, str(pp.get("metric", "")), classes, [], _params(pp), version)
+    report = Report(cfg.name, str(pp.get("metric", "")), classes, [], _params(pp), version, rd.postprocess.name)
     report.rows += _fold_rows(cfg, run)
 
     plain: list[float] = []
@@ -202,7 +203,7 @@ def build_report(cfg: Config, run: RunData | None = None, curves: bool = True, w
         recorded = _float(pp.get("oof_score_tuned"))
         again = float(np.mean(chained))
         if recorded is not None and abs(again - recorded) > 1e-6:
-            report.notes.append(f"the chain re-applied to today's OOF scores {again:.4f}, postprocess.json records "
+            report.notes.append(f"the chain re-applied to today's OOF scores {again:.4f}, {rd.postprocess.name} records "
                                 f"{recorded:.4f}: the OOF or the file changed since tuning (run `segkit tune CONFIG`)")
         report.gallery = _gallery(cfg, run, pp, per_image, worst, area_scale)
     return report
@@ -440,14 +441,14 @@ def pseudo_rows(cfg: Config, pp: dict[str, Any]) -> list[Row]:
     """The pseudo-label round: when this run trained on one (train.pseudo), its score with what the round kept
     and, when the run the round came from is tuned, that run's score as the baseline; when rounds were written
     from this run (runs/<name>/pseudo/round_<r>), what each kept. Nothing when there is no round."""
-    from segkit.runs import PseudoRoundDir, pseudo_round_of
+    from segkit.runs import pseudo_round_of
 
     rows = []
     used = pseudo_round_of(cfg) if getattr(cfg.train, "pseudo", None) else None
     if used is not None and used.is_complete():
         data = used.read_report()
         note = _kept(data)
-        source = RunDir(used.path.parent.parent)
+        source = used.source
         if source.postprocess.is_file() and source.path != RunDir.of(cfg).path:
             base = _float(source.read_postprocess().get("oof_score_tuned"))
             mine = _float(pp.get("oof_score_tuned"))
@@ -456,10 +457,8 @@ def pseudo_rows(cfg: Config, pp: dict[str, Any]) -> list[Row]:
         rows.append(Row("pseudo", f"+ pseudo-label round {data.get('round', used.round)}",
                         _float(pp.get("oof_score_tuned")), [_float(c.get("oof_score_tuned")) for c in pp["classes"]],
                         note))
-    folder = RunDir.of(cfg).pseudo
-    for path in sorted(folder.glob("round_*"), key=lambda p: PseudoRoundDir(p).round or 0) if folder.is_dir() else []:
-        rnd = PseudoRoundDir(path)
-        if rnd.round is None or not rnd.is_complete():
+    for rnd in RunDir.of(cfg).pseudo_rounds():
+        if not rnd.is_complete():
             continue
         try:
             data = rnd.read_report()

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pseudo)
 
     p = sub.add_parser("report", help="ablation report of a trained run: OOF score per fold, model, ensemble and "
-                       "post-processing step -> runs/<name>/report.html (self-contained) and the same table")
+                       "post-processing step -> one self-contained HTML page in the run folder, and the same table")
     add_config_args(p)
     p.add_argument("--worst", type=int, default=8, metavar="N",
                    help="how many of the worst OOF images the gallery shows (default 8; 0: none)")
