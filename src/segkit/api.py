@@ -395,7 +395,7 @@ class Run:
             adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
             classes, normalise = list(adapter.classes), adapter.normalise
         except DataError:
-            n_out = int(loaded[0].output_shape[-1])
+            n_out = int(loaded[0].outputs[0].shape[-1])  # the mask output (first of two with a head)
             known = list(adapter_class(cfg.data.competition).classes)
             classes, normalise = (known if len(known) == n_out else [f"class_{c}" for c in range(n_out)]), None
         postprocess = None
