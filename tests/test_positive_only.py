@@ -96,7 +96,9 @@ def test_predict_with_scales_weights_and_roles(trained, capsys):
                                           "postprocess.tune=false"))
     path = predict(cfg)
     assert path.is_file()
-    assert "3 test samples × 4 checkpoints × 1 TTA × 2 scales" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 test samples × 4 checkpoints × 1 TTA × 2 scales" in out
+    assert "ensemble: full ×1, pos ×2 (positive-only: masks, not the gate)" in out
 
 
 def test_positive_only_shapes_the_weights(trained):

@@ -55,14 +55,15 @@ def scaled_size(model, size: tuple[int, int], scale: float) -> tuple[int, int]:
     rounded to a multiple of the model's size step (`size_step`), at least one step."""
     if scale == 1.0:
         return int(size[0]), int(size[1])
-    step = size_step(model, size)
+    step = size_step(model)
     return tuple(max(step, int(round(s * scale / step)) * step) for s in size)  # type: ignore[return-value]
 
 
-def size_step(model, size: tuple[int, int] | None = None) -> int:
+def size_step(model) -> int:
     """What a model's input height and width must be multiples of: the largest down-sampling from its input to
-    any of its feature maps (nested backbones included), as a power of two that divides the size it was built
-    for (U-Net depth 4: 16; the encoder U-Nets: 32). A model built without a fixed size: 32."""
+    any of its feature maps (nested backbones included; 1×1 maps of global pooling left out), as a power of two
+    that divides the size it was built for (U-Net depth 4: 16; the encoder U-Nets: 32). A model built without a
+    fixed size: 32."""
     import math
 
     h, w = model.input_shape[1:3]
@@ -74,8 +75,8 @@ def size_step(model, size: tuple[int, int] | None = None) -> int:
             shape = tuple(layer.output.shape)
         except (AttributeError, ValueError, RuntimeError):  # shared layers, layers without one output
             continue
-        if len(shape) == 4 and shape[1] and shape[2] and shape[1] < h:
-            factor = max(factor, 2 ** round(math.log2(h / shape[1])))
+        if len(shape) == 4 and shape[1] and shape[2] and shape[1] < h and (shape[1], shape[2]) != (1, 1):
+            factor = max(factor, 2 ** round(math.log2(h / shape[1])))  # 1×1: a global pooling (squeeze-excite)
     both = math.gcd(int(h), int(w))
     return max(1, min(factor, both & -both))  # & -: the largest power of two dividing both sides
 
@@ -266,6 +267,9 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
                     quiet=quiet, with_masks=False)
     if not quiet:
         print(f"[predict] post-processing: {chain.source}", flush=True)
+        if len(set(m.weight for m in members.values())) > 1 or any(m.positive_only for m in members.values()):
+            print("[predict] ensemble: " + ", ".join(f"{m.tag} ×{m.weight:g}" + (" (positive-only: masks, not the "
+                  "gate)" if m.positive_only else "") for m in members.values()), flush=True)
 
     def rows() -> Iterator[tuple[str, str]]:
         index = np.arange(len(samples))
