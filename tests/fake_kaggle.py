@@ -64,7 +64,15 @@ class FakeKaggle:
         self.log = "kernel log line 1\nkernel log line 2\n"
         self.uploads: dict[str, bytes] = {}
         self.submission_states: list[dict] = [{"status": "PENDING"}, {"status": "COMPLETE", "publicScore": "0.8765"}]
-        self.versions: dict[str, int] = {}
+        self.versions: dict[str, int] = {}  # "owner/slug" -> current version (GetKernel; SaveKernel adds one)
+        self.pushed: dict[str, list[dict]] = {}  # "owner/slug" -> every SaveKernel body, one per version
+        self.logs: dict[str, str] = {}  # kernel slug -> its log (default `log`)
+        self.version_files: dict[int, dict[str, Reply]] = {}  # version -> output name -> reply (DownloadKernelOutput)
+        self.data_files: dict[str, bytes] = {}  # competition data file name -> bytes (ListDataFiles/DownloadDataFile)
+        self.submissions: list[dict] = []  # created submissions, newest first (ListSubmissions)
+        self.next_ref = {"file": 4242, "code": 4343}
+        self.upload_names: dict[str, str] = {}  # upload token -> the file name StartSubmissionUpload gave
+        self.after: dict[str, list[Reply]] = {}  # call -> replies sent AFTER executing it (executed, then 5xx)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -85,6 +93,11 @@ class FakeKaggle:
         """Answer the next calls of `Service/Method` (e.g. 'KernelsApiService/SaveKernel') with `replies`."""
         self.scripts.setdefault(call, []).extend(replies)
 
+    def fail_after(self, call: str, *replies: Reply) -> None:
+        """Execute the next calls of `call` as usual, then answer `replies` instead of the result (the request
+        reached Kaggle, the answer did not reach the client)."""
+        self.after.setdefault(call, []).extend(replies)
+
     def calls(self, call: str) -> list[Received]:
         """Every request whose `service.Service/Method` (or path) ends with `call`, in order."""
         return [r for r in self.received if r.call.endswith(call)]
@@ -100,15 +113,28 @@ class FakeKaggle:
         if req.method == "PUT" and req.path.startswith("/upload/"):
             self.uploads[req.path.rsplit("/", 1)[1]] = req.body
             return Reply(200, {})
+        if req.method == "GET" and req.path.startswith("/files/v"):
+            version, name = req.path[len("/files/v"):].split("/", 1)
+            return self.version_files.get(int(version), {}).get(name, Reply(404, {"code": 404, "message": "no such file"}))
         if req.method == "GET" and req.path.startswith("/files/"):
             name = req.path[len("/files/"):]
             return self.files.get(name, Reply(404, {"code": 404, "message": "no such file"}))
+        if req.method == "GET" and req.path.startswith("/data/"):
+            name = req.path[len("/data/"):]
+            if name not in self.data_files:
+                return Reply(404, {"code": 404, "message": "no such data file"})
+            return Reply(200, raw=self.data_files[name], content_type="application/octet-stream")
         if not self.authorised(req):
             return Reply(401, {"code": 401, "message": "Unauthenticated"})
         handler = getattr(self, "do_" + req.call.split("/")[-1], None)
         if handler is None:
             return Reply(404, {"code": 404, "message": f"unknown call {req.call}"})
-        return handler(req.json)
+        reply = handler(req.json)
+        with self.lock:
+            after = next((q for key, q in self.after.items() if req.call.endswith(key) and q), None)
+            if after:
+                return after.pop(0)
+        return reply
 
     def authorised(self, req: Received) -> bool:
         auth = req.headers.get("Authorization", "")
@@ -122,8 +148,29 @@ class FakeKaggle:
     def do_SaveKernel(self, body: dict) -> Reply:
         slug = body.get("slug", "")
         self.versions[slug] = self.versions.get(slug, 0) + 1
+        self.pushed.setdefault(slug, []).append(body)
         path = "/code/" + slug
         return Reply(200, {"ref": path, "url": self.url + path, "versionNumber": self.versions[slug]})
+
+    def do_GetKernel(self, body: dict) -> Reply:
+        kernel = f"{body.get('userName', '')}/{body.get('kernelSlug', '')}"
+        if kernel not in self.versions:
+            return Reply(404, {"code": 404, "message": "Kernel not found"})
+        last = (self.pushed.get(kernel) or [{}])[-1]
+        return Reply(200, {"metadata": {"ref": kernel, "slug": body.get("kernelSlug"), "title": last.get("newTitle", ""),
+                                        "currentVersionNumber": self.versions[kernel]},
+                           "blob": {"source": last.get("text", "")}})
+
+    def do_DownloadKernelOutput(self, body: dict) -> Reply:
+        version = body.get("versionNumber")
+        where = f"/files/v{version}/" if version else "/files/"
+        return Reply(302, {}, {"Location": self.url + where + body.get("filePath", "")})
+
+    def do_ListDataFiles(self, body: dict) -> Reply:
+        return Reply(200, {"files": [{"ref": n, "name": n, "totalBytes": len(b)} for n, b in self.data_files.items()]})
+
+    def do_DownloadDataFile(self, body: dict) -> Reply:
+        return Reply(302, {}, {"Location": f"{self.url}/data/{body.get('fileName', '')}"})
 
     def do_GetKernelSessionStatus(self, body: dict) -> Reply:
         states = self.kernel_states.get(body.get("kernelSlug", ""), [("COMPLETE", "")])
@@ -137,7 +184,8 @@ class FakeKaggle:
         names = sorted(self.files)
         half = (len(names) + 1) // 2  # two pages when there are two files or more
         if not body.get("pageToken"):
-            return Reply(200, {"files": [self._file(n) for n in names[:half]], "log": self.log,
+            log = self.logs.get(body.get("kernelSlug", ""), self.log)
+            return Reply(200, {"files": [self._file(n) for n in names[:half]], "log": log,
                                **({"nextPageToken": "page2"} if names[half:] else {})})
         return Reply(200, {"files": [self._file(n) for n in names[half:]]})
 
@@ -145,19 +193,35 @@ class FakeKaggle:
         return {"url": f"{self.url}/files/{name}", "fileName": name}
 
     def do_StartSubmissionUpload(self, body: dict) -> Reply:
+        self.upload_names["blobtoken1"] = body.get("fileName", "")
         return Reply(200, {"token": "blobtoken1", "createUrl": f"{self.url}/upload/blobtoken1"})
 
+    def _create(self, kind: str, body: dict) -> Reply:
+        ref = self.next_ref[kind]
+        self.next_ref[kind] += 1
+        self.submissions.insert(0, {"ref": ref, "description": body.get("submissionDescription", ""),
+                                    "fileName": body.get("fileName") or self.upload_names.get(
+                                        body.get("blobFileTokens", ""), "submission.csv"),
+                                    "states": [dict(s) for s in self.submission_states]})
+        return Reply(200, {"message": "Successfully submitted", "ref": ref})
+
     def do_CreateSubmission(self, body: dict) -> Reply:
-        return Reply(200, {"message": "Successfully submitted", "ref": 4242})
+        return self._create("file", body)
 
     def do_CreateCodeSubmission(self, body: dict) -> Reply:
-        return Reply(200, {"message": "Successfully submitted", "ref": 4343})
+        return self._create("code", body)
 
     def do_ListSubmissions(self, body: dict) -> Reply:
-        ref = 4343 if self.calls("CompetitionApiService/CreateCodeSubmission") else 4242
-        state = self.submission_states.pop(0) if len(self.submission_states) > 1 else self.submission_states[0]
-        older = {"ref": 1, "status": "COMPLETE", "publicScore": "0.1"}
-        return Reply(200, {"submissions": [{"ref": ref, **state}, older]})
+        """Every created submission (newest first), each moving through `submission_states` as it is listed,
+        then an older scored one."""
+        listed = []
+        for sub in self.submissions:
+            states = sub["states"]
+            state = states.pop(0) if len(states) > 1 else states[0]
+            listed.append({"ref": sub["ref"], "description": sub["description"], "fileName": sub["fileName"],
+                           **state})
+        older = {"ref": 1, "status": "COMPLETE", "publicScore": "0.1", "description": "old"}
+        return Reply(200, {"submissions": [*listed, older]})
 
 
 def _handler(fake: FakeKaggle):
@@ -226,7 +290,12 @@ def fake_kaggle():
 
 @pytest.fixture
 def kaggle_env(fake_kaggle, monkeypatch, tmp_path):
-    """The real client pointed at the fake server, with the fake legacy key in kaggle.json (mode 600)."""
+    """The real client pointed at the fake server, with the fake legacy key in kaggle.json (mode 600), run in a
+    fresh working folder with a fresh download cache."""
     cfg_dir = isolate_kaggle_env(monkeypatch, tmp_path, fake_kaggle.url)
     write_kaggle_json(cfg_dir)
+    work = tmp_path / "work"  # run folders (and their Kaggle state) of relative runs_dir land here
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("SEGKIT_CACHE_DIR", str(tmp_path / "segkit-cache"))
     return fake_kaggle

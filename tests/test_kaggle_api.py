@@ -237,7 +237,7 @@ def test_submit_uploads_the_exact_bytes_and_waits_for_the_score(kaggle_env, tmp_
     (create,) = kaggle_env.calls(CREATE)
     assert create.json == {"competitionName": "some-seg-comp", "blobFileTokens": "blobtoken1",
                            "submissionDescription": "fold ensemble v1"}
-    assert len(kaggle_env.calls(LIST)) == 2  # PENDING, then COMPLETE
+    assert len(kaggle_env.calls(LIST)) == 3  # the refs before submitting, then PENDING, COMPLETE
     assert "score: public 0.8765" in out
     assert FAKE_KEY not in out + err
 
@@ -247,7 +247,7 @@ def test_submit_refuses_an_invalid_file_before_any_call(kaggle_env, tmp_path, ca
     rc = main(["submit", "--competition", "some-seg-comp", "--format", "cloud38", str(sub), "-m", "x"])
     assert rc == 1
     assert "not a valid cloud38 submission; not submitted" in capsys.readouterr().err
-    assert kaggle_env.received == []
+    assert [r.call for r in kaggle_env.received] == ["competitions.CompetitionApiService/ListDataFiles"]
 
 
 def test_submit_403_says_accept_the_rules(kaggle_env, tmp_path, capsys):
@@ -281,8 +281,10 @@ def test_code_competition_submits_the_kernel_after_validating_its_output(kaggle_
     cfg = tmp_path / "code.yaml"
     cfg.write_text(yaml.safe_dump({"name": "unit", "data": {"competition": "cloud38"}, "kaggle": {
         **KAGGLE, "code_competition": True, "poll_seconds": 0.01, "backoff_seconds": 0.01}}))
-    kaggle_env.files["submission.csv"] = Reply(200, raw=b"id,EncodedPixels\na,1 5\n", content_type="text/csv")
-    kaggle_env.files["other.txt"] = Reply(200, raw=b"never fetched", content_type="text/plain")
+    kaggle_env.version_files[7] = {"submission.csv": Reply(200, raw=b"id,EncodedPixels\na,1 5\n",
+                                                           content_type="text/csv"),
+                                   "other.txt": Reply(200, raw=b"never fetched", content_type="text/plain")}
+    kaggle_env.versions[f"{FAKE_USER}/segkit-unit-test-infer"] = 7
     rc = main(["submit", "--config", str(cfg), "-m", "code sub", "--version", "7"])
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -290,11 +292,12 @@ def test_code_competition_submits_the_kernel_after_validating_its_output(kaggle_
     assert code.json == {"competitionName": "some-seg-comp", "kernelOwner": FAKE_USER,
                          "kernelSlug": "segkit-unit-test-infer", "kernelVersion": 7,
                          "fileName": "submission.csv", "submissionDescription": "code sub"}
-    assert [r.path for r in kaggle_env.received if r.method == "GET"] == ["/files/submission.csv"]
+    assert [r.path for r in kaggle_env.received if r.method == "GET"] == ["/files/v7/submission.csv"]
     assert kaggle_env.calls(START) == []
     assert "score: public 0.8765" in out
 
-    kaggle_env.files["submission.csv"] = Reply(200, raw=b"wrong,header\na,1 5\n", content_type="text/csv")
+    kaggle_env.versions[f"{FAKE_USER}/segkit-unit-test-infer"] = 8  # the latest version's output is checked
+    kaggle_env.version_files[8] = {"submission.csv": Reply(200, raw=b"wrong,header\na,1 5\n", content_type="text/csv")}
     assert main(["submit", "--config", str(cfg), "-m", "code sub"]) == 1
     assert "not submitted" in capsys.readouterr().err
     assert len(kaggle_env.calls(CODE)) == 1

@@ -298,6 +298,26 @@ class RunDir:
         """The folder of the run's pseudo-label rounds."""
         return self.path / "pseudo"
 
+    @property
+    def kaggle(self) -> Path:
+        """The run's Kaggle state: what was pushed and submitted (reruns resume from it) and kernel logs."""
+        return self.path / "kaggle"
+
+    @property
+    def kaggle_pushes(self) -> Path:
+        """Kernel versions pushed by `segkit kernel push-folds` (a rerun waits on them instead of pushing)."""
+        return self.kaggle / "pushes.json"
+
+    @property
+    def kaggle_submissions(self) -> Path:
+        """Submissions made by `segkit submit` (a rerun waits on them instead of submitting)."""
+        return self.kaggle / "submissions.json"
+
+    @property
+    def kaggle_logs(self) -> Path:
+        """Logs of the run's kernels that failed on Kaggle."""
+        return self.kaggle / "logs"
+
     def pseudo_round(self, r: int) -> PseudoRoundDir:
         return PseudoRoundDir(self.pseudo / f"{_ROUND_PREFIX}{int(r)}")
 

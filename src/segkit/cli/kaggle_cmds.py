@@ -51,21 +51,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-infer", action="store_true", help="do not build/push the inference kernel")
     p.add_argument("--dry-run", action="store_true", help="build and validate only; push nothing")
     p.add_argument("--no-wait", action="store_true",
-                   help="push the fold kernels and return; push the inference kernel later yourself")
+                   help="push the fold kernels and return; rerun later to wait and push the inference kernel")
+    p.add_argument("--again", action="store_true",
+                   help="push new versions even of kernels an earlier run of this command pushed already")
     p.set_defaults(func=_push_folds)
 
-    p = sub.add_parser("submit", help="validate a submission, upload it, wait for its score")
+    p = ksub.add_parser("wheels", help="download the wheels of segkit's dependencies missing from a Kaggle image, "
+                                       "ready to upload as a dataset the kernels install from")
+    p.add_argument("--out", required=True, help="folder to download the wheels into (upload it as a dataset)")
+    p.add_argument("--image", metavar="FILE",
+                   help="the Kaggle image's package list (`pip list --format=freeze` run in a Kaggle notebook); "
+                        "without it every dependency is downloaded")
+    p.add_argument("--python-version", default="3.11", help="the Kaggle image's Python (default 3.11)")
+    p.add_argument("--platform", action="append", default=None,
+                   help="wheel platform tag(s) of the Kaggle image (default manylinux x86_64); repeatable")
+    p.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `pip download` (e.g. --pip-arg=--index-url=URL); repeatable")
+    p.set_defaults(func=_wheels)
+
+    p = sub.add_parser("submit", help="validate a submission, upload it, wait for its score (a rerun resumes)")
     p.add_argument("submission", nargs="?", help="submission CSV (not for code competitions)")
     p.add_argument("--competition", required=False, help="Kaggle competition slug (default kaggle.competition)")
-    p.add_argument("-m", "--message", required=True, help="submission description")
+    p.add_argument("-m", "--message", help="submission description (required to submit)")
     p.add_argument("--format", help="segkit adapter whose rules the file must follow (default: from the slug "
                                     "or the config)")
-    p.add_argument("--sample", help="the competition's sample_submission.csv, to check ids and their order")
+    p.add_argument("--sample", help="the competition's sample_submission.csv, to check ids and their order "
+                                    "(default: fetched through the API and cached)")
+    p.add_argument("--no-sample", action="store_true", help="do not check ids against a sample submission")
+    p.add_argument("--again", action="store_true",
+                   help="submit even when an earlier run already submitted this file / kernel version")
+    p.add_argument("--wait", type=int, metavar="REF", dest="wait_ref",
+                   help="only wait for the score of submission REF (see segkit submissions)")
     p.add_argument("--config", help="run config: kaggle.competition, code_competition, kernel, retries")
     p.add_argument("--kernel", metavar="OWNER/SLUG", help="code competition: submit this kernel's output")
     p.add_argument("--version", type=int, help="code competition: kernel version (default: latest)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the score")
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("submissions", help="a competition's recent submissions with status and scores")
+    p.add_argument("--competition", help="Kaggle competition slug (default kaggle.competition)")
+    p.add_argument("--config", help="run config: kaggle.competition, retries")
+    p.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    p.set_defaults(func=_submissions)
 
 
 def _config_with_overrides(p: argparse.ArgumentParser) -> None:
@@ -134,20 +161,69 @@ def _push_folds(args) -> int:
 
     result = workflows.push_folds(_load(args.config[0], args.config[1:]), folds=args.folds, owner=args.owner,
                                   out_dir=args.out, infer=not args.no_infer, dry_run=args.dry_run,
-                                  wait=not args.no_wait, **_say(args))
-    if result.infer_pending:
-        print(f"when the fold kernels are COMPLETE, run: segkit kernel push {result.infer_kernel.folder}")
+                                  wait=not args.no_wait, again=args.again, **_say(args))
+    if result.infer_pending and not args.dry_run and not result.missing_folds:
+        print("rerun the same command to wait for the fold kernels and push the inference kernel")
     return 0
 
 
 def _submit(args) -> int:
     from segkit.kaggle import workflows
 
-    done = workflows.submit(_load(args.config), args.submission, message=args.message,
-                            competition=args.competition, fmt=args.format, sample=args.sample, kernel=args.kernel,
-                            version=args.version, wait=not args.no_wait, **_say(args))
+    cfg = _load(args.config)
+    if args.wait_ref is not None:
+        competition = _competition(args, cfg)
+        _print_score(workflows.wait_for_submission(competition, args.wait_ref, cfg=cfg, **_say(args)))
+        return 0
+    if not args.message:
+        raise KaggleError("submit: give a description with -m MESSAGE")
+    done = workflows.submit(cfg, args.submission, message=args.message,
+                            competition=args.competition, fmt=args.format, sample=args.sample,
+                            use_sample=not args.no_sample, kernel=args.kernel, version=args.version,
+                            wait=not args.no_wait, again=args.again, **_say(args))
     if done.scored is not None:
-        sub = done.scored
-        print(f"score: public {sub.public_score}"
-              + (f", private {sub.private_score}" if sub.private_score not in (None, "") else ""))
+        _print_score(done.scored)
+    return 0
+
+
+def _competition(args, cfg) -> str:
+    from segkit.kaggle.config import kaggle_config
+
+    competition = args.competition or (kaggle_config(cfg).competition if cfg is not None else "")
+    if not competition:
+        raise KaggleError(f"{args.command}: no competition; pass --competition SLUG or set kaggle.competition")
+    return competition
+
+
+def _print_score(sub) -> None:
+    print(f"score: public {sub.public_score}"
+          + (f", private {sub.private_score}" if sub.private_score not in (None, "") else ""))
+
+
+def _submissions(args) -> int:
+    from segkit.kaggle import workflows
+
+    cfg = _load(args.config)
+    competition = _competition(args, cfg)
+    subs = workflows.submissions(competition, cfg=cfg)[:max(args.n, 0)]
+    if not subs:
+        print(f"no submissions to {competition}")
+        return 0
+    rows = [("ref", "status", "public", "private", "date", "description")]
+    rows += [(str(s.ref), s.status, s.public_score or "", s.private_score or "", s.date or "",
+              (s.description or "") + (f"  [{s.error_description}]" if s.error_description else "")) for s in subs]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    return 0
+
+
+def _wheels(args) -> int:
+    from segkit.kaggle import deps
+
+    got = deps.download_wheels(args.out, image=args.image, python_version=args.python_version,
+                               platforms=args.platform, pip_args=args.pip_arg,
+                               progress=lambda line: print(line, flush=True))
+    print(f"{len(got)} wheels in {args.out}: upload the folder as a Kaggle dataset (kaggle datasets create -p "
+          f"{args.out}) and add it to kaggle.dataset_sources; the kernels install from it without internet")
     return 0

@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,19 @@ class KernelStatus:
     failure_message: str = ""
 
 
+class KernelFailed(KaggleError):
+    """A kernel's run ended with ERROR or was cancelled."""
+
+    def __init__(self, kernel: str, status: "KernelStatus") -> None:
+        super().__init__(f"kernel {kernel} ended with {status.state}: {status.failure_message or 'no message'}")
+        self.kernel = kernel
+        self.status = status
+
+
+class Stopped(KaggleError):
+    """A wait given up because another one failed."""
+
+
 @dataclass
 class Submission:
     """One competition submission as ListSubmissions reports it."""
@@ -54,6 +69,7 @@ class Submission:
     error_description: str | None = None
     description: str | None = None
     file_name: str | None = None
+    date: str | None = None
 
 
 @dataclass
@@ -137,12 +153,22 @@ class KaggleClient:
 
     # --- retries and error translation ------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable, *args, context: str = "", **kwargs) -> Any:
-        """Run fn, retrying 429 / 5xx / connection failures with capped backoff; explain the rest."""
+    def _call(self, what: str, fn: Callable, *args, context: str = "",
+              executed: Callable[[], Any] | None = None, **kwargs) -> Any:
+        """Run fn, retrying 429 / 5xx / connection failures with capped backoff; explain the rest.
+
+        A call that is not idempotent (a push, a submission) gives `executed`: after a failure whose request
+        may have reached Kaggle, it is asked first, and what it returns (not None) is taken as the call's
+        result instead of sending the request again."""
         import requests
 
         last: Exception | None = None
         for attempt in range(self.retry.attempts + 1):
+            if attempt and executed is not None:
+                done = executed()
+                if done is not None:
+                    log.warning("%s: the failed request had reached Kaggle; not sent again", what)
+                    return done
             try:
                 return fn(*args, **kwargs)
             except requests.HTTPError as exc:
@@ -152,6 +178,8 @@ class KaggleClient:
                     if attempt < self.retry.attempts:
                         self._wait(what, f"HTTP {code}", attempt, retry_after)
                         continue
+                    if executed is not None and (done := executed()) is not None:
+                        return done
                     raise KaggleError(
                         f"{what}: Kaggle answered HTTP {code} {attempts(attempt + 1)}"
                         f"{': ' + message if message else ''}; try again later"
@@ -162,6 +190,8 @@ class KaggleClient:
                 if attempt < self.retry.attempts:
                     self._wait(what, "network failure", attempt, None)
                     continue
+                if executed is not None and (done := executed()) is not None:
+                    return done
                 raise KaggleError(
                     f"{what}: cannot reach Kaggle ({type(exc).__name__}) {attempts(attempt + 1)}; "
                     "check the network connection"
@@ -178,13 +208,28 @@ class KaggleClient:
 
     # --- kernels ----------------------------------------------------------------------------
 
-    def push(self, folder: str | Path) -> PushResult:
-        """Push a kernel folder (kernel-metadata.json + its code_file); KaggleError when Kaggle refuses it
-        or any source is invalid (the kaggle CLI exits 0 in both cases)."""
+    def push(self, folder: str | Path, before: int | None = None) -> PushResult:
+        """Push a kernel folder (kernel-metadata.json + its code_file) with its session timeout; KaggleError
+        when Kaggle refuses it or any source is invalid (the kaggle CLI exits 0 in both cases).
+
+        `before` is the kernel's current version before this push (asked when not given): a push whose answer
+        was lost is recognised by a newer version on Kaggle and never sent twice."""
         folder = Path(folder)
         meta = json.loads((folder / "kernel-metadata.json").read_text())
+        kernel = str(meta.get("id"))
+        if before is None:
+            before = self.current_version(kernel)
+        timeout = meta.get("session_timeout_seconds") or self.kc.session_timeout_seconds
+
+        def executed() -> PushResult | None:
+            version = self.current_version(kernel)
+            return PushResult(kernel, "", version) if version > before else None
+
         with contextlib.redirect_stdout(io.StringIO()):
-            resp = self._call(f"push {meta.get('id')}", self.api.kernels_push, str(folder), context="kernel")
+            resp = self._call(f"push {kernel}", self.api.kernels_push, str(folder),
+                              timeout=str(int(timeout)) if timeout else None, context="kernel", executed=executed)
+        if isinstance(resp, PushResult):
+            return resp
         if getattr(resp, "error", None):
             raise KaggleError(f"push {meta.get('id')}: Kaggle refused the kernel: {resp.error}")
         bad = []
@@ -198,6 +243,29 @@ class KaggleClient:
                 "fix kaggle.*_sources in the config (competitions need their rules accepted on the website)"
             )
         return PushResult(str(resp.ref or meta.get("id")), str(resp.url or ""), resp.version_number)
+
+    def current_version(self, kernel: str) -> int:
+        """The kernel's current version number on Kaggle; 0 when it does not exist (yet)."""
+        import requests
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        owner, slug = split_kernel(kernel)
+        req = ApiGetKernelRequest()
+        req.user_name, req.kernel_slug = owner, slug
+
+        def call():
+            try:
+                with self.sdk() as kaggle:
+                    return kaggle.kernels.kernels_api_client.get_kernel(req)
+            except requests.HTTPError as exc:
+                if _http_details(exc)[0] == 404:
+                    return None
+                raise
+
+        resp = self._call(f"version of {kernel}", call, context="kernel")
+        if resp is None or resp.metadata is None:
+            return 0
+        return int(resp.metadata.current_version_number or 0)
 
     def status(self, kernel: str) -> KernelStatus:
         """The kernel's latest session state."""
@@ -215,26 +283,60 @@ class KaggleClient:
         state = getattr(resp.status, "name", str(resp.status))
         return KernelStatus(state, resp.failure_message or "")
 
-    def wait(self, kernel: str, on_poll: Callable[[KernelStatus], None] | None = None) -> KernelStatus:
-        """Poll the kernel until it finishes; KaggleError with the failure message on ERROR or cancel, or
-        when timeout_minutes pass."""
+    def wait(self, kernel: str, on_poll: Callable[[KernelStatus], None] | None = None,
+             stop: threading.Event | None = None) -> KernelStatus:
+        """Poll the kernel until it finishes; KernelFailed with the failure message on ERROR or cancel,
+        KaggleError when timeout_minutes pass (Stopped once `stop` is set)."""
 
         def finished(st: KernelStatus) -> bool:
             if st.state in DONE_STATES and st.state != "COMPLETE":
-                raise KaggleError(f"kernel {kernel} ended with {st.state}: {st.failure_message or 'no message'}")
+                raise KernelFailed(kernel, st)
             return st.state == "COMPLETE"
 
         return self.poll(lambda: self.status(kernel), finished, on_poll,
-                         lambda st: f"kernel {kernel} still {st.state} after {self.kc.timeout_minutes:g} minutes")
+                         lambda st: f"kernel {kernel} still {st.state} after {self.kc.timeout_minutes:g} minutes",
+                         stop=stop)
+
+    def wait_all(self, kernels: list[str],
+                 on_poll: Callable[[str], Callable[[KernelStatus], None] | None] | None = None) -> dict[str, KernelStatus]:
+        """Poll every kernel at once (one thread each) until all complete; the first failure (ERROR, cancel,
+        timeout) is raised as soon as it is seen, and the other waits stop."""
+        if len(kernels) <= 1:
+            return {k: self.wait(k, on_poll(k) if on_poll else None) for k in kernels}
+        stop = threading.Event()
+        done: queue.Queue = queue.Queue()
+
+        def work(kernel: str) -> None:
+            try:
+                done.put((kernel, self.wait(kernel, on_poll(kernel) if on_poll else None, stop=stop), None))
+            except BaseException as exc:  # handed to the waiting thread
+                done.put((kernel, None, exc))
+
+        self.api  # connect once, before the threads share the client
+        for kernel in kernels:
+            threading.Thread(target=work, args=(kernel,), name=f"segkit poll {kernel}", daemon=True).start()
+        results: dict[str, KernelStatus] = {}
+        try:
+            while len(results) < len(kernels):
+                kernel, status, exc = done.get()
+                if exc is not None:
+                    raise exc
+                results[kernel] = status
+        finally:
+            stop.set()
+        return {k: results[k] for k in kernels}
 
     def poll(self, fetch: Callable[[], T | None], finished: Callable[[T], bool],
-             on_poll: Callable[[T], None] | None, timeout_message: Callable[[T | None], str]) -> T:
+             on_poll: Callable[[T], None] | None, timeout_message: Callable[[T | None], str],
+             stop: threading.Event | None = None) -> T:
         """Call fetch until `finished` accepts what it returns (it raises on failure; None means not there
         yet), waiting poll_seconds, then 1.5 times longer each time up to max_backoff_seconds; KaggleError
         with timeout_message(last) once timeout_minutes have passed."""
         interval = self.kc.poll_seconds
         deadline = self.clock() + 60 * self.kc.timeout_minutes
         while True:
+            if stop is not None and stop.is_set():
+                raise Stopped("stopped: another wait failed")
             item = fetch()
             if item is not None:
                 if on_poll:
@@ -243,7 +345,10 @@ class KaggleClient:
                     return item
             if self.clock() + interval > deadline:
                 raise KaggleError(timeout_message(item))
-            self.sleep(interval)
+            if stop is not None and self.sleep is time.sleep:
+                stop.wait(interval)
+            else:
+                self.sleep(interval)
             interval = min(interval * 1.5, max(self.kc.poll_seconds, self.kc.max_backoff_seconds))
 
     def output_files(self, kernel: str) -> tuple[list[tuple[str, str]], str]:
@@ -270,6 +375,39 @@ class KaggleClient:
             if not token:
                 return files, log_text
 
+    def kernel_log(self, kernel: str) -> str:
+        """The log of the kernel's latest run, as text (Kaggle's JSON stream records rendered)."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+        owner, slug = split_kernel(kernel)
+        req = ApiListKernelSessionOutputRequest()
+        req.user_name, req.kernel_slug = owner, slug
+
+        def call():
+            with self.sdk() as kaggle:
+                return kaggle.kernels.kernels_api_client.list_kernel_session_output(req)
+
+        return render_log(self._call(f"log of {kernel}", call, context="kernel").log or "")
+
+    def output_file(self, kernel: str, name: str, target: str | Path, version: int | None = None) -> Path:
+        """Download one output file of kernel version `version` (default: the latest run) to target."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiDownloadKernelOutputRequest
+
+        owner, slug = split_kernel(kernel)
+        req = ApiDownloadKernelOutputRequest()
+        req.owner_slug, req.kernel_slug, req.file_path = owner, slug, name
+        if version:
+            req.version_number = int(version)
+        target = Path(target)
+
+        def call():
+            with self.sdk() as kaggle:
+                save_response(kaggle.kernels.kernels_api_client.download_kernel_output(req), target)
+            return target
+
+        which = f" version {version}" if version else ""
+        return self._call(f"output {name} of {kernel}{which}", call, context="output")
+
     def output(self, kernel: str, out_dir: str | Path, pattern: str | None = None) -> list[Path]:
         """Download the kernel's output files (and its log) into out_dir, checking each arrived whole and is
         not an error page; files are written atomically."""
@@ -295,8 +433,48 @@ class KaggleClient:
 
     # --- competitions -----------------------------------------------------------------------
 
-    def submit(self, competition: str, path: str | Path, message: str) -> int:
-        """Upload a submission file (StartSubmissionUpload, PUT the bytes, CreateSubmission); its ref."""
+    def data_files(self, competition: str) -> list[str]:
+        """The names of the competition's data files (every page)."""
+        from kagglesdk.competitions.types.competition_api_service import ApiListDataFilesRequest
+
+        names: list[str] = []
+        token = None
+        while True:
+            req = ApiListDataFilesRequest()
+            req.competition_name = competition
+            if token:
+                req.page_token = token
+
+            def call():
+                with self.sdk() as kaggle:
+                    return kaggle.competitions.competition_api_client.list_data_files(req)
+
+            resp = self._call(f"data files of {competition}", call, context="submit")
+            names += [f.name for f in resp.files or [] if f.name]
+            token = resp.next_page_token
+            if not token:
+                return names
+
+    def download_data_file(self, competition: str, name: str, target: str | Path) -> Path:
+        """Download one data file of the competition to target (atomically, checked)."""
+        from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFileRequest
+
+        req = ApiDownloadDataFileRequest()
+        req.competition_name, req.file_name = competition, name
+        target = Path(target)
+
+        def call():
+            with self.sdk() as kaggle:
+                save_response(kaggle.competitions.competition_api_client.download_data_file(req), target)
+            return target
+
+        return self._call(f"download {name} of {competition}", call, context="submit")
+
+    def submit(self, competition: str, path: str | Path, message: str, before: set[int] | None = None) -> int:
+        """Upload a submission file (StartSubmissionUpload, PUT the bytes, CreateSubmission); its ref.
+
+        `before` are the refs listed before submitting (asked when not given): a CreateSubmission whose answer
+        was lost is found in ListSubmissions (a new ref with this description and file name) and not sent again."""
         import requests
         from kagglesdk.competitions.types.competition_api_service import (
             ApiCreateSubmissionRequest,
@@ -305,6 +483,8 @@ class KaggleClient:
 
         path = Path(path)
         data = path.read_bytes()
+        if before is None:
+            before = {s.ref for s in self.submissions(competition)}
         start = ApiStartSubmissionUploadRequest()
         start.competition_name = competition
         start.file_name = path.name
@@ -326,7 +506,7 @@ class KaggleClient:
                 resp.raise_for_status()
                 raise KaggleError(f"{what}: the upload was answered with HTTP {resp.status_code}")
 
-        self._call(f"{what} (upload)", put, context="submit")
+        self._call(f"{what} (upload)", put, context="upload")
         create = ApiCreateSubmissionRequest()
         create.competition_name = competition
         create.blob_file_tokens = upload.token
@@ -336,11 +516,13 @@ class KaggleClient:
             with self.sdk() as kaggle:
                 return kaggle.competitions.competition_api_client.create_submission(create)
 
-        resp = self._call(what, call_create, context="submit")
-        return self._submitted(what, resp)
+        resp = self._call(what, call_create, context="submit",
+                          executed=lambda: self.find_submission(competition, before, message, path.name))
+        return resp if isinstance(resp, int) else self._submitted(what, resp)
 
-    def submit_code(self, competition: str, kernel: str, version: int | None, file_name: str, message: str) -> int:
-        """Submit a kernel version's output file to a code competition; its ref."""
+    def submit_code(self, competition: str, kernel: str, version: int | None, file_name: str, message: str,
+                    before: set[int] | None = None) -> int:
+        """Submit a kernel version's output file to a code competition; its ref (`before` as for submit)."""
         from kagglesdk.competitions.types.competition_api_service import ApiCreateCodeSubmissionRequest
 
         owner, slug = split_kernel(kernel)
@@ -356,8 +538,21 @@ class KaggleClient:
             with self.sdk() as kaggle:
                 return kaggle.competitions.competition_api_client.create_code_submission(req)
 
+        if before is None:
+            before = {s.ref for s in self.submissions(competition)}
         what = f"submit {kernel} to {competition}"
-        return self._submitted(what, self._call(what, call, context="submit"))
+        resp = self._call(what, call, context="submit",
+                          executed=lambda: self.find_submission(competition, before, message))
+        return resp if isinstance(resp, int) else self._submitted(what, resp)
+
+    def find_submission(self, competition: str, before: set[int], message: str,
+                        file_name: str | None = None) -> int | None:
+        """The ref of a submission not among `before` with this description (and file name), if Kaggle lists one."""
+        for sub in self.submissions(competition):
+            if sub.ref not in before and (sub.description or "") == message and \
+                    (file_name is None or not sub.file_name or sub.file_name == file_name):
+                return sub.ref
+        return None
 
     @staticmethod
     def _submitted(what: str, resp: Any) -> int:
@@ -385,6 +580,7 @@ class KaggleClient:
                 ref=int(s.ref or 0), status=getattr(s.status, "name", str(s.status)),
                 public_score=s.public_score, private_score=s.private_score,
                 error_description=s.error_description, description=s.description, file_name=s.file_name,
+                date=str(s.date) if s.date else None,
             )
             for s in resp.submissions or []
         ]
@@ -410,6 +606,24 @@ class KaggleClient:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+def render_log(raw: str) -> str:
+    """A kernel log as text: Kaggle sends a JSON list of {stream_name, time, data} records; other text is kept."""
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            records = json.loads(text)
+            if isinstance(records, list) and all(isinstance(r, dict) for r in records):
+                return "".join(str(r.get("data", "")) for r in records)
+        except ValueError:
+            pass
+    return raw
+
+
+def log_tail(text: str, lines: int = 30) -> list[str]:
+    """The last `lines` non-empty lines of a log."""
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
 
 def split_kernel(kernel: str) -> tuple[str, str]:
     """owner/slug -> (owner, slug), with the client's rules."""
@@ -454,6 +668,12 @@ def explain(what: str, code: int | None, message: str, context: str) -> str:
     if context == "download":
         return (f"{what}: the file server answered HTTP {code}{detail}; the output links expire, "
                 "run the command again (and check the kernel's latest run finished)")
+    if context == "upload":
+        return (f"{what}: Kaggle's file storage refused the upload (HTTP {code}){detail}; the upload link may "
+                "have expired or been refused: run the same command again (this is not about the rules)")
+    if context == "output" and code == 404:
+        return (f"{what}: not found (HTTP 404){detail}; that kernel version has no such output (let it "
+                "finish: segkit kernel status OWNER/SLUG --wait; or check the version and file name)")
     if code == 401:
         return f"{what}: Kaggle rejected the credentials (HTTP 401){detail}; {SETUP_HELP}"
     if code == 403:
@@ -485,22 +705,29 @@ def download(url: str, target: Path) -> None:
     instead of the file, or shorter than announced."""
     import requests
 
+    with requests.get(url, stream=True, timeout=600) as resp:
+        save_response(resp, target, url)
+
+
+def save_response(resp, target: Path, url: str | None = None) -> None:
+    """Write a streamed HTTP response's body to target atomically, refusing error statuses, HTML error pages
+    and short bodies."""
     from segkit.data.io import atomic_write
 
-    with requests.get(url, stream=True, timeout=600) as resp:
-        resp.raise_for_status()
-        ctype = resp.headers.get("Content-Type", "")
-        if "text/html" in ctype and target.suffix.lower() not in (".html", ".htm"):
-            raise KaggleError(f"download {target.name}: got an HTML page instead of the file ({url})")
-        size = 0
-        html_ok = target.suffix.lower() in (".html", ".htm")
-        with atomic_write(target, "wb") as fh:
-            for chunk in resp.iter_content(1 << 20):
-                if size == 0 and not html_ok and chunk[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
-                    raise KaggleError(f"download {target.name}: got an HTML error page instead of the file ({url})")
-                fh.write(chunk)
-                size += len(chunk)
-            expected = resp.headers.get("Content-Length")
-            if expected is not None and "gzip" not in resp.headers.get("Content-Encoding", "") \
-                    and int(expected) != size:
-                raise KaggleError(f"download {target.name}: got {size} of {expected} bytes")
+    url = url or getattr(resp, "url", "")
+    resp.raise_for_status()
+    ctype = resp.headers.get("Content-Type", "")
+    if "text/html" in ctype and target.suffix.lower() not in (".html", ".htm"):
+        raise KaggleError(f"download {target.name}: got an HTML page instead of the file ({url})")
+    size = 0
+    html_ok = target.suffix.lower() in (".html", ".htm")
+    with atomic_write(target, "wb") as fh:
+        for chunk in resp.iter_content(1 << 20):
+            if size == 0 and not html_ok and chunk[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+                raise KaggleError(f"download {target.name}: got an HTML error page instead of the file ({url})")
+            fh.write(chunk)
+            size += len(chunk)
+        expected = resp.headers.get("Content-Length")
+        if expected is not None and "gzip" not in resp.headers.get("Content-Encoding", "") \
+                and int(expected) != size:
+            raise KaggleError(f"download {target.name}: got {size} of {expected} bytes")

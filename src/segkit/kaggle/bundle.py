@@ -19,7 +19,8 @@ from segkit.data.io import atomic_write
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.config import KaggleConfig, kaggle_config
 from segkit.kaggle.credentials import secret_values
-from segkit.kaggle.metadata import METADATA_FILE, kernel_metadata, load_json, title_for, validate_metadata
+from segkit.kaggle.metadata import (METADATA_FILE, kernel_metadata, load_json, title_for, title_warning,
+                                    validate_metadata)
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
@@ -169,6 +170,9 @@ def build_kernel(
         json.dump(meta, fh, indent=2)
         fh.write("\n")
     warnings = validate_metadata(meta, folder)
+    note = title_warning(kc, cfg.name)
+    if note:
+        warnings.append(note)
     if kind == "infer" and not meta["kernel_sources"] and not meta["model_sources"]:
         warnings.append("the inference kernel has no kernel or model sources: its fold checkpoints must come "
                         "from a dataset source (or add --kernel-source OWNER/SLUG of the training kernels)")

@@ -92,6 +92,8 @@ def check(kc: KaggleConfig) -> None:
     for src in kc.competition_sources or []:
         if not src or "/" in src:
             raise ConfigError(f"kaggle.competition_sources: '{src}' must be a competition slug")
+    if kc.session_timeout_seconds is not None and kc.session_timeout_seconds <= 0:
+        raise ConfigError("kaggle.session_timeout_seconds: must be > 0 (the kernel's maximum run time in seconds)")
     for key in ("retries",):
         if getattr(kc, key) < 0:
             raise ConfigError(f"kaggle.{key}: must be >= 0")

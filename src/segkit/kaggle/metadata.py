@@ -25,12 +25,22 @@ def stem_slug(kc: KaggleConfig, run_name: str) -> str:
 
 
 def title_for(slug: str, kc: KaggleConfig, run_name: str) -> str:
-    """A title that slugifies back to `slug` (the client warns otherwise): kaggle.title plus the slug's
-    suffix (" fold0", " infer") when the slug extends the stem, else the slug with spaces."""
+    """A title that slugifies back to `slug` (Kaggle derives a new kernel's slug from its title): kaggle.title
+    plus the slug's suffix (" fold0", " infer") when the title slugifies to the stem and the slug extends it,
+    else the slug with spaces (so overriding only kaggle.slug never keeps a title of another slug)."""
     stem = stem_slug(kc, run_name)
-    if kc.title and slug.startswith(stem):
+    if kc.title and slugify(kc.title) == stem and slug.startswith(stem):
         return kc.title + slug[len(stem):].replace("-", " ")
     return slug.replace("-", " ")
+
+
+def title_warning(kc: KaggleConfig, run_name: str) -> str | None:
+    """A note when kaggle.title is set but does not slugify to the kernel slug stem (the titles then follow the slug)."""
+    stem = stem_slug(kc, run_name)
+    if kc.title and slugify(kc.title) != stem:
+        return (f"kaggle.title '{kc.title}' does not slugify to the kernel slug '{stem}', so the titles are derived "
+                f"from the slug; set kaggle.title to e.g. '{stem.replace('-', ' ')}' (or leave it empty)")
+    return None
 
 
 def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, title: str, code_file: str,
@@ -56,6 +66,8 @@ def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, tit
         meta["machine_shape"] = kc.machine_shape
     if kc.docker_image_pinning_type:
         meta["docker_image_pinning_type"] = kc.docker_image_pinning_type
+    if kc.session_timeout_seconds:
+        meta["session_timeout_seconds"] = int(kc.session_timeout_seconds)  # sent by segkit (the client's -t)
     return meta
 
 
@@ -85,7 +97,9 @@ def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]
     if title is not None and len(str(title)) < 5:
         fail(f"'title' '{title}' must be at least 5 characters")
     if title and kid and slugify(str(title)) != str(kid).split("/")[-1].lower():
-        warnings.append(f"title '{title}' does not slugify to the id's slug; Kaggle may pick another URL")
+        slug = str(kid).split("/")[-1]
+        fail(f"title '{title}' does not slugify to the id's slug '{slug}': Kaggle would create the kernel under "
+             f"another slug; set 'title' to '{slug.replace('-', ' ')}'")
     code = meta.get("code_file")
     if not code:
         fail("'code_file' is required")
@@ -115,6 +129,9 @@ def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]
     for src in meta.get("competition_sources", []):
         if "/" in src or not src:
             fail(f"competition source '{src}' must be a competition slug")
+    timeout = meta.get("session_timeout_seconds")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
+        fail(f"'session_timeout_seconds' is {timeout!r}; expected a positive number of seconds")
     pin = meta.get("docker_image_pinning_type")
     if pin is not None and pin not in ("original", "latest"):
         fail(f"'docker_image_pinning_type' is {pin!r}; expected original or latest")

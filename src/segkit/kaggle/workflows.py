@@ -20,7 +20,7 @@ from typing import Callable, Sequence, Union
 
 from segkit.config import Config, load_config
 from segkit.errors import KaggleError, SubmissionError
-from segkit.kaggle.api import KaggleClient, KernelStatus, PushResult, Submission
+from segkit.kaggle.api import KaggleClient, KernelFailed, KernelStatus, PushResult, Submission
 from segkit.kaggle.bundle import BUILD_DIR, BuiltKernel
 from segkit.kaggle.config import KaggleConfig, adapter_for, kaggle_config
 
@@ -133,11 +133,22 @@ def kernel_status(kernel: str, *, cfg: ConfigLike | None = None, client: KaggleC
 
 
 def wait_for_kernel(kernel: str, *, cfg: ConfigLike | None = None, client: KaggleClient | None = None,
-                    progress: Progress = _print, quiet: bool = False) -> KernelStatus:
+                    progress: Progress = _print, quiet: bool = False,
+                    log_dir: str | Path | None = None) -> KernelStatus:
     """Poll kernel OWNER/SLUG (with growing intervals) until it completes, reporting each state change;
-    KaggleError with Kaggle's failure message when it fails, is cancelled or outlasts kaggle.timeout_minutes."""
+    KaggleError with Kaggle's failure message when it fails (the tail of its log printed, the whole saved in
+    log_dir, default the config's run folder), is cancelled or outlasts kaggle.timeout_minutes."""
+    from segkit.runs import RunDir
+
+    cfg = as_config(cfg)
     on_poll = _state_lines(progress, quiet, lambda _: kernel, lambda st: st.state)
-    return _client(client, as_config(cfg)).wait(kernel, on_poll=on_poll)
+    kaggle = _client(client, cfg)
+    try:
+        return kaggle.wait(kernel, on_poll=on_poll)
+    except KernelFailed as exc:
+        if log_dir is None and cfg is not None:
+            log_dir = RunDir.of(cfg).kaggle_logs
+        raise kernel_failed(exc, kaggle, log_dir, progress or (lambda _: None)) from None
 
 
 def kernel_output(kernel: str, out_dir: str | Path, *, pattern: str | None = None, cfg: ConfigLike | None = None,
@@ -149,32 +160,82 @@ def kernel_output(kernel: str, out_dir: str | Path, *, pattern: str | None = Non
 
 @dataclass
 class PushedFolds:
-    """What push_folds built and pushed."""
+    """What push_folds built and pushed (or found already pushed)."""
 
     fold_kernels: list[BuiltKernel]
     infer_kernel: BuiltKernel | None  # None with infer=False
     pushed: list[PushResult] = field(default_factory=list)  # in push order; empty on a dry run
+    resumed: list[PushResult] = field(default_factory=list)  # pushed by an earlier run of the same command
+    missing_folds: list[int] = field(default_factory=list)  # fold kernels the inference kernel needs, not on Kaggle
+    infer_done: PushResult | None = None  # the inference kernel's version, pushed now or before
 
     @property
     def infer_pending(self) -> bool:
-        """The fold kernels were pushed but the inference kernel was not (wait=False)."""
-        return self.infer_kernel is not None and len(self.pushed) == len(self.fold_kernels) > 0
+        """The inference kernel was built but not pushed (wait=False, or fold kernels are missing)."""
+        return self.infer_kernel is not None and self.infer_done is None
+
+
+def kernel_digest(built: BuiltKernel) -> str:
+    """What a kernel push sends (code and metadata), hashed: a rerun of the same command has the same digest."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(built.code_file.read_bytes())
+    h.update(json.dumps(built.metadata, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def push_once(built: BuiltKernel, state_file: str | Path, kaggle: KaggleClient, *, again: bool = False,
+              say: Callable[[str], None] = lambda _: None) -> tuple[PushResult, bool]:
+    """Push a built kernel unless the state file says this very kernel (same code and metadata) was pushed
+    already: (its version, True) then. An interrupted push is recognised by a newer version on Kaggle than
+    the one recorded before it. `again` pushes a new version regardless."""
+    from segkit.kaggle.state import StateFile
+
+    state = StateFile(state_file, "kernels")
+    kernel = built.metadata["id"]
+    digest = kernel_digest(built)
+    rec = state.get(kernel)
+    if rec and not again and rec.get("digest") == digest:
+        if rec.get("version"):
+            say(f"{kernel}: version {rec['version']} already pushed by an earlier run; waiting on it "
+                "(--again pushes a new version)")
+            return PushResult(kernel, rec.get("url", ""), int(rec["version"])), True
+        current = kaggle.current_version(kernel)
+        if current > int(rec.get("before", 0)):
+            state.update(kernel, version=current)
+            say(f"{kernel}: the interrupted push reached Kaggle as version {current}; not pushed again")
+            return PushResult(kernel, "", current), True
+    before = kaggle.current_version(kernel)
+    state.put(kernel, digest=digest, before=before, version=None, folder=str(built.folder))
+    result = kaggle.push(built.folder, before=before)
+    state.update(kernel, version=result.version, url=result.url)
+    say(f"pushed {result.ref} version {result.version}: {result.url}")
+    return result, False
 
 
 def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, owner: str | None = None,
                out_dir: str | Path = BUILD_DIR, infer: bool = True, dry_run: bool = False, wait: bool = True,
-               client: KaggleClient | None = None, progress: Progress = _print, quiet: bool = False) -> PushedFolds:
-    """Build and push one training kernel per fold (they run in parallel on Kaggle); then wait until every
-    one of them completes and push the inference kernel that ensembles them. dry_run builds and validates
-    only; wait=False pushes the fold kernels and leaves the inference kernel built but not pushed. A failed
-    fold kernel is a KaggleError, and the inference kernel is then not pushed."""
+               again: bool = False, client: KaggleClient | None = None, progress: Progress = _print,
+               quiet: bool = False) -> PushedFolds:
+    """Build and push one training kernel per fold (they run in parallel on Kaggle); then, once every fold
+    kernel of train.folds exists on Kaggle, wait for all of them at once and push the inference kernel that
+    ensembles them.
+
+    Reruns resume: what was pushed is recorded in the run folder (RunDir.kaggle_pushes), and the same kernel is
+    not pushed twice unless `again`. The inference kernel refers only to fold kernels that exist: when some
+    are missing (never pushed), it is left pending with the --folds to push. The first fold kernel to fail
+    (ERROR, cancel) stops the wait at once: a KaggleError with Kaggle's message, the tail of the kernel's log
+    printed and the whole log saved under RunDir.kaggle_logs. dry_run builds and validates only; wait=False
+    pushes the fold kernels and leaves the inference kernel pending."""
+    from segkit.kaggle.bundle import fold_names
+    from segkit.runs import RunDir
+
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
     folds = fold_list(cfg, folds)
     built = build_kernels(cfg, out_dir, folds=folds, owner=owner, infer=infer)
     result = PushedFolds(built[:len(folds)], built[-1] if infer else None)
-    if infer and len(folds) != cfg.train.folds:
-        say(f"note: the inference kernel expects all {cfg.train.folds} folds; only {folds} are pushed now")
     for b in built:
         for line in describe(b):
             say(line)
@@ -182,28 +243,67 @@ def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, own
         say("dry run: nothing pushed")
         return result
     kaggle = _client(client, cfg)
-
-    def push(b: BuiltKernel) -> None:
-        r = kaggle.push(b.folder)
-        result.pushed.append(r)
-        say(f"pushed {r.ref} version {r.version}: {r.url}")
-
+    run = RunDir.of(cfg)
     for b in result.fold_kernels:
-        push(b)
-    if result.infer_kernel is None or not wait:
+        r, old = push_once(b, run.kaggle_pushes, kaggle, again=again, say=say)
+        (result.resumed if old else result.pushed).append(r)
+    if result.infer_kernel is None:
         return result
-    for b in result.fold_kernels:  # the inference kernel reads the folds' outputs: they must have finished
-        kernel = b.metadata["id"]
-        kaggle.wait(kernel, on_poll=_state_lines(progress, quiet, lambda _, k=kernel: k, lambda st: st.state))
-    push(result.infer_kernel)
+    fold_kernels = [f"{result.infer_kernel.metadata['id'].split('/')[0]}/{n}"
+                    for n in fold_names(kaggle_config(cfg), cfg.name, list(range(cfg.train.folds)))[0]]
+    present = {b.metadata["id"] for b in result.fold_kernels}
+    result.missing_folds = [k for k, kernel in enumerate(fold_kernels)
+                            if kernel not in present and kaggle.current_version(kernel) == 0]
+    if result.missing_folds:
+        todo = ",".join(str(k) for k in result.missing_folds)
+        say(f"note: the inference kernel needs all {cfg.train.folds} fold kernels; fold {todo} not on Kaggle yet: "
+            f"push them with --folds {todo} (the inference kernel is pushed once every fold kernel is COMPLETE)")
+        return result
+    if not wait:
+        return result
+
+    def on_poll(kernel: str):
+        return _state_lines(progress, quiet, lambda _: kernel, lambda st: st.state)
+
+    try:
+        kaggle.wait_all(fold_kernels, on_poll)  # the inference kernel reads every fold's output
+    except KernelFailed as exc:
+        raise kernel_failed(exc, kaggle, run.kaggle_logs, say, hint=" (fix it, then rerun with --again "
+                            f"--folds {fold_kernels.index(exc.kernel)})") from None
+    result.infer_done, old = push_once(result.infer_kernel, run.kaggle_pushes, kaggle, again=again, say=say)
+    (result.resumed if old else result.pushed).append(result.infer_done)
     return result
+
+
+def kernel_failed(exc: KernelFailed, kaggle: KaggleClient, log_dir: str | Path | None,
+                  say: Callable[[str], None], hint: str = "") -> KaggleError:
+    """The error for a failed kernel: its log fetched, the tail printed and the whole saved in log_dir."""
+    from segkit.data.io import atomic_write
+    from segkit.kaggle.api import log_tail, split_kernel
+
+    try:
+        text = kaggle.kernel_log(exc.kernel)
+    except KaggleError as log_exc:
+        return KaggleError(f"{exc}{hint}; its log could not be fetched ({log_exc})")
+    if not text.strip():
+        return KaggleError(f"{exc}{hint}; its log is empty")
+    say(f"--- last lines of the log of {exc.kernel} ---")
+    for line in log_tail(text):
+        say(line)
+    say("---")
+    if log_dir is None:
+        return KaggleError(f"{exc}{hint}; the end of its log is printed above")
+    target = Path(log_dir) / f"{split_kernel(exc.kernel)[1]}.log"
+    with atomic_write(target) as fh:
+        fh.write(text)
+    return KaggleError(f"{exc}{hint}; log saved to {target} (its end is printed above)")
 
 
 # --- submissions -----------------------------------------------------------------------------------
 
 @dataclass
 class Submitted:
-    """A submission made by `submit`."""
+    """A submission made by `submit` (or found made by an earlier run of it)."""
 
     competition: str
     ref: int
@@ -211,21 +311,94 @@ class Submitted:
     kernel: str | None = None  # the submitted kernel (code competitions)
     version: int | None = None
     scored: Submission | None = None  # with its scores, when waited for
+    resumed: bool = False  # submitted by an earlier run of the same command; not submitted again
+
+
+SAMPLE_RE = re.compile(r"(^|/)sample_submission[^/]*\.csv(\.zip)?$", re.IGNORECASE)
+
+
+def cache_dir() -> Path:
+    """segkit's download cache: $SEGKIT_CACHE_DIR, else $XDG_CACHE_HOME/segkit, else ~/.cache/segkit."""
+    import os
+
+    if os.environ.get("SEGKIT_CACHE_DIR"):
+        return Path(os.environ["SEGKIT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segkit"
+
+
+def competition_sample(competition: str, *, client: KaggleClient, progress: Progress = _print) -> Path | None:
+    """The competition's sample submission CSV, downloaded once through the API (its data files list, then
+    the file) into cache_dir()/kaggle/<competition>/; None when the competition has no such file."""
+    import zipfile
+
+    say = progress or (lambda _: None)
+    folder = cache_dir() / "kaggle" / competition
+    cached = sorted(p for p in folder.glob("*.csv") if SAMPLE_RE.search(p.name)) if folder.is_dir() else []
+    if cached:
+        return min(cached, key=lambda p: (p.name.lower() != "sample_submission.csv", p.name))
+    names = [n for n in client.data_files(competition) if SAMPLE_RE.search(n)]
+    if not names:
+        return None
+    name = min(names, key=lambda n: (Path(n).name.lower().removesuffix(".zip") != "sample_submission.csv", n))
+    with tempfile.TemporaryDirectory(prefix="segkit-sample-") as tmp:
+        got = client.download_data_file(competition, name, Path(tmp) / Path(name).name)
+        if got.suffix.lower() == ".zip":
+            from segkit.data.io import atomic_write
+
+            try:
+                with zipfile.ZipFile(got) as zf:
+                    inner = next((n for n in zf.namelist() if n.lower().endswith(".csv")), None)
+                    if inner is None:
+                        raise KaggleError(f"{name} of {competition} holds no CSV file")
+                    target = folder / Path(inner).name
+                    with atomic_write(target, "wb") as fh:
+                        fh.write(zf.read(inner))
+            except zipfile.BadZipFile:
+                raise KaggleError(f"{name} of {competition}: the download is not a zip file; run again") from None
+        else:
+            import shutil
+
+            from segkit.data.io import atomic_write
+
+            target = folder / got.name
+            with atomic_write(target, "wb") as fh, open(got, "rb") as src:
+                shutil.copyfileobj(src, fh)
+    say(f"fetched {competition}'s {name} into {target}")
+    return target
+
+
+def submissions_state(cfg: Config | None, path: Path | None) -> Path:
+    """Where submit records what it submitted: the run folder's, else beside the file, else the working folder."""
+    from segkit.runs import RunDir
+
+    if cfg is not None:
+        return RunDir.of(cfg).kaggle_submissions
+    return (path.parent if path is not None else Path.cwd()) / ".segkit-kaggle" / "submissions.json"
 
 
 def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, message: str,
            competition: str | None = None, fmt: str | None = None, sample: str | Path | None = None,
-           kernel: str | None = None, version: int | None = None, wait: bool = True,
-           client: KaggleClient | None = None, progress: Progress = _print, quiet: bool = False) -> Submitted:
+           use_sample: bool = True, kernel: str | None = None, version: int | None = None, wait: bool = True,
+           again: bool = False, state_file: str | Path | None = None, client: KaggleClient | None = None,
+           progress: Progress = _print, quiet: bool = False) -> Submitted:
     """Validate a submission, then submit it to the competition (default kaggle.competition) and, with
     wait, poll until Kaggle scores it.
 
     A file competition uploads `path`. A code competition (kaggle.code_competition, or `kernel` given)
-    fetches the inference kernel's kaggle.submission_file output, validates it, and submits kernel OWNER/SLUG
-    (default <owner>/<stem>-infer; `version` default latest). The file must follow `fmt` (default: the
-    config's or the slug's adapter) and, given `sample`, the ids of the sample submission: an invalid file is
-    a SubmissionError and nothing is submitted. A scoring failure is a KaggleError with Kaggle's reason."""
+    submits kernel OWNER/SLUG (default <owner>/<stem>-infer) at `version` (default: its current version),
+    after fetching and validating that version's kaggle.submission_file output. The file must follow `fmt`
+    (default: the config's or the slug's adapter) and the ids of the sample submission: `sample`, else the
+    competition's sample_submission*.csv fetched through the API and cached (use_sample=False skips the id
+    check, with a warning). An invalid file is a SubmissionError and nothing is submitted.
+
+    Reruns resume: each submission is recorded (run folder, else beside the file) before it is sent, so the
+    same file (or kernel version) is not submitted twice, even when an earlier run was interrupted after
+    Kaggle received it; the rerun waits for its score. `again` submits anyway. A scoring failure is a
+    KaggleError with Kaggle's reason."""
+    import hashlib
+
     from segkit.kaggle.metadata import stem_slug
+    from segkit.kaggle.state import StateFile
 
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
@@ -234,33 +407,111 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     if not competition:
         raise KaggleError("submit: no competition; pass --competition SLUG or set kaggle.competition")
     fmt = adapter_for(competition, fmt, cfg)
-    kaggle = _client(client, cfg)
-    if kernel or kc.code_competition:
-        kernel = kernel or f"{kc.owner or kaggle.username}/{stem_slug(kc, cfg.name)}-infer"
-        with tempfile.TemporaryDirectory(prefix="segkit-submit-") as tmp:
-            got = kaggle.output(kernel, tmp, pattern=rf"(^|/){re.escape(kc.submission_file)}$")
-            csvs = [p for p in got if p.name == kc.submission_file]
-            if not csvs:
-                raise KaggleError(f"kernel {kernel} has no output {kc.submission_file}; let it finish first "
-                                  f"(segkit kernel status {kernel} --wait)")
-            say(validate_or_refuse(csvs[0], fmt, sample, what=f"{kernel}'s {kc.submission_file}"))
-        ref = kaggle.submit_code(competition, kernel, version, kc.submission_file, message)
-        result = Submitted(competition, ref, kernel=kernel, version=version)
-        say(f"submitted kernel {kernel}{f' version {version}' if version else ''} to {competition} (ref {ref})")
-    else:
+    code = bool(kernel or kc.code_competition)
+    if not code:
         if not path:
             raise KaggleError("submit: give the SUBMISSION file (or --kernel for a code competition)")
         path = Path(path)
         if not path.is_file():
             raise SubmissionError(f"{path}: file not found")
-        say(validate_or_refuse(path, fmt, sample, what=str(path)))
-        ref = kaggle.submit(competition, path, message)
-        result = Submitted(competition, ref, file=path)
+    kaggle = _client(client, cfg)
+    state = StateFile(state_file or submissions_state(cfg, None if code else path), "submissions")
+    if code:
+        kernel = kernel or f"{kc.owner or kaggle.username}/{stem_slug(kc, cfg.name)}-infer"
+        if not version:
+            version = kaggle.current_version(kernel)
+            if not version:
+                raise KaggleError(f"kernel {kernel} not found on Kaggle; push it first (segkit kernel push-folds)")
+        key = f"{competition} kernel {kernel} version {version}"
+        file_name = None
+    else:
+        key = f"{competition} file {hashlib.sha256(path.read_bytes()).hexdigest()}"
+        file_name = path.name
+    result = Submitted(competition, 0, file=None if code else path, kernel=kernel if code else None,
+                       version=version if code else None)
+
+    rec = state.get(key)
+    if rec and not again:
+        ref = rec.get("ref") or kaggle.find_submission(competition, set(rec.get("before", [])),
+                                                       rec.get("message", ""), rec.get("file_name"))
+        if ref:
+            if not rec.get("ref"):
+                state.update(key, ref=ref)
+            what = f"kernel {kernel} version {version}" if code else str(path)
+            say(f"{what} already submitted to {competition} as ref {ref} by an earlier run; "
+                f"{'waiting for its score' if wait else 'not submitted again'} (--again submits again)")
+            result.ref, result.resumed = int(ref), True
+            if wait:
+                result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
+            return result
+
+    sample_path = _sample_for(competition, sample, use_sample, kaggle, say)
+    if code:
+        with tempfile.TemporaryDirectory(prefix="segkit-submit-") as tmp:
+            csv = kaggle.output_file(kernel, kc.submission_file, Path(tmp) / kc.submission_file, version)
+            say(validate_or_refuse(csv, fmt, sample_path,
+                                   what=f"{kernel} version {version}'s {kc.submission_file}"))
+    else:
+        say(validate_or_refuse(path, fmt, sample_path, what=str(path)))
+    before = {s.ref for s in kaggle.submissions(competition)}
+    state.put(key, competition=competition, message=message, file_name=file_name, before=sorted(before), ref=None,
+              **({"kernel": kernel, "version": version} if code else {"file": str(path)}))
+    if code:
+        ref = kaggle.submit_code(competition, kernel, version, kc.submission_file, message, before=before)
+        say(f"submitted kernel {kernel} version {version} to {competition} (ref {ref})")
+    else:
+        ref = kaggle.submit(competition, path, message, before=before)
         say(f"uploaded {path} to {competition} (ref {ref})")
+    state.update(key, ref=ref)
+    result.ref = ref
     if wait:
-        on_poll = _state_lines(progress, quiet, lambda sub: f"submission {sub.ref}", lambda sub: sub.status)
-        result.scored = kaggle.wait_for_score(competition, ref, on_poll=on_poll)
+        result.scored = _wait_score(kaggle, competition, ref, state, key, progress, quiet)
     return result
+
+
+def _sample_for(competition: str, sample: str | Path | None, use_sample: bool, kaggle: KaggleClient,
+                say: Callable[[str], None]) -> Path | None:
+    """The sample submission to check ids against (given, or fetched and cached), or None with a warning."""
+    if sample:
+        return Path(sample)
+    if not use_sample:
+        say("warning: --no-sample: ids were not checked against the competition's sample submission")
+        return None
+    found = competition_sample(competition, client=kaggle, progress=say)
+    if found is None:
+        say(f"warning: {competition} has no sample_submission*.csv among its data files: ids were not checked "
+            "(pass --sample FILE to check them)")
+        return None
+    say(f"ids checked against {found}")
+    return found
+
+
+def _wait_score(kaggle: KaggleClient, competition: str, ref: int, state, key: str, progress: Progress,
+                quiet: bool) -> Submission:
+    on_poll = _state_lines(progress, quiet, lambda sub: f"submission {sub.ref}", lambda sub: sub.status)
+    try:
+        scored = kaggle.wait_for_score(competition, ref, on_poll=on_poll)
+    except KaggleError as exc:
+        if "failed:" in str(exc):
+            state.update(key, status="ERROR")
+        raise
+    state.update(key, status=scored.status, public_score=scored.public_score, private_score=scored.private_score)
+    return scored
+
+
+def wait_for_submission(competition: str, ref: int, *, cfg: ConfigLike | None = None,
+                        client: KaggleClient | None = None, progress: Progress = _print,
+                        quiet: bool = False) -> Submission:
+    """Poll submission `ref` of the competition until it is scored (`segkit submit --wait REF`)."""
+    kaggle = _client(client, as_config(cfg))
+    on_poll = _state_lines(progress, quiet, lambda sub: f"submission {sub.ref}", lambda sub: sub.status)
+    return kaggle.wait_for_score(competition, int(ref), on_poll=on_poll)
+
+
+def submissions(competition: str, *, cfg: ConfigLike | None = None,
+                client: KaggleClient | None = None) -> list[Submission]:
+    """The competition's recent submissions (newest first) with status and scores (`segkit submissions`)."""
+    return _client(client, as_config(cfg)).submissions(competition)
 
 
 def validate_or_refuse(path: str | Path, fmt: str, sample: str | Path | None = None, what: str | None = None) -> str:
