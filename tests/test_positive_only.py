@@ -131,3 +131,21 @@ def test_notebook_ensemble_carries_weights_scales_and_roles(trained):
     probs = ens.predict(image)
     assert probs.shape == image.shape[:2] + (1,) and 0 <= probs.min() <= probs.max() <= 1
     assert ens.predict_masks(image).shape == probs.shape
+
+
+def test_tune_chooses_weights_then_tunes_the_chain_on_their_mix(trained, capsys):
+    from segkit.oof import ensemble_members
+    from segkit.pipeline import tune
+    from segkit.runs import RunDir
+
+    base, _, _ = trained
+    cfg = load_config("airbus", overrides(base, "predict.tune_weights=true"))
+    result = tune(cfg, quiet=False, saved_config=False)
+    out = capsys.readouterr().out
+    rd = RunDir.of(cfg)
+    saved = rd.read_weights()
+    assert sorted(saved["weights"]) == ["full", "pos"] and saved["weights"]["full"] > 0  # a gate model stays
+    assert saved["oof_score"] >= saved["oof_score_equal"] - 1e-12
+    assert "[tune] ensemble weights full: " in out
+    assert [m.weight for m in ensemble_members(cfg)] == [saved["weights"]["full"], saved["weights"]["pos"]]
+    assert rd.postprocess.is_file() and result["classes"]

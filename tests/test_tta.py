@@ -36,3 +36,19 @@ def test_resolve_tta_checks_names_and_shapes():
     with pytest.raises(ConfigError, match="square"):
         resolve_tta(cfg, _Adapter())
     assert resolve_tta(load_config(None, []), _Adapter()) == ["identity", "hflip"]
+
+
+@pytest.mark.parametrize("spec, step", [
+    ({"name": "unet", "depth": 2, "base_filters": 4}, 4),
+    ({"name": "fractal_unet", "depth": 3, "base_filters": 4, "columns": 2}, 8),
+    ({"name": "efficientnet_unet"}, 32),  # squeeze-excite's 1×1 maps are no down-sampling
+])
+def test_size_step_of_segkit_models(spec, step):
+    """Multi-scale TTA runs each model at sizes that are multiples of its size step."""
+    from segkit.models.registry import build_model
+    from segkit.predict import scaled_size, size_step
+
+    model = build_model(spec, (64, 64, 3), 1)
+    assert size_step(model) == step
+    h, w = scaled_size(model, (64, 64), 0.75)
+    assert h == w and h % step == 0 and abs(h - 48) <= step / 2
