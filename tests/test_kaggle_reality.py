@@ -139,6 +139,29 @@ def test_2_rerun_submit_resumes_waiting_instead_of_submitting_again(kaggle_env, 
     assert again.ref == 4243 and len(kaggle_env.calls(CREATE)) == 2
 
 
+def test_2_submit_interrupted_after_kaggle_created_it_is_found_on_rerun(kaggle_env, tmp_path):
+    sub = tmp_path / "submission.csv"
+    sub.write_bytes(GOOD)
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupted(*a, **k):
+        raise Interrupt()
+
+    kaggle_env.fail_after(CREATE, Reply(500, {"code": 500, "message": "lost"}))
+    client = fast_client()
+    client._wait = interrupted  # Ctrl-C while waiting to retry
+    with pytest.raises(Interrupt):
+        workflows.submit(cfg(tmp_path), sub, message="v1", client=client, progress=None, use_sample=False)
+    lines = []
+    done = workflows.submit(cfg(tmp_path), sub, message="v1", client=fast_client(), progress=lines.append,
+                            use_sample=False, wait=False)
+    assert len(kaggle_env.calls(CREATE)) == 1 and done.ref == 4242 and done.resumed
+    state = json.loads(RunDir.of(cfg(tmp_path)).kaggle_submissions.read_text())
+    assert [r["ref"] for r in state["submissions"].values()] == [4242]
+
+
 def test_2_submit_command_rerun_does_not_submit_twice(kaggle_env, tmp_path, capsys):
     sub = tmp_path / "submission.csv"
     sub.write_bytes(GOOD)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 _WORKFLOWS = ("build_kernel", "build_kernels", "push_kernel", "push_folds", "kernel_status", "wait_for_kernel",
-              "kernel_output", "submit", "client", "fold_list", "validate_or_refuse")
+              "kernel_output", "submit", "client", "fold_list", "validate_or_refuse", "submissions",
+              "wait_for_submission", "competition_sample")
 
 
 def __getattr__(name: str) -> Any:

@@ -164,6 +164,9 @@ def main(kind: str, raw: dict, fold: int | None = None, environ: dict | None = N
     dirs.working.mkdir(parents=True, exist_ok=True)
     dirs.scratch.mkdir(parents=True, exist_ok=True)
     try:
+        from segkit.kaggle.deps import preflight
+
+        preflight(raw, dirs.input, dirs.scratch, say=lambda line: print(line, flush=True))  # before any work
         if kind == "train":
             run_train(raw, fold, dirs)
         elif kind == "infer":
