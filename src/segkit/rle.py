@@ -1,8 +1,14 @@
 """Run-length encoding of binary masks as Kaggle writes it: `start length` pairs, 1-indexed, in either
 pixel order ("C" row-major for Carvana, "F" column-major for Understanding Clouds and Airbus).
 
+Two schemes: "standard" (the default; every start the 1-based absolute index of the run's first pixel, an
+empty mask the empty string) and "relative" (SIIM-ACR Pneumothorax: the first start is the 0-based absolute
+index of the first foreground pixel, every later start the count of background pixels since the end of the
+previous run, lengths as usual; an empty mask is `-1`). In the relative scheme the 1-based standard start of
+run k is 1 + sum(start_j, j <= k) + sum(len_j, j < k), and validation bounds that accumulated end by the image.
+
 Both directions are vectorised (numpy comparisons and `np.repeat`), never a Python loop over runs or pixels.
-An empty mask is the empty string; NaN or None (what pandas reads for an empty field) decodes to an empty mask.
+NaN or None (what pandas reads for an empty field) decodes to an empty mask in either scheme.
 """
 from __future__ import annotations
 
@@ -14,12 +20,20 @@ import numpy as np
 from segkit.errors import RLEError
 
 ORDERS = ("C", "F")
+SCHEMES = ("standard", "relative")
+EMPTY = {"standard": "", "relative": "-1"}  # how each scheme writes an empty mask
 
 
 def _check_order(order: str) -> str:
     if order not in ORDERS:
         raise RLEError(f"RLE pixel order must be 'C' (row-major) or 'F' (column-major), got {order!r}")
     return order
+
+
+def _check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise RLEError(f"RLE scheme must be 'standard' or 'relative', got {scheme!r}")
+    return scheme
 
 
 def _check_shape(shape: Any) -> tuple[int, int]:
@@ -41,9 +55,12 @@ def is_empty(rle: Any) -> bool:
     return isinstance(rle, str) and not rle.strip()
 
 
-def encode(mask: np.ndarray, order: str = "F") -> str:
-    """Encode a 2-D mask (nonzero = foreground) as Kaggle RLE in pixel order `order`; "" when empty."""
+def encode(mask: np.ndarray, order: str = "F", scheme: str = "standard") -> str:
+    """Encode a 2-D mask (nonzero = foreground) as Kaggle RLE in pixel order `order`; "" when empty.
+    scheme="relative" writes SIIM-ACR's relative starts instead ("-1" when empty)."""
     _check_order(order)
+    if scheme != "standard":
+        return _encode_relative(mask, order, _check_scheme(scheme))
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise RLEError(f"RLE encodes one 2-D mask at a time, got an array of shape {mask.shape}")
@@ -65,6 +82,19 @@ def encode(mask: np.ndarray, order: str = "F") -> str:
     return _join_ints(runs.ravel())
 
 
+def _encode_relative(mask: np.ndarray, order: str, scheme: str) -> str:
+    """encode() in the relative scheme: the standard runs, each start then counted from the previous run's end."""
+    text = encode(mask, order)
+    if not text:
+        return EMPTY[scheme]
+    runs = np.fromstring(text, dtype=np.int64, sep=" ").reshape(-1, 2)
+    starts0 = runs[:, 0] - 1
+    rel = starts0.copy()
+    rel[1:] -= starts0[:-1] + runs[:-1, 1]
+    runs[:, 0] = rel
+    return _join_ints(runs.ravel())
+
+
 def _ravel(mask: np.ndarray, order: str) -> np.ndarray:
     """The mask's pixels in `order`; a column-major uint8/bool mask is transposed by OpenCV (5x numpy's copy)."""
     if order == "C" or mask.dtype not in (np.uint8, np.bool_):
@@ -76,7 +106,7 @@ def _ravel(mask: np.ndarray, order: str) -> np.ndarray:
 
 
 def _join_ints(values: np.ndarray) -> str:
-    """Positive integers as one space-separated string, built digit column by digit column in numpy
+    """Non-negative integers as one space-separated string, built digit column by digit column in numpy
     (2-3x faster than str() per number)."""
     n = values.size
     top = int(values.max())
@@ -146,15 +176,17 @@ def _parse_short(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray] | No
     return np.array(values[0::2], np.int64) - 1, np.array(values[1::2], np.int64)
 
 
-def parse_runs(rle: Any, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an RLE string against an image of `n_pixels` and return (0-based starts, lengths).
+def parse_runs(rle: Any, n_pixels: int, scheme: str = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """Validate an RLE string against an image of `n_pixels` and return (0-based absolute starts, lengths).
 
     Raises RLEError naming the first problem: odd count, a non-integer, a zero or negative value,
-    runs out of order or overlapping, or a run past the last pixel."""
+    runs out of order or overlapping, or a run past the last pixel (scheme="relative": see _parse_relative)."""
     if is_empty(rle):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if not isinstance(rle, str):
         raise RLEError(f"RLE must be a string of 'start length' pairs, got {type(rle).__name__} {rle!r}")
+    if scheme != "standard":
+        return _parse_relative(rle, n_pixels, _check_scheme(scheme))
     if len(rle) < _SHORT_RLE:
         fast = _parse_short(rle, n_pixels)
         if fast is not None:
@@ -185,12 +217,55 @@ def parse_runs(rle: Any, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     return starts - 1, lengths
 
 
-def decode(rle: Any, shape: tuple[int, int], order: str = "F") -> np.ndarray:
-    """Decode a Kaggle RLE into a uint8 {0, 1} mask of `shape` (H, W) in pixel order `order`."""
+def _parse_relative(rle: str, n_pixels: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """parse_runs() for relative starts: `-1` alone is an empty mask (and stands with no run); the first start
+    may be 0, later ones too (a run right after the previous one); lengths >= 1; the accumulated end of every
+    run within the image. Each value is checked before summing, so no sum overflows."""
+    tokens = rle.split()
+    if tokens == [EMPTY[scheme]]:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if EMPTY[scheme] in tokens:
+        raise RLEError(f"RLE mixes {EMPTY[scheme]!r} (an empty mask) with runs (value "
+                       f"{tokens.index(EMPTY[scheme]) + 1}); write '{EMPTY[scheme]}' alone or the runs alone")
+    values = _parse_integers(rle)
+    if values.size % 2:
+        raise RLEError(f"RLE has an odd number of values ({values.size}); expected 'start length' pairs")
+    rel, lengths = values[0::2], values[1::2]
+    wrong = np.flatnonzero(lengths <= 0)
+    if wrong.size:
+        i = int(wrong[0])
+        raise RLEError(f"RLE pair {i + 1} has length {int(lengths[i])}; lengths must be >= 1")
+    big = np.flatnonzero(np.maximum(rel, lengths) > n_pixels)
+    limit = int(big[0]) if big.size else rel.size  # the pairs before the first value larger than the image
+    dtype = np.int64 if 2 * n_pixels * max(limit, 1) < 2**63 else object
+    ends = np.cumsum((rel[:limit] + lengths[:limit]).astype(dtype))  # 0-based exclusive ends
+    past = np.flatnonzero(ends > n_pixels)
+    if past.size or big.size:
+        i = int(past[0]) if past.size else limit
+        end = int(ends[i]) if past.size else (int(ends[-1]) if limit else 0) + int(rel[i]) + int(lengths[i])
+        raise RLEError(
+            f"RLE pair {i + 1} (relative start {int(rel[i])}, length {int(lengths[i])}) ends at pixel {end}, "
+            f"past the image's {n_pixels} pixels"
+        )
+    ends = ends.astype(np.int64)
+    return ends - lengths, lengths
+
+
+def to_standard(rle: Any, n_pixels: int) -> str:
+    """A relative-scheme RLE (SIIM-ACR) as the standard 1-based absolute one, validated against `n_pixels`."""
+    starts, lengths = parse_runs(rle, n_pixels, scheme="relative")
+    if starts.size == 0:
+        return ""
+    return _join_ints(np.stack((starts + 1, lengths), axis=1).ravel())
+
+
+def decode(rle: Any, shape: tuple[int, int], order: str = "F", scheme: str = "standard") -> np.ndarray:
+    """Decode a Kaggle RLE into a uint8 {0, 1} mask of `shape` (H, W) in pixel order `order`
+    (scheme="relative": SIIM-ACR's relative starts, `-1` for an empty mask)."""
     _check_order(order)
     h, w = _check_shape(shape)
     n = h * w
-    starts, lengths = parse_runs(rle, n)
+    starts, lengths = parse_runs(rle, n, scheme)
     if starts.size == 0:
         return np.zeros((h, w), np.uint8)
     # alternate background gaps and foreground runs, then expand them in one np.repeat
