@@ -95,13 +95,17 @@ class Ensemble:
     back to the image's own size, as `segkit predict` does. Batches go through `predict_ensemble`, the
     function behind `segkit predict`, `batch_size` images at a time. `postprocess` (for `predict_masks`):
     a `segkit.postprocess.ChainParams` (what `Run.ensemble` passes) or (thresholds, min_areas) per class.
+    `tiling` (`predict.tiling`: a `segkit.config.TilingConfig` or a dict such as `{"tile": 384, "overlap": 0.25}`):
+    each image is predicted at its own size with overlapping `tile`-pixel windows blended together
+    (`segkit.predict.predict_tiled`), one image in memory at a time, instead of being resized to the input.
     """
 
     def __init__(self, models: Sequence, tta: Sequence[str] = ("identity",), batch_size: int = 8,
                  image_size: Sequence[int] | None = None, normalise=None,
                  postprocess: Any = None, classes: Sequence[str] | None = None,
                  checkpoints: Sequence[Path] = (), scales: Sequence[float] = (1.0,),
-                 weights: Sequence[float] | None = None, positive_only: Sequence[bool] | None = None) -> None:
+                 weights: Sequence[float] | None = None, positive_only: Sequence[bool] | None = None,
+                 tiling: Any = None) -> None:
         from segkit.predict import TTA
 
         if not models:
@@ -131,6 +135,7 @@ class Ensemble:
                 raise ConfigError(f"ensemble {name}: {len(given)} values for {len(self.models)} models")
         if not self.scales or not all(0 < s <= 4 for s in self.scales):
             raise ConfigError(f"ensemble scales: must be numbers in (0, 4], got {self.scales}")
+        self.tiling = _tiling(tiling, self.models)
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], tta: Sequence[str] = ("identity",),
@@ -173,6 +178,9 @@ class Ensemble:
         (gate_probs is probs itself when no model is positive-only; label is None without heads)."""
         from segkit.predict import predict_ensemble
 
+        if self.tiling is not None:
+            yield from self._iter_tiled(images)
+            return
         chunk: list[np.ndarray] = []
 
         def flush() -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
@@ -196,6 +204,18 @@ class Ensemble:
                 chunk = []
         if chunk:
             yield from flush()
+
+    def _iter_tiled(self, images: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        """`_iter_ensemble` with tiled inference: each image one canvas, predicted whole at its own size."""
+        from segkit.predict import predict_tiled
+        from segkit.tiling import ImageCanvas
+
+        for image in images:
+            canvas = ImageCanvas(0, image=self._check(np.asarray(image), single=True))
+            for part in predict_tiled(self.models, [canvas], self._normalise_fn, self.tta, self.batch_size,
+                                      self.tiling, quiet=True, scales=self.scales, weights=self.weights,
+                                      positive_only=self.positive_only):
+                yield part.probs, part.gate_probs, part.label
 
     def predict_masks(self, images: np.ndarray) -> np.ndarray:
         """Binary uint8 masks (as in the submission) for one image or a batch: the probabilities after the
@@ -229,6 +249,25 @@ class Ensemble:
         if images.dtype.kind not in "uif" or images.dtype == np.float16:
             raise DataError(f"ensemble: expected raw images of an integer or float32/64 dtype, got {images.dtype}")
         return images
+
+
+def _tiling(tiling: Any, models: Sequence):
+    """A TilingConfig from `tiling` (None, a TilingConfig or a dict of its keys), its tile checked against the
+    models' size step (ConfigError naming predict.tiling.<key>)."""
+    import math
+
+    from segkit.config import TilingConfig, from_dict
+    from segkit.predict import size_step
+    from segkit.tiling import check_tiling
+
+    if tiling is None:
+        return None
+    if not isinstance(tiling, TilingConfig):
+        if not isinstance(tiling, Mapping):
+            raise ConfigError(f"predict.tiling: expected a mapping such as {{tile: 384, overlap: 0.25}}, got {tiling!r}")
+        tiling = from_dict(TilingConfig, {k: _plain(v) for k, v in tiling.items()}, "predict.tiling")
+    check_tiling(tiling.tile, tiling.overlap, tiling.blend, math.lcm(*(size_step(m) for m in models)))
+    return tiling
 
 
 def _to_size(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -406,7 +445,7 @@ class Run:
         h, w = cfg.data.image_size
         return Ensemble(loaded, names, batch_size or cfg.predict.batch_size, (h, w), normalise, postprocess,
                         classes, paths, scales=cfg.predict.scales, weights=[members[f.tag].weight for f in folds],
-                        positive_only=[members[f.tag].positive_only for f in folds])
+                        positive_only=[members[f.tag].positive_only for f in folds], tiling=cfg.predict.tiling)
 
     def write_submission(self, path: str | Path | None = None, tta: Sequence[str] | None = None,
                          models: Sequence[str] | None = None) -> Path:

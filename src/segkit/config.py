@@ -232,6 +232,24 @@ class PostprocessConfig(_Checked):
 
 
 @dataclass
+class TilingConfig(_Checked):
+    """Tiled inference (`predict.tiling`): windows of `tile` pixels overlapping by `overlap` of a tile, blended
+    with a weight falling off toward the window edges ("gaussian") or flat ("uniform"). The tile is checked
+    against the models' size step when they are loaded (segkit.tiling.check_tiling)."""
+
+    SECTION: ClassVar[str] = "predict.tiling"
+
+    tile: int = 384
+    overlap: float = 0.25
+    blend: str = "gaussian"
+
+    def check(self) -> None:
+        from segkit.tiling import check_tiling
+
+        check_tiling(self.tile, self.overlap, self.blend, where=self.SECTION)
+
+
+@dataclass
 class PredictConfig(_Checked):
     """Test-time augmentation and ensembling."""
 
@@ -243,6 +261,7 @@ class PredictConfig(_Checked):
     scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale TTA, e.g. [0.75, 1.0, 1.25]
     weights: dict[str, float] | None = None  # ensemble weight per model tag; None: equal
     tune_weights: bool = False  # choose the weights per model tag on the OOF predictions (`segkit tune`)
+    tiling: TilingConfig | None = None  # tiled inference at the images' stored size; None: off
 
     def check(self) -> None:
         _at_least(self._key("batch_size"), self.batch_size, 1)

@@ -98,6 +98,15 @@ class Adapter:
 
         return image_size(sample.image[0])
 
+    def tiling_canvases(self, samples: list[Sample]) -> list:
+        """What tiled inference (`predict.tiling`) predicts whole, as `segkit.tiling.Canvas`es whose parts are
+        indices into `samples`: by default each sample's image at its stored size, read when its first window
+        is and dropped after its last (one image in memory at a time). 38-Cloud stitches patches into scenes."""
+        from segkit.tiling import ImageCanvas
+
+        return [ImageCanvas(i, self.stored_size(s), lambda s=s: self.read_image(s), name=s.id)
+                for i, s in enumerate(samples)]
+
     def submission_rows(self, sample: Sample, mask: np.ndarray) -> Iterator[tuple[str, str]]:
         """Rows (id, rle) for one test sample as the format declares them; `mask` is uint8 (H, W, classes)
         at submission_size."""

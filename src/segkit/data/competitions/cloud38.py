@@ -354,6 +354,27 @@ class Cloud38Adapter(Adapter):
         """The patch's size from its red band's header (384x384 in the real data)."""
         return self._band_shape(sample)
 
+    def tiling_canvases(self, samples: list[Sample]) -> list:
+        """Tiled inference sees whole scenes: each scene's patches placed by (row, col) on its padded
+        (max_row·P) x (max_col·P) grid (as the official evaluation stitches them; an unlisted position reads as
+        zeros, the no-data value), predicted with overlapping windows across patch borders and cut back into
+        the patches. Scenes in order of first appearance; patches are read one patch row at a time."""
+        from segkit.tiling import GridCanvas
+
+        scenes: dict[str, dict[tuple[int, int], int]] = {}
+        for i, s in enumerate(samples):
+            pn = parse_patch_name(s.id)
+            scenes.setdefault(pn.scene, {})[(pn.row - 1, pn.col - 1)] = i
+        canvases = []
+        for scene, cells in scenes.items():
+            first = samples[next(iter(cells.values()))]
+            size, width = self.stored_size(first)
+            if size != width:
+                raise DataError(f"{first.image[0]}: patch is {size}x{width}; tiling stitches square patches")
+            canvases.append(GridCanvas(cells, max(r for r, _ in cells) + 1, max(c for _, c in cells) + 1, size,
+                                       lambda i: self.read_image(samples[i]), name=scene))
+        return canvases
+
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Pooled Jaccard TP / (TP + FP + FN) over every pixel of the stack (1.0 when both are empty)."""
         t = truth.astype(bool)
