@@ -96,3 +96,29 @@ def test_folder_dataset_end_to_end(tmp_path, capsys):
     assert list(sub["id"]) == ["pic8_class_1", "pic8_class_2", "pic9_class_1", "pic9_class_2"]
     for text in sub["EncodedPixels"]:
         assert rle.decode(text, (32, 32), "F").shape == (32, 32)
+
+
+# (competition, synthetic image size, training size, submission (H, W), rows per test image)
+NEW_FORMATS = [("severstal", (32, 200), "[32,192]", (256, 1600), 4), ("tgs", 101, "[32,32]", (101, 101), 1)]
+
+
+@pytest.mark.parametrize("competition, synth_size, size, shape, per_image", NEW_FORMATS)
+def test_severstal_and_tgs_end_to_end(competition, synth_size, size, shape, per_image, tmp_path, capsys):
+    """synth -> train -> tune -> predict through the CLI; the submission follows the sample and validates."""
+    root = tmp_path / "data"
+    if competition == "tgs":
+        assert main(["-q", "synth", "tgs", "--out", str(root), "--seed", "3", "--n-train", "12", "--n-test", "3",
+                     "--patch-size", str(synth_size)]) == 0
+    else:  # a non-square size, which the CLI's --patch-size cannot give
+        generate(competition, root, seed=3, image_size=synth_size, n_train=12, n_test=3, quiet=True)
+    cfg = tiny_config(competition, root, tmp_path, size)
+    tuned, path = run_pipeline(cfg)
+    assert len(tuned["classes"]) == per_image
+    sample = root / "sample_submission.csv"
+    validate_cli(competition, path, sample, capsys)
+    sub = pd.read_csv(path, keep_default_na=False, dtype=str)
+    expected = pd.read_csv(sample, dtype=str)
+    assert list(sub.columns) == list(expected.columns) and list(sub.iloc[:, 0]) == list(expected.iloc[:, 0])
+    assert len(sub) == 3 * per_image
+    for text in sub.iloc[:, 1]:
+        assert rle.decode(text, shape, "F").shape == shape

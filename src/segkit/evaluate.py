@@ -5,6 +5,8 @@
 - Airbus Ship Detection: per image, F2 = 5TP / (5TP + 4FN + FP) averaged over IoU thresholds
   0.50, 0.55, ..., 0.95, with predicted and true ships matched one to one (a match counts when IoU > t);
   an image with no ship and no prediction scores 1; then the mean over images.
+- TGS Salt Identification: per image, the share of IoU thresholds 0.50, 0.55, ..., 0.95 that the mask's IoU
+  exceeds (the whole mask is the one object; both empty = 1, one of them empty = 0); then the mean over images.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 AIRBUS_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+IOU_THRESHOLDS = np.arange(0.5, 1.0, 0.05)  # TGS: 0.50, 0.55, ... 0.95
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -37,6 +40,25 @@ def clouds_score(truth: np.ndarray, pred: np.ndarray) -> float:
     t = np.moveaxis(np.asarray(truth), -1, 1)  # (N, labels, H, W): one Dice per pair
     p = np.moveaxis(np.asarray(pred), -1, 1)
     return float(dice_per_image(t.reshape(-1, *t.shape[2:]), p.reshape(-1, *p.shape[2:])).mean())
+
+
+def tgs_iou_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+    """TGS Salt's metric from per-image counts (..., N): per image the share of IoU thresholds 0.50-0.95 that
+    the mask's IoU exceeds (both empty = 1, one empty = 0), mean over images (last axis)."""
+    inter = np.asarray(inter, dtype=np.float64)
+    union = np.asarray(pred_area, dtype=np.float64) + true_area - inter
+    iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    return (iou[..., None] > IOU_THRESHOLDS).mean(axis=-1).mean(axis=-1)
+
+
+def tgs_score(truth: np.ndarray, pred: np.ndarray) -> float:
+    """TGS Salt's leaderboard score over a stack of binary masks (N, H, W) (see tgs_iou_from_counts)."""
+    t = np.asarray(truth).reshape(len(truth), -1).astype(bool)
+    p = np.asarray(pred).reshape(len(pred), -1).astype(bool)
+    if t.shape != p.shape:
+        raise ValueError(f"truth and prediction differ in shape: {np.shape(truth)} vs {np.shape(pred)}")
+    return float(tgs_iou_from_counts(np.count_nonzero(t & p, axis=1), np.count_nonzero(p, axis=1),
+                                     np.count_nonzero(t, axis=1)))
 
 
 def label_objects(mask: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class SubmissionFormat:
         blank row).
     labels: the labels of "label" rows, in column order of the mask.
     id_suffix: every image id ends with it (".jpg": Kaggle ids are the test file names).
+    id_pattern: a regular expression every image id matches in full (TGS: ten hex digits), checked like
+        id_suffix when no sample is given; "" checks nothing.
     id_list: the one column of a plain id list that `--sample` may also be (38-Cloud's test_patches CSV,
         column `name`, read with or without its header row).
     competition: the registered name, filled in by `register_adapter`.
@@ -60,6 +63,7 @@ class SubmissionFormat:
     rows: str = "image"
     labels: tuple[str, ...] = ()
     id_suffix: str = ""
+    id_pattern: str = ""
     id_list: str = ""
     competition: str = ""
 
@@ -437,6 +441,10 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
         if sample is None and fmt.id_suffix and image and not image.endswith(fmt.id_suffix):
             form = f"<image>{fmt.id_suffix}_<label>" if fmt.rows == "label" else f"<image>{fmt.id_suffix}"
             problems.add("id form", f"{where_id}: {fmt.name} ids are {form} (the test file name)")
+        elif sample is None and fmt.id_pattern and image and not re.fullmatch(fmt.id_pattern, image):
+            form = "<image>_<label>" if fmt.rows == "label" else "the image id"
+            problems.add("id form", f"{where_id}: {fmt.name} ids are {form} with the image id matching "
+                                    f"{fmt.id_pattern}")
         if text.strip().lower() in ("nan", "none", "null"):
             problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; leave the field blank")
             continue

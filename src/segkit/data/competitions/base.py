@@ -142,6 +142,8 @@ _MODULES = {
     "carvana": "carvana",
     "clouds": "clouds",
     "airbus": "airbus",
+    "severstal": "severstal",
+    "tgs": "tgs",
     "folder": "folder",
 }
 

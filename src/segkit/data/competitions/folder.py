@@ -41,16 +41,6 @@ def read_any(path: str | Path) -> np.ndarray:
 
 
 METRICS = ("dice", "tgs_iou")
-IOU_THRESHOLDS = np.arange(0.5, 1.0, 0.05)  # 0.50, 0.55, ... 0.95
-
-
-def tgs_iou_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
-    """TGS Salt's metric from per-image counts (..., N): per image the share of IoU thresholds 0.50-0.95 that
-    the mask's IoU exceeds (both empty = 1, one empty = 0), mean over images (last axis)."""
-    inter = np.asarray(inter, dtype=np.float64)
-    union = np.asarray(pred_area, dtype=np.float64) + true_area - inter
-    iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-    return (iou[..., None] > IOU_THRESHOLDS).mean(axis=-1).mean(axis=-1)
 
 
 @register_adapter("folder")
@@ -198,6 +188,8 @@ class FolderAdapter(Adapter):
 
     def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
         """score_class from per-image counts (see Adapter.score_counts)."""
+        from segkit.evaluate import tgs_iou_from_counts
+
         fn = tgs_iou_from_counts if self.metric == "tgs_iou" else dice_from_counts
         return fn(inter, pred_area, true_area)
 

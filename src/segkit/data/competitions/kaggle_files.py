@@ -78,3 +78,15 @@ def check_mask_shape(mask: np.ndarray, expected: tuple[int, int], source: str, i
     if mask.shape[:2] != tuple(expected):
         raise DataError(f"{source}: mask is {mask.shape[0]}x{mask.shape[1]} but image {image} is "
                         f"{expected[0]}x{expected[1]}")
+
+
+def check_image_size(path: str | os.PathLike, expected: tuple[int, int], first: str, real: tuple[int, int],
+                     shape: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (H, W) of image `path` (`shape` when already known, else from its header), which must equal the size
+    `expected` of the dataset's first image `first` (competitions whose images all share the `real` size);
+    DataError naming the file and both sizes otherwise, so no RLE is decoded at a wrong size."""
+    got = tuple(shape) if shape is not None else image_size(path)
+    if got != tuple(expected):
+        raise DataError(f"{path}: image is {got[0]}x{got[1]}, but {first} is {expected[0]}x{expected[1]}; every "
+                        f"image of this competition has one size ({real[0]}x{real[1]} in the real data)")
+    return got  # type: ignore[return-value]

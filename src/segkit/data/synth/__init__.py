@@ -7,7 +7,8 @@ from pathlib import Path
 from segkit.errors import ConfigError
 
 # name -> module under segkit.data.synth; each module has `generate(out: Path, seed: int, **options) -> Path`.
-SYNTH_MODULES = {"cloud38": "cloud38", "carvana": "carvana", "clouds": "clouds", "airbus": "airbus"}
+SYNTH_MODULES = {"cloud38": "cloud38", "carvana": "carvana", "clouds": "clouds", "airbus": "airbus",
+                 "severstal": "severstal", "tgs": "tgs"}
 
 
 def generate(name: str, out: str | Path, seed: int = 0, **options) -> Path:
