@@ -208,3 +208,81 @@ def test_constant_keras_model_is_seamless_through_the_ensemble():
     p = ens.predict(image)
     expected = np.float32(1 / (1 + np.exp(-0.3)))
     assert p.shape == (150, 97, 1) and np.abs(p - expected).max() < 1e-6
+
+
+# --- `segkit predict` with predict.tiling (a tiny trained run) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def cloud_run(tmp_path_factory):
+    """A tiny 38-Cloud run on synthetic 32-px patches (scenes of 3-4 x 3-4 patches), trained at 32 px."""
+    tmp = tmp_path_factory.mktemp("tiled")
+    root = sk.synth("cloud38", tmp / "data", seed=5, patch_size=32, n_train_scenes=3, n_test_scenes=2, quiet=True)
+    run = sk.Run("demo", ["predict.tta=[identity,hflip]"], quiet=True,
+                 data={"root": root, "image_size": 32, "cache_dir": tmp / "cache", "options": {"stratify": False}},
+                 models=[{"name": "unet", "tag": "unet", "depth": 2, "base_filters": 4}],
+                 postprocess={"tune": False, "threshold": 0.5},
+                 train={"folds": 2, "epochs": 1, "batch_size": 16, "workers": 1, "early_stopping_patience": 50})
+    run.config.output.runs_dir, run.config.output.submissions_dir = str(tmp / "runs"), str(tmp / "subs")
+    run.fit()
+    return run, tmp
+
+
+def _rows(path):
+    return dict(line.split(",", 1) for line in path.read_text().splitlines()[1:])
+
+
+@pytest.mark.slow  # trains a tiny run (~1-2 min on 2 shared CPUs)
+def test_predict_tiles_whole_scenes_and_writes_the_patch_grid(cloud_run):
+    from segkit.pipeline import predict
+    from segkit.scene_eval import evaluate_submission
+
+    run, tmp = cloud_run
+    cfg = run.config
+    plain = predict(cfg, quiet=True, out=tmp / "plain.csv")
+    # windows of exactly one patch, no overlap: the scene grid gives back the patch-by-patch prediction
+    same = predict(sk.load_config(cfg, ["predict.tiling={tile: 32, overlap: 0}"]), quiet=True, out=tmp / "t0.csv")
+    assert _rows(same) == _rows(plain)
+    tiled = predict(sk.load_config(cfg, ["predict.tiling={tile: 64, overlap: 0.5}"]), quiet=True,
+                    out=tmp / "t1.csv")
+    rows, ref = _rows(tiled), _rows(plain)
+    assert list(rows) == list(ref) and rows != ref  # the same patches in scene order, other masks
+    assert run.validate(tiled) == []
+    adapter = run.adapter
+    report = evaluate_submission(tiled, adapter.scene_gt_dir(), patch_size=32, previews=False, quiet=True)
+    assert len(report.scenes) == 2 and 0 <= report.pooled["jaccard"] <= 100
+    with pytest.raises(ConfigError, match=r"^predict\.tiling\.tile: must be an integer ≥ the models' size step 4"):
+        predict(sk.load_config(cfg, ["predict.tiling.tile=30"]), quiet=True, out=tmp / "bad.csv")
+    assert not (tmp / "bad.csv").exists()
+
+
+def test_folder_adapter_predicts_large_test_images_one_at_a_time(tmp_path, unet):
+    """The folder adapter's test images (of any size) as canvases read when their first window is and dropped
+    after their last, through the ensemble at their stored size."""
+    import cv2
+
+    from segkit.data.competitions.base import make_adapter
+    from segkit.predict import predict_tiled
+
+    rng = np.random.default_rng(3)
+    for sub in ("images", "masks", "test"):
+        (tmp_path / sub).mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), rng.integers(0, 255, (32, 32, 4), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), (rng.random((32, 32)) > 0.5).astype(np.uint8))
+    sizes = {"big1": (260, 150), "big2": (90, 200)}
+    for name, (h, w) in sizes.items():
+        cv2.imwrite(str(tmp_path / "test" / f"{name}.png"), rng.integers(0, 255, (h, w, 4), dtype=np.uint8))
+    adapter = make_adapter("folder", tmp_path)
+    samples = adapter.test_samples()
+    canvases = adapter.tiling_canvases(samples)
+    assert [c.shape for c in canvases] == [sizes[s.id] for s in samples]
+    held = []
+    parts = predict_tiled([unet], canvases, adapter.normalise, ["identity", "hflip"], 4,
+                          TilingConfig(tile=64, overlap=0.25), quiet=True)
+    for part in parts:
+        held.append([c._image is not None for c in canvases])  # which images are in memory
+        assert part.probs.shape == (*sizes[samples[part.index].id], 1)
+        plain = sk.Ensemble([unet], ["identity", "hflip"], tiling={"tile": 64, "overlap": 0.25}).predict(
+            adapter.read_image(samples[part.index]))
+        np.testing.assert_allclose(part.probs, plain, atol=1e-5)
+    assert held == [[False, True], [False, True]]  # the first dropped once the second was read
+    assert not any(c._image is not None for c in canvases)  # and the last when done
