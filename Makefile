@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rle.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/tiling.py
 
 clean:
 	rm -rf runs cache demo_out build .pytest_cache
