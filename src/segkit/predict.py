@@ -283,7 +283,7 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     inverse transforms and their sum stay there too; see `_one_model`), so a call holds at most
     `batch_size` × T images: T times the activations of a plain batch; lower `batch_size` if that does not
     fit. With several devices (a JAX `keras.distribution` set before the models were loaded, or a TF strategy
-    they were loaded under) each call's batch is split across them.
+    they were loaded under) each call's batch, padded to a multiple of the device count, is split across them.
     """
     from tqdm import tqdm
 
