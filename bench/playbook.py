@@ -40,7 +40,7 @@ STEPS = ("plain (0.5)", "threshold", "min area", "gate", "triplet")
 SIZES = {
     "airbus": {"full": dict(n_train=600, epochs=12, steps=None), "quick": dict(n_train=60, epochs=1, steps=3)},
     "clouds": {"full": dict(n_train=600, epochs=12, steps=None), "quick": dict(n_train=60, epochs=1, steps=3)},
-    "tgs": {"full": dict(n_train=None, epochs=8, steps=None), "quick": dict(n_train=90, epochs=1, steps=3)},
+    "tgs": {"full": dict(n_train=1200, epochs=10, steps=None), "quick": dict(n_train=90, epochs=1, steps=3)},
     "speed": {"full": dict(n=5546, h=350, w=525, classes=4), "quick": dict(n=300, h=350, w=525, classes=2)},
 }
 

@@ -391,9 +391,12 @@ def compile_args(loss: keras.losses.Loss, metrics: list, classifier_weight: floa
     """`model.compile` keyword arguments for a segmentation loss and mask metrics: as given for a one-output
     model (`classifier_weight` None); for a model with the classification head (outputs `mask`, `label`) the
     loss is `loss` on the mask + classifier_weight × ClassifierLoss on the label, and the metrics read the mask
-    only. Fit such a model with the mask target given to both outputs: `{"mask": y, "label": y}`."""
+    only. Fit such a model with the mask target given to both outputs: `{"mask": y, "label": y}`.
+
+    Lists in output order, not dicts keyed by output name: Keras 3.5 and 3.6 pair a loss dict with the outputs
+    in the keys' alphabetical order ("label" before "mask"), i.e. wrongly; the identical targets make the
+    order of the target dict irrelevant."""
     if classifier_weight is None:
         return {"loss": loss, "metrics": metrics}
-    return {"loss": {"mask": loss, "label": ClassifierLoss()},
-            "loss_weights": {"mask": 1.0, "label": float(classifier_weight)},
-            "metrics": {"mask": list(metrics)}}
+    return {"loss": [loss, ClassifierLoss()], "loss_weights": [1.0, float(classifier_weight)],
+            "metrics": [list(metrics), []]}
