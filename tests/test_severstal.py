@@ -170,3 +170,10 @@ def test_malformed_input_is_named(tmp_path):
     (root / "sample_submission.csv").unlink()
     with pytest.raises(DataError, match="sample_submission.csv: sample submission not found"):
         adapter.test_samples()
+
+
+def test_kaggle_slugs_name_the_adapters():
+    from segkit.kaggle.config import adapter_for
+
+    assert adapter_for("severstal-steel-defect-detection") == "severstal"
+    assert adapter_for("tgs-salt-identification-challenge") == "tgs"

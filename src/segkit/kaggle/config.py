@@ -13,6 +13,8 @@ KNOWN_COMPETITIONS = {
     "carvana-image-masking-challenge": "carvana",
     "understanding_cloud_organization": "clouds",
     "airbus-ship-detection": "airbus",
+    "severstal-steel-defect-detection": "severstal",
+    "tgs-salt-identification-challenge": "tgs",
 }
 
 
