@@ -40,6 +40,8 @@ class SubmissionFormat:
 
     header: the two column names, exactly as Kaggle expects them.
     order: RLE pixel order, "C" (row-major) or "F" (column-major).
+    scheme: RLE scheme, "standard" (1-based absolute starts, an empty mask a blank field) or "relative"
+        (SIIM-ACR: each start counted from the previous run's end, an empty mask `-1`); see segkit.rle.
     shape: (H, W) every RLE refers to; None when it is each image's own size (only the syntax is checked
         then, unless the validator is given each id's size).
     own_size: each id is encoded at its own image's size and `shape` is that size in the real data (38-Cloud:
@@ -66,12 +68,17 @@ class SubmissionFormat:
     id_pattern: str = ""
     id_list: str = ""
     competition: str = ""
+    scheme: str = "standard"
 
     def __post_init__(self) -> None:
         if len(self.header) != 2:
             raise ValueError(f"SubmissionFormat.header: expected two column names, got {self.header!r}")
         if self.order not in rle.ORDERS:
             raise ValueError(f"SubmissionFormat.order: expected 'C' or 'F', got {self.order!r}")
+        if self.scheme not in rle.SCHEMES:
+            raise ValueError(f"SubmissionFormat.scheme: expected one of {', '.join(rle.SCHEMES)}, got {self.scheme!r}")
+        if self.scheme != "standard" and self.rows == "object":
+            raise ValueError("SubmissionFormat.scheme: object rows are written in the standard scheme only")
         if self.rows not in ROWS:
             raise ValueError(f"SubmissionFormat.rows: expected one of {', '.join(ROWS)}, got {self.rows!r}")
         if (self.rows == "label") != bool(self.labels):
@@ -87,6 +94,11 @@ class SubmissionFormat:
     def name(self) -> str:
         """The competition's name for messages."""
         return self.competition or "this competition"
+
+    @property
+    def empty(self) -> str:
+        """How this format writes an empty mask: a blank field, or `-1` in the relative scheme."""
+        return rle.EMPTY[self.scheme]
 
     def split_label(self, row_id: str) -> tuple[str, str] | None:
         """(image, label) of a label row's id `<image>_<label>`, or None when it ends in no declared label
@@ -105,7 +117,7 @@ class SubmissionFormat:
         """Rows (id, rle) of one image; `mask` is uint8 (H, W, classes) at its submission size."""
         if self.rows == "label":
             for c, label in enumerate(self.labels):
-                yield f"{image_id}_{label}", rle.encode(mask[..., c], order=self.order)
+                yield f"{image_id}_{label}", rle.encode(mask[..., c], order=self.order, scheme=self.scheme)
         elif self.rows == "object":
             from segkit.evaluate import label_objects
 
@@ -115,7 +127,7 @@ class SubmissionFormat:
             for text in encoded:
                 yield image_id, text
         else:
-            yield image_id, rle.encode(mask[..., 0], order=self.order)
+            yield image_id, rle.encode(mask[..., 0], order=self.order, scheme=self.scheme)
 
 
 def format_for(competition: str | SubmissionFormat) -> SubmissionFormat:
@@ -445,8 +457,12 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
             form = "<image>_<label>" if fmt.rows == "label" else "the image id"
             problems.add("id form", f"{where_id}: {fmt.name} ids are {form} with the image id matching "
                                     f"{fmt.id_pattern}")
+        write_empty = f"write '{fmt.empty}'" if fmt.empty else "leave the field blank"
         if text.strip().lower() in ("nan", "none", "null"):
-            problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; leave the field blank")
+            problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; {write_empty}")
+            continue
+        if fmt.empty and not text.strip():
+            problems.add("rle", f"{where_id}: blank field; {fmt.name} writes an empty mask as '{fmt.empty}'")
             continue
         if "\n" in text or "\r" in text:
             problems.add("line break", f"{where_id}: the RLE holds a line break (a quoted field over several "
@@ -454,10 +470,11 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
             continue
         shape = shapes.get(image, fmt.shape) if shapes is not None else fmt.shape
         try:
-            starts, lengths = rle.parse_runs(text, shape[0] * shape[1] if shape else _UNBOUNDED)
+            starts, lengths = rle.parse_runs(text, shape[0] * shape[1] if shape else _UNBOUNDED, fmt.scheme)
         except RLEError as exc:
             size = f"{shape[0]}x{shape[1]}" if shape else "any size"
-            problems.add("rle", f"{where_id}: {exc} (image {size}, order {fmt.order})")
+            scheme = ", relative starts" if fmt.scheme == "relative" else ""
+            problems.add("rle", f"{where_id}: {exc} (image {size}, order {fmt.order}{scheme})")
             continue
         if fmt.rows == "object":
             if starts.size == 0:
@@ -532,7 +549,7 @@ def _compare_with_sample(path: Path, sample: SampleIds, fmt: SubmissionFormat, o
                          first_row: dict[str, tuple[int, int]], problems: _Problems, notes: list[str]) -> None:
     for text in sample.problems:
         problems.add("sample", text)
-    if not sample.is_list and sample.header != fmt.header:
+    if not sample.is_list and tuple(h.strip() for h in sample.header) != fmt.header:
         problems.add("sample", f"{sample.path}, line 1: the sample's header is {','.join(sample.header)}, not the "
                                f"{fmt.name} header {','.join(fmt.header)}: is it the right sample?")
     wanted = set(sample.ids)

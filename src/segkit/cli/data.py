@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to write (created; replaced if it is an older synthetic dataset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patch-size", type=int, default=None, help="patch/image side in pixels (format default when omitted)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (airbus, clouds, severstal, tgs; format default when omitted)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (airbus, clouds, severstal, tgs)")
+    p.add_argument("--n-train", type=int, default=None, help="training images (airbus, clouds, severstal, tgs, siim; format default when omitted)")
+    p.add_argument("--n-test", type=int, default=None, help="test images (airbus, clouds, severstal, tgs, siim)")
     p.add_argument("--empty-fraction", type=float, default=None,
                    help="share of training images with an empty mask (airbus: ship-free; clouds: no label at all; "
-                        "severstal: defect-free; tgs: salt-free)")
+                        "severstal: defect-free; tgs: salt-free; siim: pneumothorax-free)")
     p.add_argument("--faint", type=float, default=None,
                    help="share of objects drawn small and faint (airbus ships, clouds regions)")
     p.set_defaults(func=cmd_synth)

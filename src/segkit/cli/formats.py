@@ -8,7 +8,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `validate` to the `segkit` parser."""
     p = sub.add_parser("validate", help="check a submission CSV (header, ids, RLEs, overlaps, labels, the sample's ids)")
     p.add_argument("--competition", "-c", required=True,
-                   help="competition format: carvana, clouds, airbus, severstal, tgs, folder, cloud38, cloud95")
+                   help="competition format: carvana, clouds, airbus, severstal, tgs, siim, folder, cloud38, cloud95")
     p.add_argument("submission", help="the submission CSV")
     p.add_argument("--sample", help="the competition's sample_submission.csv (for 38-Cloud also "
                                     "test_patches_38-Cloud.csv): the ids must be the same")

@@ -15,6 +15,7 @@ KNOWN_COMPETITIONS = {
     "airbus-ship-detection": "airbus",
     "severstal-steel-defect-detection": "severstal",
     "tgs-salt-identification-challenge": "tgs",
+    "siim-acr-pneumothorax-segmentation": "siim",
 }
 
 

@@ -142,6 +142,7 @@ _MODULES = {
     "carvana": "carvana",
     "clouds": "clouds",
     "airbus": "airbus",
+    "siim": "siim",
     "severstal": "severstal",
     "tgs": "tgs",
     "folder": "folder",

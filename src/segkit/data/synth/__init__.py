@@ -7,7 +7,7 @@ from pathlib import Path
 from segkit.errors import ConfigError
 
 # name -> module under segkit.data.synth; each module has `generate(out: Path, seed: int, **options) -> Path`.
-SYNTH_MODULES = {"cloud38": "cloud38", "carvana": "carvana", "clouds": "clouds", "airbus": "airbus",
+SYNTH_MODULES = {"cloud38": "cloud38", "carvana": "carvana", "clouds": "clouds", "airbus": "airbus", "siim": "siim",
                  "severstal": "severstal", "tgs": "tgs"}
 
 
