@@ -122,7 +122,15 @@ class TrainConfig(_Checked):
     steps_per_epoch: int | None = None
     workers: int = 2  # PyDataset worker threads (JAX/torch backends; TensorFlow builds batches with tf.data)
     use_multiprocessing: bool = False
-    mixed_precision: str | None = None  # "mixed_float16" or "mixed_bfloat16"
+    # data-parallel devices: auto (every visible GPU/TPU, else CPU) or a count; batch_size is per device
+    devices: Any = "auto"
+    # auto (from the device: GPU cc ≥ 8 / TPU mixed_bfloat16, other GPUs mixed_float16, CPU float32),
+    # float32 (also null / off), mixed_float16 or mixed_bfloat16 — see segkit.devices
+    mixed_precision: Any = "auto"
+    jit_compile: Any = "auto"  # XLA for the train step: auto (JAX; TF on one GPU/TPU), true, false
+    # flips, 90° rotations and brightness/contrast of train.augment in the train step on the device (keras.ops)
+    # instead of the CPU feed; shift_scale_rotate stays on the CPU
+    augment_on_device: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     verbose: int | None = None  # Keras fit verbosity; None: 1 (bars) on a terminal, 2 (a line an epoch) in logs
     ema: float | None = None  # momentum of the weights' exponential moving average (e.g. 0.999); null: off
@@ -134,6 +142,11 @@ class TrainConfig(_Checked):
 
     def check(self) -> None:
         _at_least(self._key("folds"), self.folds, 2)
+        from segkit.devices import check_devices_setting, check_jit_setting, check_precision_setting
+
+        self.devices = check_devices_setting(self.devices, self._key("devices"))
+        check_precision_setting(self.mixed_precision, self._key("mixed_precision"))  # null stays null (old runs)
+        check_jit_setting(self.jit_compile, self._key("jit_compile"))
         if self.pseudo is not None and not self.pseudo.strip():
             raise ConfigError(f"{self._key('pseudo')}: give a round as <run>/<round> (e.g. demo/1) or a round "
                               "folder (runs/demo/pseudo/round_1), or null")

@@ -624,7 +624,7 @@ TRAIN_WEIGHT_KEYS = ("folds", "loss", "metrics", "learning_rate", "batch_size", 
 DATA_WEIGHT_KEYS = ("competition", "options", "image_size", "max_train_samples")
 # Weight-shaping train keys added after runs already existed: in the fingerprint only when set away from their
 # default, so folds trained before a key existed stay valid.
-TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ("pseudo", "ema", "swa", "positive_only")
+TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ("pseudo", "ema", "swa", "positive_only", "augment_on_device")
 
 
 def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
@@ -640,6 +640,8 @@ def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
             out[f"models.{t}"] = spec
     for key in TRAIN_WEIGHT_KEYS:
         out[f"train.{key}"] = d["train"][key]
+    if out["train.mixed_precision"] == "auto":  # the default, as null was before auto existed: folds trained
+        out["train.mixed_precision"] = None  # with the old default stay valid, and auto on any device matches
     defaults = dataclasses.asdict(type(cfg.train)())
     for key in TRAIN_WEIGHT_KEYS_IF_SET:
         if d["train"][key] != defaults[key]:

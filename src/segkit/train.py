@@ -15,7 +15,9 @@ import numpy as np
 
 from segkit.averaging import Averager, make_averager, optimizer_options
 from segkit.config import Config, model_classifier, model_positive_only
+from segkit.data import device_augment
 from segkit.data.io import atomic_save_npy, atomic_write
+from segkit.devices import DevicePlan, plan_devices
 from segkit.errors import ConfigError, TrainingError
 from segkit.predict import predict_ensemble, resolve_tta
 from segkit.runs import RESTART_HINT, FoldDir, RunData, RunDir, changed_keys, fold_fingerprint, model_tags, \
@@ -64,6 +66,11 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
         rd.postprocess.unlink(missing_ok=True)
         rd.weights.unlink(missing_ok=True)  # tuned ensemble weights (predict.tune_weights) describe it no more
     rd.write_config(cfg)  # only now: every trained fold agrees with it
+    plan = plan_devices(cfg.train)
+    if not quiet:
+        print(f"[train] devices: {plan.describe(cfg.train.batch_size)}", flush=True)
+        if plan.note:
+            print(f"[train] note: {plan.note}", flush=True)
     for spec, tag in zip(cfg.models, tags):
         for k in wanted:
             fold = rd.fold(tag, k)
@@ -71,7 +78,7 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
                 if not quiet:
                     print(f"[{tag} fold {k}] already trained, skipping")
                 continue
-            train_fold(cfg, run, spec, tag, k, fingerprints[tag], quiet=quiet)
+            train_fold(cfg, run, spec, tag, k, fingerprints[tag], quiet=quiet, plan=plan)
     if not quiet:
         print_fold_table(rd, tags, wanted)
     return rd.path
@@ -120,21 +127,24 @@ def _epoch_change(fold: FoldDir, epochs: int) -> list[str]:
     return [f"train.epochs: {epochs} asked, the fold {how} {ran}"]
 
 
-def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerprint: dict, quiet: bool = False) -> None:
-    """Train one model on one fold (resuming from its last finished epoch) and write its OOF predictions."""
-    from segkit.data.generator import SegmentationDataset
-    from segkit.losses import compile_args, get_loss
-    from segkit.metrics import get_metrics
-    from segkit.models.registry import build_model, has_classifier, load_model, set_precision
+def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerprint: dict, quiet: bool = False,
+               plan: DevicePlan | None = None) -> None:
+    """Train one model on one fold (resuming from its last finished epoch) and write its OOF predictions.
 
+    `plan` (segkit.devices; made from cfg.train when None) gives the devices, precision and XLA setting: the
+    model is built or loaded and trained inside its distribution scope on batches of train.batch_size per
+    device; the OOF predictions are written on one device, from best.keras."""
+    from segkit.data.generator import SegmentationDataset
     from segkit.data.io import sweep_stale
+    from segkit.models.registry import has_classifier, load_model, set_precision
 
     fold = RunDir.of(cfg).fold(tag, k)
     state = fold.read_state()
     fold.write_fingerprint(fingerprint)
     sweep_stale(fold.path)  # checkpoints / OOF half-written by a killed process
     tc = cfg.train
-    set_precision(tc.mixed_precision)
+    plan = plan or plan_devices(tc)
+    set_precision(plan.precision)
     keras.utils.set_random_seed(cfg.seed + 1000 * k)
     train_idx = np.flatnonzero(run.folds != k)
     val_idx = np.flatnonzero(run.folds == k)
@@ -146,24 +156,52 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     train_cache, train_idx = run.training_source(  # + pseudo-labelled images, training side only
         train_idx, nonempty_only=po, skip_first=spec.get("activation", "sigmoid") == "softmax")
     n_pseudo = len(train_idx) - n_true
-    n_classes = len(run.adapter.classes)
     if not quiet:
         extra = f" (+{n_pseudo} pseudo-labelled)" if run.pseudo is not None else ""
         only = f" (non-empty masks only; OOF on all {len(val_idx)})" if po else ""
         print(f"[{tag} fold {k}] {n_true} train{extra} / {len(fit_val_idx)} val patches{only} "
               f"(fold {k + 1} of {tc.folds})", flush=True)
     common = dict(workers=tc.workers, use_multiprocessing=tc.use_multiprocessing)
-    train_ds = SegmentationDataset(train_cache, train_idx, tc.batch_size, augment=tc.augment, shuffle=True,
-                                   seed=cfg.seed + k, **common)
-    val_ds = SegmentationDataset(run.cache, fit_val_idx, tc.batch_size, augment=None, shuffle=False, seed=0,
-                                 **common)
+    batch = plan.global_batch(tc.batch_size)  # train.batch_size per device
+    cpu_augment = device_augment.cpu_part(tc.augment) if tc.augment_on_device else tc.augment
+    train_ds = SegmentationDataset(train_cache, train_idx, batch, augment=cpu_augment, shuffle=True,
+                                   seed=cfg.seed + k, pad_to=plan.batch_multiple(training=True), **common)
+    val_ds = SegmentationDataset(run.cache, fit_val_idx, batch, augment=None, shuffle=False, seed=0,
+                                 pad_to=plan.batch_multiple(training=False), **common)
+    with plan.scope():  # variables on every device; fit splits each batch across them
+        model, keeper, averager = _fit_fold(cfg, run, spec, tag, k, fold, state, plan, train_ds, val_ds, quiet)
+        averaging = averager.finish(model, keeper.best) if averager else None  # best.keras: the averaged weights
+    best = (load_model(fold.best, fix=f"retrain the fold: {fold.restart_hint()}") if fold.best.is_file()
+            else model)
+    write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
+    fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": keeper.monitor,
+                                "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx)),
+                                "n_train": int(n_true), "n_pseudo": int(n_pseudo),
+                                "positive_only": po, "n_val_fit": int(len(fit_val_idx)),
+                                "classifier": has_classifier(best), "devices": plan.record(tc.batch_size),
+                                **({"averaging": averaging} if averaging else {})})
+    if averager:
+        averager.cleanup()  # SWA's epoch snapshots
+    fold.last.unlink(missing_ok=True)  # the resume point is no longer needed; the best checkpoint stays
+    keras.backend.clear_session()
 
+
+def _fit_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fold: FoldDir, state: dict | None,
+              plan: DevicePlan, train_ds, val_ds, quiet: bool):
+    """Build (or load, to resume) and compile the fold's model and fit it: (model, epoch keeper, averager)."""
+    from segkit.losses import compile_args, get_loss
+    from segkit.metrics import get_metrics
+    from segkit.models.registry import build_model, has_classifier, load_model
+
+    tc = cfg.train
+    n_classes = len(run.adapter.classes)
     if state:
         try:
             model = load_model(fold.last, raw_input=True, fix=f"retrain the fold: {fold.restart_hint()}",
                                expected_shape=(*cfg.data.image_size, run.adapter.bands))
         except TrainingError as exc:
             raise TrainingError(f"{exc} (or delete {fold.last} to restart the fold from scratch)") from None
+        model.jit_compile = plan.jit_compile  # the checkpoint's compile config holds the saving machine's choice
         if not quiet:
             print(f"[{tag} fold {k}] resuming after epoch {state['epoch']}")
     else:
@@ -175,7 +213,13 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
             **compile_args(get_loss(tc.loss, n_classes),
                            get_metrics(tc.metrics, n_classes, activation=spec.get("activation", "sigmoid")),
                            classifier_weight=model_classifier(spec)[1] if has_classifier(model) else None),
+            jit_compile=plan.jit_compile,
         )
+    if tc.augment_on_device:  # flips / rot90 / brightness-contrast inside the train step; not in the checkpoint
+        dtype = run.cache.images.dtype
+        device_augment.attach(model, tc.augment, seed=cfg.seed + 1000 * k,
+                              value_range=(np.iinfo(dtype).min, np.iinfo(dtype).max)
+                              if np.issubdtype(dtype, np.integer) else None)
     head = has_classifier(model)
     monitor = "val_dice" if "dice" in tc.metrics else "val_loss"
     mode = "max" if monitor != "val_loss" else "min"
@@ -204,20 +248,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
             callbacks=[MaskMetricNames(), *feed_callbacks, *([averager] if averager else []), early, reduce, keeper],
             verbose=fit_verbosity(tc.verbose, quiet),
         )
-    averaging = averager.finish(model, keeper.best) if averager else None  # best.keras: the averaged weights
-    best = (load_model(fold.best, fix=f"retrain the fold: {fold.restart_hint()}") if fold.best.is_file()
-            else model)
-    write_oof(cfg, run, best, val_idx, fold, quiet=quiet)
-    fold.write_json(fold.done, {"fold": k, "model": tag, "best": keeper.best, "monitor": monitor,
-                                "epochs": keeper.epoch, "stopped_early": keeper.stopped, "n_val": int(len(val_idx)),
-                                "n_train": int(n_true), "n_pseudo": int(n_pseudo),
-                                "positive_only": po, "n_val_fit": int(len(fit_val_idx)),
-                                "classifier": has_classifier(best),
-                                **({"averaging": averaging} if averaging else {})})
-    if averager:
-        averager.cleanup()  # SWA's epoch snapshots
-    fold.last.unlink(missing_ok=True)  # the resume point is no longer needed; the best checkpoint stays
-    keras.backend.clear_session()
+    return model, keeper, averager
 
 
 def positive_only_split(run: RunData, spec: dict, train_idx: np.ndarray, val_idx: np.ndarray, tag: str,
@@ -305,12 +336,12 @@ def write_oof(cfg: Config, run: RunData, model, val_idx: np.ndarray, fold: FoldD
 
 
 def mask_to_both_outputs(feed):
-    """A training feed of (x, mask) batches turned into (x, {"mask": mask, "label": mask}) for a model with the
-    classification head (segkit.losses.ClassifierLoss reduces the mask to "class present" itself): a tf.data
-    pipeline is mapped, a PyDataset wrapped."""
+    """A training feed of (x, mask[, weight]) batches turned into (x, {"mask": mask, "label": mask}[, weight])
+    for a model with the classification head (segkit.losses.ClassifierLoss reduces the mask to "class present"
+    itself): a tf.data pipeline is mapped, a PyDataset wrapped."""
     if isinstance(feed, keras.utils.PyDataset):
         return _BothOutputs(feed)
-    return feed.map(lambda x, y: (x, {"mask": y, "label": y}))
+    return feed.map(lambda x, y, *w: (x, {"mask": y, "label": y}, *w))
 
 
 class _BothOutputs(keras.utils.PyDataset):
@@ -325,8 +356,8 @@ class _BothOutputs(keras.utils.PyDataset):
         return len(self.inner)
 
     def __getitem__(self, index: int):
-        x, y = self.inner[index]
-        return x, {"mask": y, "label": y}
+        x, y, *w = self.inner[index]
+        return (x, {"mask": y, "label": y}, *w)
 
     def on_epoch_end(self) -> None:
         self.inner.on_epoch_end()

@@ -25,6 +25,9 @@ class SegmentationDataset(keras.utils.PyDataset):
 
     cache: a segkit.data.cache.Cache; indices: which of its items to serve; augment: an AugmentConfig (None
     for validation/prediction); shuffle: a new order every epoch; seed: fixes order and augmentations.
+    pad_to > 1 (data-parallel training, segkit.devices.DevicePlan.batch_multiple): the last batch is topped up
+    to a multiple of pad_to with the epoch's first items, and batches are `(x, y, w)` with sample weight w = 0
+    for those repeats (1 otherwise), so every device gets a non-empty, equal share and the loss ignores them.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class SegmentationDataset(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         with_masks: bool = True,
+        pad_to: int = 1,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.cache = cache
@@ -52,6 +56,9 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = int(seed)
         self.with_masks = with_masks
+        self.pad_to = int(pad_to)
+        if self.pad_to < 1 or (self.pad_to > 1 and not with_masks):
+            raise ValueError(f"SegmentationDataset: pad_to must be ≥ 1 (and 1 without masks), got {pad_to}")
         if with_masks and cache.masks is None:
             raise ValueError("SegmentationDataset: with_masks=True but the cache has no masks")
         self.epoch = 0
@@ -92,7 +99,13 @@ class SegmentationDataset(keras.utils.PyDataset):
         def load(i):
             return self.batch(int(i), self.epoch)
 
-        if self.with_masks:
+        if self.pad_to > 1:
+            y_shape = (None,) + tuple(self.cache.masks.shape[1:])
+
+            def fn(i):
+                x, y, w = tf.numpy_function(load, [i], (tf.float32, tf.float32, tf.float32))
+                return tf.ensure_shape(x, x_shape), tf.ensure_shape(y, y_shape), tf.ensure_shape(w, (None,))
+        elif self.with_masks:
             y_shape = (None,) + tuple(self.cache.masks.shape[1:])
 
             def fn(i):
@@ -119,7 +132,12 @@ class SegmentationDataset(keras.utils.PyDataset):
 
     def batch(self, index: int, epoch: int):
         """Batch `index` of `epoch` (a pure function of seed, epoch and index)."""
-        items = self.order(epoch)[index * self.batch_size: (index + 1) * self.batch_size]
+        order = self.order(epoch)
+        items = order[index * self.batch_size: (index + 1) * self.batch_size]
+        n_real = len(items)
+        if self.pad_to > 1 and n_real % self.pad_to:
+            extra = self.pad_to - n_real % self.pad_to
+            items = np.concatenate([items, np.resize(order, extra)])  # the epoch's first items (wrapping)
         pipe = self._pipeline()
         cache = self.cache
         x = np.empty((len(items),) + cache.images.shape[1:], np.float32)
@@ -136,4 +154,6 @@ class SegmentationDataset(keras.utils.PyDataset):
             x[pos] = image  # raw values as float32; the model's first layer normalises them
             if y is not None:
                 y[pos] = mask
+        if self.pad_to > 1:
+            return x, y, (np.arange(len(items)) < n_real).astype(np.float32)
         return x if y is None else (x, y)
