@@ -297,3 +297,36 @@ def script_constants_from_text(text: str) -> dict:
     tree = ast.parse(text)
     return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body
             if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id in ("KIND", "FOLD")}
+
+
+# --- machines: two T4s by default, TPU kernels never on a pinned image -----------------------------
+
+def test_gpu_kernel_defaults_to_two_t4s_and_a_given_shape_wins(tmp_path):
+    kaggle = {k: v for k, v in KAGGLE.items() if k != "machine_shape"}
+    cfg = config_from_dict({"name": "c38", "train": {"folds": 3}, "kaggle": kaggle})
+    assert build_kernel(cfg, "cloud-net-folds-fold0", "train", 0, tmp_path).metadata["machine_shape"] == "NvidiaTeslaT4"
+    p100 = build_kernel(make_cfg(machine_shape="NvidiaTeslaP100"), "cloud-net-folds-fold1", "train", 1, tmp_path)
+    assert p100.metadata["machine_shape"] == "NvidiaTeslaP100"
+    cpu = config_from_dict({"name": "c38", "train": {"folds": 3}, "kaggle": {**kaggle, "enable_gpu": False}})
+    assert "machine_shape" not in build_kernel(cpu, "cloud-net-folds-fold2", "train", 2, tmp_path).metadata
+
+
+def test_tpu_kernel_has_no_pinned_image(tmp_path):
+    tpu = {"enable_gpu": False, "enable_tpu": True, "machine_shape": "TpuV5E8"}
+    built = build_kernel(make_cfg(**tpu), "cloud-net-folds-fold0", "train", 0, tmp_path)
+    assert built.metadata["enable_tpu"] is True and built.metadata["machine_shape"] == "TpuV5E8"
+    assert not any(k.startswith("docker_image") for k in built.metadata)
+    with pytest.raises(ConfigError, match="kaggle.docker_image_pinning_type: 'original' pins"):
+        kaggle_config(make_cfg(**tpu, docker_image_pinning_type="original"))
+    with pytest.raises(ConfigError, match="kaggle.machine_shape: TpuV5E8 is a TPU; set kaggle.enable_tpu"):
+        kaggle_config(make_cfg(machine_shape="TpuV5E8"))
+    with pytest.raises(KaggleError, match="'docker_image' pins"):
+        validate_metadata({**built.metadata, "docker_image": "gcr.io/kaggle-images/python@sha256:abc"})
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    from segkit.kaggle.bundle import templates_dir
+
+    (templates / "kernel.py").write_text((templates_dir() / "kernel.py").read_text())
+    (templates / "kernel-metadata.json").write_text(json.dumps({"language": "python", "docker_image": "x"}))
+    with pytest.raises(KaggleError, match="template: 'docker_image' pins"):
+        build_kernel(make_cfg(**tpu), "cloud-net-folds-fold1", "train", 1, tmp_path / "out", templates=templates)

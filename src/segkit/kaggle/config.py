@@ -31,14 +31,16 @@ class KaggleConfig:
     is_private: bool = True
     enable_gpu: bool = True
     enable_tpu: bool = False
-    machine_shape: str | None = None  # e.g. NvidiaTeslaT4, NvidiaL4, NvidiaH100 (enable_gpu alone gives a P100)
+    # None: NvidiaTeslaT4 (Kaggle's "GPU T4 x2"; training uses both, train.devices: auto) when enable_gpu is on;
+    # NvidiaTeslaP100, NvidiaL4, NvidiaH100 …; TPU kernels: TpuV5E8 with enable_tpu (and KERAS_BACKEND=jax)
+    machine_shape: str | None = None
     enable_internet: bool = False  # code competitions require false; a segkit bundle needs no internet
     dataset_sources: list[str] = field(default_factory=list)  # owner/dataset[/version]
     competition_sources: list[str] | None = None  # None: [competition] when one is set
     kernel_sources: list[str] = field(default_factory=list)  # owner/kernel (checkpoints for inference)
     model_sources: list[str] = field(default_factory=list)  # owner/model/framework/variation/version
     keywords: list[str] = field(default_factory=list)
-    docker_image_pinning_type: str | None = None  # "original" or "latest"
+    docker_image_pinning_type: str | None = None  # "original" or "latest" (never "original" on a TPU)
     session_timeout_seconds: int | None = None
     data_dir: str = ""  # data root inside the kernel's input folder; "" guesses from the first source
     submission_file: str = "submission.csv"  # the inference kernel's output file (code competitions)
@@ -50,6 +52,12 @@ class KaggleConfig:
 
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+DEFAULT_GPU_SHAPE = "NvidiaTeslaT4"  # what a GPU kernel gets unless kaggle.machine_shape says otherwise
+
+
+def machine_shape(kc: KaggleConfig) -> str | None:
+    """The machine a kernel asks for: kaggle.machine_shape, else NvidiaTeslaT4 (two T4s) for a GPU kernel."""
+    return kc.machine_shape or (DEFAULT_GPU_SHAPE if kc.enable_gpu else None)
 SOURCE_PARTS = {"dataset_sources": (2, 3), "kernel_sources": (2, 3), "model_sources": (5, 5)}
 
 
@@ -85,8 +93,14 @@ def check(kc: KaggleConfig) -> None:
         raise ConfigError(f"kaggle.machine_shape: '{kc.machine_shape}' is not a machine name like NvidiaTeslaT4")
     if kc.machine_shape and kc.machine_shape.startswith("Nvidia") and not kc.enable_gpu:
         raise ConfigError(f"kaggle.machine_shape: {kc.machine_shape} is a GPU; set kaggle.enable_gpu: true")
+    if kc.machine_shape and kc.machine_shape.startswith("Tpu") and not kc.enable_tpu:
+        raise ConfigError(f"kaggle.machine_shape: {kc.machine_shape} is a TPU; set kaggle.enable_tpu: true "
+                          "(and kaggle.enable_gpu: false)")
     if kc.enable_gpu and kc.enable_tpu:
         raise ConfigError("kaggle.enable_tpu: a kernel gets a GPU or a TPU, not both")
+    if kc.enable_tpu and kc.docker_image_pinning_type == "original":
+        raise ConfigError("kaggle.docker_image_pinning_type: 'original' pins the kernel's docker image, and a TPU "
+                          "kernel on a pinned image silently runs on CPU; use 'latest' or leave it unset")
     if kc.code_competition and kc.enable_internet:
         raise ConfigError("kaggle.enable_internet: code competitions require kernels without internet; set it false")
     for key, (lo, hi) in SOURCE_PARTS.items():

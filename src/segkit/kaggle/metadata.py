@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segkit.errors import KaggleError
-from segkit.kaggle.config import SLUG_RE, KaggleConfig, check_source, slugify
+from segkit.kaggle.config import SLUG_RE, KaggleConfig, check_source, machine_shape, slugify
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
@@ -17,6 +17,9 @@ LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
 BOOL_FIELDS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
 LIST_FIELDS = ("dataset_sources", "competition_sources", "kernel_sources", "model_sources", "keywords")
+# A pinned image (e.g. inherited from a pulled notebook's metadata) is never written: on it a TPU kernel silently
+# runs on CPU and a GPU kernel may lack the current CUDA kernels. segkit kernels run on Kaggle's current image.
+REFUSED_FIELDS = ("docker_image",)
 
 
 def stem_slug(kc: KaggleConfig, run_name: str) -> str:
@@ -46,7 +49,12 @@ def title_warning(kc: KaggleConfig, run_name: str) -> str | None:
 def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, title: str, code_file: str,
                     extra_kernel_sources: list[str] = ()) -> dict[str, Any]:
     """The metadata of one kernel: the template's fixed fields, then the config's settings. enable_internet
-    is always written (the client defaults it to true when absent)."""
+    is always written (the client defaults it to true when absent); a GPU kernel gets machine_shape
+    NvidiaTeslaT4 unless kaggle.machine_shape says otherwise; a template pinning a docker_image is refused."""
+    for key in REFUSED_FIELDS:
+        if key in template:
+            raise KaggleError(f"{METADATA_FILE} template: '{key}' pins the kernel's docker image (a TPU kernel then "
+                              f"runs on CPU); delete the field from the template")
     comps = kc.competition_sources if kc.competition_sources is not None else ([kc.competition] if kc.competition else [])
     meta = {"id": f"{owner}/{slug}", "title": title, "code_file": code_file,
             "language": template.get("language", "python"), "kernel_type": template.get("kernel_type", "script")}
@@ -62,8 +70,8 @@ def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, tit
         "model_sources": list(kc.model_sources),
         "keywords": list(kc.keywords),
     })
-    if kc.machine_shape:
-        meta["machine_shape"] = kc.machine_shape
+    if machine_shape(kc):
+        meta["machine_shape"] = machine_shape(kc)
     if kc.docker_image_pinning_type:
         meta["docker_image_pinning_type"] = kc.docker_image_pinning_type
     if kc.session_timeout_seconds:
@@ -82,6 +90,13 @@ def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]
 
     if not isinstance(meta, dict):
         fail("expected a JSON object")
+    for key in REFUSED_FIELDS:
+        if key in meta:
+            fail(f"'{key}' pins the kernel's docker image (a TPU kernel on a pinned image silently runs on CPU); "
+                 "delete it so the kernel runs on Kaggle's current image")
+    if meta.get("enable_tpu") and meta.get("docker_image_pinning_type") == "original":
+        fail("'docker_image_pinning_type' is 'original' on a TPU kernel (a pinned image runs it on CPU); "
+             "use 'latest' or leave it out")
     kid = meta.get("id")
     if not kid and not meta.get("id_no"):
         fail("'id' (owner/kernel-slug) is required")
