@@ -234,3 +234,15 @@ def test_synth_train_tune_predict_validate_by_cli(tmp_path, capsys):
     for text in sub["EncodedPixels"]:
         assert text  # never blank: '-1' or runs
         assert rle.decode(text, (1024, 1024), "F", scheme="relative").shape == (1024, 1024)
+
+
+def test_a_corrupt_test_dicom_stops_prepare_with_one_line(tmp_path, capsys):
+    root = generate("siim", tmp_path / "data", seed=2, image_size=32, n_train=4, n_test=2, quiet=True)
+    victim = sorted((root / "dicom-images-test").rglob("*.dcm"))[1]
+    victim.write_bytes(victim.read_bytes()[:200])
+    args = ["--quiet", "prepare", "siim", f"data.root={root}", "data.image_size=[32,32]", f"data.cache_dir={tmp_path / 'c'}"]
+    assert main([*args, "--split", "train"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--split", "test"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"segkit: error: {victim}: ") and "damaged" in err
