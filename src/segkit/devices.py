@@ -9,7 +9,10 @@
 - `train.devices: auto | N` (auto: every visible accelerator, else every CPU device the backend lists). Data
   parallel: JAX through `keras.distribution.DataParallel` (also the TPU path), TensorFlow through
   `tf.distribute.MirroredStrategy`; PyTorch has no multi-device path in Keras and uses one device (said once).
-  `train.batch_size` is per device: the global batch is N × batch_size.
+  `train.batch_size` is per device: the global batch is N × batch_size. BatchNorm statistics are per device on
+  TensorFlow, over the global batch on JAX. Keras before 3.8 sums the replicas' gradients under
+  MirroredStrategy and reports one replica's metrics (keras#19891, fixed by keras#20609), so there TensorFlow
+  trains on one device (auto says so; an explicit count above 1 is refused).
 - `train.mixed_precision: auto` picks from the device (`choose_precision`, a pure function of the device kind,
   name and compute capability): CPU float32; GPU of compute capability ≥ 8 (A100, L4, H100) and TPU
   mixed_bfloat16; other tensor-core or fp16-fast GPUs (T4, V100, P100) mixed_float16.
@@ -129,10 +132,15 @@ def choose_jit(kind: str, backend: str, n_devices: int = 1, setting: Any = "auto
     return False
 
 
-def resolve_device_count(setting: Any, available: int, backend: str) -> tuple[int, str | None]:
+MIRRORED_KERAS = (3, 8)  # the first Keras whose MirroredStrategy fit averages gradients and metrics rightly
+
+
+def resolve_device_count(setting: Any, available: int, backend: str,
+                         keras_version: Sequence[int] | None = None) -> tuple[int, str | None]:
     """(devices to use, a note to print or None) for `train.devices` given how many devices the backend sees.
-    PyTorch always uses one (Keras has no multi-device fit for it); a count above what is visible is a
-    ConfigError naming the key."""
+    PyTorch always uses one (Keras has no multi-device fit for it), so does TensorFlow with a Keras older than
+    3.8 (`keras_version`, default the installed one); a count above what is visible, or an explicit count
+    above 1 on such a Keras, is a ConfigError naming the key."""
     setting = check_devices_setting(setting)
     want = available if setting == "auto" else int(setting)
     if backend == "torch" and want > 1:
@@ -141,6 +149,14 @@ def resolve_device_count(setting: Any, available: int, backend: str) -> tuple[in
     if want > available:
         raise ConfigError(f"train.devices: {want} devices asked but the {backend} backend sees {available}; "
                           f"set train.devices=auto (all) or at most {available}")
+    version = tuple(keras_version) if keras_version is not None else _keras_version()
+    if backend == "tensorflow" and want > 1 and version[:2] < MIRRORED_KERAS:
+        why = (f"Keras {'.'.join(map(str, version))} sums the devices' gradients and reports one device's metrics "
+               f"under MirroredStrategy (keras#19891, fixed in {MIRRORED_KERAS[0]}.{MIRRORED_KERAS[1]})")
+        if setting != "auto":
+            raise ConfigError(f"train.devices: {want} TensorFlow devices need Keras ≥ 3.8: {why}; upgrade keras or "
+                              "set train.devices=1")
+        return 1, f"train.devices: training on one of the {want} devices: {why}; upgrade keras to use all"
     return want, None
 
 
@@ -200,6 +216,12 @@ def _torch_devices() -> list[Device]:
         return [Device("gpu", torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)),
                        handle=f"cuda:{i}") for i in range(torch.cuda.device_count())]
     return [Device("cpu", "cpu", handle="cpu")]
+
+
+def _keras_version() -> tuple[int, ...]:
+    import keras
+
+    return tuple(int(p) for p in re.findall(r"\d+", keras.version())[:3])
 
 
 def _parse_cc(cc: Any) -> tuple[int, int] | None:
@@ -288,14 +310,16 @@ class DevicePlan:
                 "precision": self.precision, "jit_compile": self.jit_compile}
 
 
-def plan_devices(tc: Any, backend: str | None = None, devices: Sequence[Device] | None = None) -> DevicePlan:
+def plan_devices(tc: Any, backend: str | None = None, devices: Sequence[Device] | None = None,
+                 keras_version: Sequence[int] | None = None) -> DevicePlan:
     """The DevicePlan for a TrainConfig (its `devices`, `mixed_precision`, `jit_compile`), on the current Keras
-    backend's devices unless `devices` are given (tests, or a caller that listed them already)."""
+    backend's devices unless `devices` are given (tests, or a caller that listed them already); `keras_version`
+    defaults to the installed one."""
     import keras
 
     backend = backend or keras.backend.backend()
     seen = list(devices) if devices is not None else list_devices(backend)
-    n, note = resolve_device_count(getattr(tc, "devices", "auto"), len(seen), backend)
+    n, note = resolve_device_count(getattr(tc, "devices", "auto"), len(seen), backend, keras_version)
     used = seen[:n]
     first = used[0]
     precision = choose_precision(first.kind, first.name, first.compute_capability,
