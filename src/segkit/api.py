@@ -155,14 +155,16 @@ class Ensemble:
         (N, H, W, bands), at the images' own size."""
         images = self._check(images)
         single = images.ndim == 3
-        batch = images[None] if single else images
+        if single:  # as it comes (no copy into a batch array: a tiled 6000 x 6000 image's is 137 MB a class)
+            return next(self.iter_predict(images[None]))
+        batch = images
         out = None
         for i, p in enumerate(self.iter_predict(batch)):
             if out is None:
                 out = np.empty((len(batch), *p.shape), np.float32)
             out[i] = p
         assert out is not None
-        return out[0] if single else out
+        return out
 
     __call__ = predict
 
