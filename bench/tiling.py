@@ -116,7 +116,7 @@ def memory(args) -> None:
     ens = sk.Ensemble([model], ["identity"], batch_size=8, tiling={"tile": tile, "overlap": 0.25})
     print(f"\nEnsemble.predict with tiling (tile {tile}, overlap 0.25, identity TTA, {source}) on raw uint16 "
           f"4-band images:")
-    print(f"{'image':>12s} {'input MB':>9s} {'output MB':>10s} {'peak traced MB':>15s} {'traced - in/out MB':>19s} "
+    print(f"{'image':>12s} {'input MB':>9s} {'output MB':>10s} {'peak traced MB':>15s} {'traced - output MB':>19s} "
           f"{'max RSS MB':>11s} {'seconds':>8s}")
     rng = np.random.default_rng(0)
     for side in args.sizes:
