@@ -330,3 +330,15 @@ def test_tpu_kernel_has_no_pinned_image(tmp_path):
     (templates / "kernel-metadata.json").write_text(json.dumps({"language": "python", "docker_image": "x"}))
     with pytest.raises(KaggleError, match="template: 'docker_image' pins"):
         build_kernel(make_cfg(**tpu), "cloud-net-folds-fold1", "train", 1, tmp_path / "out", templates=templates)
+
+
+def test_tpu_kernel_runs_the_jax_backend_unless_told_otherwise():
+    from segkit.kaggle.runtime import tpu_backend
+
+    tpu = {"kaggle": {"enable_tpu": True, "enable_gpu": False}}
+    env = {}
+    assert "KERAS_BACKEND=jax" in tpu_backend(tpu, env) and env == {"KERAS_BACKEND": "jax"}
+    env = {"KERAS_BACKEND": "tensorflow"}
+    assert tpu_backend(tpu, env) is None and env["KERAS_BACKEND"] == "tensorflow"  # the user's choice stays
+    env = {}
+    assert tpu_backend({"kaggle": {"enable_gpu": True}}, env) is None and env == {}

@@ -153,10 +153,25 @@ def run_infer(raw: dict, dirs: KernelDirs, quiet: bool = False) -> Path:
     return out
 
 
+def tpu_backend(raw: dict, environ: dict) -> str | None:
+    """On a TPU kernel (kaggle.enable_tpu), set KERAS_BACKEND=jax in `environ` unless it names a backend already:
+    TensorFlow and JAX cannot both own the TPU, and Keras 3 with TPUStrategy is broken, so JAX's
+    keras.distribution is the TPU path (segkit.devices). Returns the line to print, or None (not a TPU kernel,
+    or the backend was chosen by the user)."""
+    if not (raw.get("kaggle") or {}).get("enable_tpu") or environ.get("KERAS_BACKEND"):
+        return None
+    environ["KERAS_BACKEND"] = "jax"
+    late = " (too late: keras is imported already)" if "keras" in sys.modules else ""
+    return f"[segkit kernel] TPU kernel: KERAS_BACKEND=jax{late}"
+
+
 def main(kind: str, raw: dict, fold: int | None = None, environ: dict | None = None) -> int:
     """Entry point of a built kernel script; returns the exit code (a SegkitError is printed, not raised)."""
     import segkit
 
+    note = tpu_backend(raw, os.environ if environ is None else environ)  # before anything imports keras
+    if note:
+        print(note, flush=True)
     dirs = kernel_dirs(environ)
     start = time.time()
     print(f"[segkit kernel] segkit {segkit.__version__} from {Path(segkit.__file__).parent}; "
