@@ -350,3 +350,26 @@ def test_segkit_train_on_two_tensorflow_devices_resumes_and_writes_oof(tmp_path)
     model = load_model(fold / "best.keras")  # saved under the strategy, loaded here on one CPU device
     x = np.zeros((2, 32, 32, 4), np.float32)
     assert model.predict(x, verbose=0).shape == (2, 32, 32, 1)
+
+
+def test_auto_precision_on_a_t4_trains_with_float32_outputs_and_loss():
+    from segkit.losses import compile_args, get_loss
+    from segkit.metrics import get_metrics
+    from segkit.models.registry import build_model, set_precision
+
+    t4 = Device("gpu", "Tesla T4", (7, 5))
+    plan = plan_devices(TrainConfig(), backend=keras.backend.backend(), devices=[t4])
+    assert plan.precision == "mixed_float16"
+    try:
+        set_precision(plan.precision)
+        model = build_model({"name": "unet", "depth": 1, "base_filters": 4}, (8, 8, 2), 1)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), **compile_args(get_loss("bce_dice"),
+                                                                             get_metrics(["dice"])))
+        x, y = encoded_batch(n=4)
+        assert keras.backend.standardize_dtype(model(x).dtype) == "float32"
+        assert any(keras.backend.standardize_dtype(layer.compute_dtype) == "float16" for layer in model.layers)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras scales fp16 losses
+        logs = model.train_on_batch(x, y, return_dict=True)
+        assert np.isfinite(logs["loss"]) and 0 <= logs["dice"] <= 1
+    finally:
+        set_precision(None)
