@@ -72,7 +72,7 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
     from segkit import rle
     from segkit.data.cache import prepare
     from segkit.data.competitions.base import make_adapter
-    from segkit.postprocess import apply, load_postprocess
+    from segkit.postprocess import apply_chain, load_chain
     from segkit.models.registry import load_model
     from segkit.pipeline import train
     from segkit.predict import predict_probabilities
@@ -100,9 +100,9 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
     cache = prepare(adapter, samples, (32, 32), cfg.data.cache_dir, name="cloud38-test-32x32", quiet=True,
                     with_masks=False)
     models = [load_model(p) for p in checkpoint_paths(cfg)]
-    thresholds, areas, _ = load_postprocess(cfg, adapter.classes)
+    chain = load_chain(cfg, adapter.classes)  # the whole tuned chain: threshold, min area, gate, triplet
     probs = np.concatenate(list(predict_probabilities(models, cache, np.arange(len(samples)), adapter.normalise,
                                                       ["identity", "hflip"], 8, quiet=True)))
     for p, (_, row) in zip(probs, sub.iterrows()):
-        expected = apply(p, thresholds, areas)[..., 0]
+        expected = apply_chain(p, chain)[..., 0]
         assert np.array_equal(rle.decode(row["EncodedPixels"], (32, 32), order="F"), expected)
