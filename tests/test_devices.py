@@ -295,21 +295,26 @@ def test_two_jax_devices_train_like_one(tmp_path):
     assert "DataParallel" in result["2"]["plan"] and "XLA on" in result["2"]["plan"]
 
 
-CLI_ON_TWO_TF_DEVICES = r'''
-import sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpu[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+CLI_ON_TWO_DEVICES = r'''
+import os, sys
+if os.environ["KERAS_BACKEND"] == "tensorflow":  # JAX: XLA_FLAGS gives it two host devices
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpu[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from segkit.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
 
 
-@pytest.mark.slow  # two TensorFlow start-ups and a real fold: about a minute of CPU
-@pytest.mark.skipif(resolve_device_count("auto", 2, "tensorflow")[0] == 1, reason=OLD_KERAS)
-def test_segkit_train_on_two_tensorflow_devices_resumes_and_writes_oof(tmp_path):
-    """`segkit train` through the fold loop under MirroredStrategy with EMA: killed after an epoch, resumed,
-    OOF written; the fold's best checkpoint then predicts on one device."""
+@pytest.mark.slow  # two backend start-ups and a real fold: about a minute of CPU
+@pytest.mark.parametrize("backend", [
+    pytest.param("tensorflow", marks=pytest.mark.skipif(resolve_device_count("auto", 2, "tensorflow")[0] == 1,
+                                                        reason=OLD_KERAS)),
+    pytest.param("jax", marks=pytest.mark.jax)])
+def test_segkit_train_on_two_devices_resumes_and_writes_oof(tmp_path, backend):
+    """`segkit train` through the fold loop on two devices (TF MirroredStrategy / JAX DataParallel) with EMA:
+    killed after an epoch, resumed, OOF written; the fold's best checkpoint then predicts on one device."""
+    pytest.importorskip(backend)
     from segkit.data.synth import generate
     from segkit.models.registry import load_model
 
@@ -319,8 +324,9 @@ def test_segkit_train_on_two_tensorflow_devices_resumes_and_writes_oof(tmp_path)
                  "train.batch_size=3", "train.devices=2", "train.ema=0.9", "train.workers=1", "train.verbose=0",
                  "train.early_stopping_patience=50", "predict.tta=[identity]",
                  "models=[{name: unet, tag: unet, depth: 2, base_filters: 4}]"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
-    args = [sys.executable, "-c", CLI_ON_TWO_TF_DEVICES, "train", "demo", *overrides]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="",
+               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    args = [sys.executable, "-c", CLI_ON_TWO_DEVICES, "train", "demo", *overrides]
     fold = tmp_path / "runs" / "demo" / "unet" / "fold_0"
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 500
@@ -333,7 +339,8 @@ def test_segkit_train_on_two_tensorflow_devices_resumes_and_writes_oof(tmp_path)
     first = proc.communicate(timeout=60)[0]
     assert proc.returncode == -signal.SIGKILL, first
     assert "[train] devices: 2 × cpu" in first and "2 devices × 3 = global batch 6" in first, first
-    assert "MirroredStrategy" in first and "precision float32, XLA off" in first
+    how = {"tensorflow": "MirroredStrategy), 2 devices", "jax": "DataParallel), 2 devices"}[backend]
+    assert how in first and f"precision float32, XLA {'off' if backend == 'tensorflow' else 'on'}" in first
     epoch = json.loads((fold / "state.json").read_text())["epoch"]
     assert epoch < 4 and not (fold / "done.json").exists()
 
