@@ -253,3 +253,41 @@ def test_tf_mirrored_strategy_splits_the_batch():
     proc = subprocess.run([sys.executable, "-c", TF_STRATEGY], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "split ok" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+PREDICT_CLI = r'''
+import sys
+from segkit.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow  # a backend start-up per command and a real (tiny) fold
+@pytest.mark.jax
+def test_segkit_predict_on_two_jax_devices_writes_the_one_device_submission(tmp_path):
+    """`segkit predict` on two devices (JAX DataParallel over two simulated CPU devices: train.devices auto, as
+    saved with the run) splits each batch across them and writes the very submission one device writes."""
+    pytest.importorskip("jax")
+    from segkit.data.synth import generate
+
+    root = generate("cloud38", tmp_path / "synth", seed=4, patch_size=32)
+    common = [f"data.root={root}", "data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}",
+              f"output.runs_dir={tmp_path / 'runs'}", "train.folds=2", "train.epochs=1",
+              "train.batch_size=4", "train.workers=1", "train.verbose=0", "predict.batch_size=5",
+              "predict.tta=[identity,hflip,rot90]", "models=[{name: unet, tag: unet, depth: 2, base_filters: 4}]"]
+    one_device = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    two_devices = dict(one_device, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+    def segkit(env, *args):
+        proc = subprocess.run([sys.executable, "-c", PREDICT_CLI, *args, *common], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    segkit(two_devices, "train", "demo")
+    out = segkit(two_devices, "predict", "demo", f"--out={tmp_path / 'two.csv'}")
+    assert "[predict] 2 × cpu: each batch of 5 split across them" in out
+    out = segkit(one_device, "predict", "demo", f"--out={tmp_path / 'one.csv'}")
+    assert "split across" not in out
+    one, two = (tmp_path / "one.csv").read_text(), (tmp_path / "two.csv").read_text()
+    assert one == two and len(one.splitlines()) > 2

@@ -415,6 +415,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
 
     from segkit.data.cache import prepare
     from segkit.data.competitions.base import make_adapter
+    from segkit.devices import plan_devices
     from segkit.models.registry import load_model
     from segkit.postprocess import apply_chain, load_chain
     from segkit.submission import read_sample_ids, validate_written, write_rows
@@ -429,8 +430,10 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     # checkpoints, post-processing and TTA are checked before the (slow) test cache is built
     folds = checkpoint_folds(cfg)
     members = {m.tag: m for m in ensemble_members(cfg)}  # weight and role per model tag
-    models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}", expected_shape=(h, w, adapter.bands))
-              for f in folds]
+    plan = plan_devices(cfg.train)  # train.devices: loaded in its scope, each batch is split across the devices
+    with plan.scope():
+        models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}",
+                             expected_shape=(h, w, adapter.bands)) for f in folds]
     chain = load_chain(cfg, adapter.classes)
     tta = resolve_tta(cfg, adapter)
     ensemble = dict(scales=cfg.predict.scales, weights=[members[f.tag].weight for f in folds],
@@ -444,6 +447,9 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
                               cfg.predict.batch_size, tiling, quiet, **ensemble)
     if not quiet:
         print(f"[predict] post-processing: {chain.source}", flush=True)
+        if plan.n > 1:
+            print(f"[predict] {plan.n} × {plan.kind}: each batch of {cfg.predict.batch_size} split across them",
+                  flush=True)
         if len(set(m.weight for m in members.values())) > 1 or any(m.positive_only for m in members.values()):
             print("[predict] ensemble: " + ", ".join(f"{m.tag} ×{m.weight:g}" + (" (positive-only: masks, not the "
                   "gate)" if m.positive_only else "") for m in members.values()), flush=True)
@@ -479,7 +485,8 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     sample_ids = None
     if sample is not None:
         sample_ids = read_sample_ids(sample)[1]
-    write_rows(path, adapter.submission_format, rows(), sample_ids=sample_ids)
+    with plan.scope():  # JAX: the distribution is read by every predict call
+        write_rows(path, adapter.submission_format, rows(), sample_ids=sample_ids)
     problems = validate_written(path, adapter, samples, sample)
     if problems:
         raise SubmissionError(f"{path}: the written submission fails validation:\n  " + "\n  ".join(problems[:10]))
