@@ -2,8 +2,9 @@
 
 For U-Net (base 32, depth 4) and FractalNet-U-Net (C = 3, segkit's default base 16) on 384×384×4 inputs, every
 combination of float32 / mixed precision, XLA on / off and one device / all visible devices (data-parallel:
-keras.distribution.DataParallel on JAX, MirroredStrategy on TensorFlow), after warm-up steps that are not
-timed; each timed loop ends on numpy outputs, so the device has finished. Achieved TFLOP/s come from the
+keras.distribution.DataParallel on JAX, MirroredStrategy on TensorFlow, through segkit.devices as train does),
+after warm-up steps that are not timed; each timed loop ends on numpy outputs, so the device has finished.
+Mixed precision is segkit's automatic choice for the device (bfloat16 on CPU). Achieved TFLOP/s come from the
 layer-counted forward FLOPs (segkit.models.cost; training ≈ 3 × forward), "% peak" against the vendor's dense
 16-bit peak of the device (PEAK_TFLOPS, also for float32 rows). The feed column is the images/s of segkit's real
 training feed alone (SegmentationDataset with the default train.augment: tf.data on TensorFlow, the PyDataset
@@ -21,7 +22,6 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,58 +48,24 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def visible_devices(backend: str) -> tuple[str, str, list[str], tuple[int, int] | None]:
-    """(kind gpu/tpu/cpu, device name, device ids, compute capability or None) of the accelerators in use."""
-    if backend == "jax":
-        import jax
-
-        devs = jax.devices()
-        cc = getattr(devs[0], "compute_capability", None)
-        cap = tuple(int(v) for v in str(cc).split(".")[:2]) if cc else None
-        return devs[0].platform, devs[0].device_kind, [str(d) for d in devs], cap  # type: ignore[return-value]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        for kind in ("TPU", "GPU"):
-            logical = tf.config.list_logical_devices(kind)
-            if logical:
-                name, cap = kind, None
-                physical = tf.config.list_physical_devices(kind)
-                if kind == "GPU" and physical:
-                    details = tf.config.experimental.get_device_details(physical[0])
-                    name, cap = details.get("device_name", "GPU"), details.get("compute_capability")
-                return kind.lower(), name, [d.name for d in logical], cap
-        return "cpu", "cpu", [d.name for d in tf.config.list_logical_devices("CPU")][:1], None
-    return "cpu", "cpu", ["cpu"], None
-
-
 def mixed_policy(kind: str, name: str, cap: tuple[int, int] | None) -> str:
-    """bfloat16 where the device has it at full rate (TPU, Ampere and later, CPU), float16 on older GPUs."""
-    if kind == "gpu":
-        if cap is not None:
-            return "mixed_bfloat16" if cap >= (8, 0) else "mixed_float16"
-        return "mixed_float16" if re.search(r"\b(T4|V100|P100)\b", name) else "mixed_bfloat16"
-    return "mixed_bfloat16"
+    """The mixed policy to measure: segkit's automatic choice for the device (segkit.devices), and on devices
+    where that is float32 (CPU, consumer Pascal) bfloat16 on CPU / float16 on a GPU, so the row still says
+    what mixed precision gives there."""
+    from segkit.devices import choose_precision
+
+    policy = choose_precision(kind, name, cap)
+    if policy == "float32":
+        return "mixed_bfloat16" if kind == "cpu" else "mixed_float16"
+    return policy
 
 
-def data_parallel(backend: str, n: int):
-    """A context under which the model is built and run over all `n` devices (nullcontext for one)."""
-    if n <= 1:
-        return nullcontext()
-    if backend == "jax":
-        import keras
+def plan(devices, n: int, precision: str, xla: bool):
+    """segkit's DevicePlan over the first `n` devices: its scope builds the model data-parallel across them
+    (keras.distribution.DataParallel on JAX, MirroredStrategy on TensorFlow), as `segkit train` does."""
+    from segkit.devices import plan_devices
 
-        class _Distribution:
-            def __enter__(self):
-                keras.distribution.set_distribution(keras.distribution.DataParallel())
-
-            def __exit__(self, *exc):
-                keras.distribution.set_distribution(None)
-
-        return _Distribution()
-    import tensorflow as tf
-
-    return tf.distribute.MirroredStrategy().scope()
+    return plan_devices(SimpleNamespace(devices=n, mixed_precision=precision, jit_compile=xla), devices=devices)
 
 
 def timed(fn, warmup: int, steps: int) -> float:
@@ -112,7 +78,7 @@ def timed(fn, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(model_key: str, precision: str, xla: bool, n_dev: int, args, backend: str) -> dict:
+def measure(model_key: str, precision: str, xla: bool, n_dev: int, args, backend: str, devices) -> dict:
     """Training and inference images/s of one configuration, and the model's forward FLOPs per image."""
     import keras
 
@@ -128,7 +94,7 @@ def measure(model_key: str, precision: str, xla: bool, n_dev: int, args, backend
     set_precision(precision)
     strategy_tf = backend == "tensorflow" and n_dev > 1
     try:
-        with data_parallel(backend, n_dev):
+        with plan(devices, n_dev, precision, xla).scope():
             model = build_model(MODELS[model_key], shape, 1)
             model.compile(keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"), jit_compile=xla)
             flops = forward_flops(model)
@@ -203,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     import keras
 
     backend = keras.backend.backend()
-    kind, name, devices, cap = visible_devices(backend)
+    from segkit.devices import list_devices
+
+    devices = list_devices(backend)
+    kind, name, cap = devices[0].kind, devices[0].name, devices[0].compute_capability
     mixed = mixed_policy(kind, name, cap)
     peak = peak_tflops(name)
     counts = [1] + ([len(devices)] if len(devices) > 1 else [])
@@ -225,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                     policy = "float32" if prec == "float32" else mixed
                     cells = [LABELS[model_key], policy, xla, str(n_dev)]
                     try:
-                        r = measure(model_key, policy, xla == "on", n_dev, args, backend)
+                        r = measure(model_key, policy, xla == "on", n_dev, args, backend, devices)
                     except Exception as exc:  # a configuration the backend cannot run: say so, go on
                         rows.append(cells + ["-"] * 7 + [f"failed: {type(exc).__name__}: {str(exc)[:80]}"])
                         print(" | ".join(rows[-1]), flush=True)
