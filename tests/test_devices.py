@@ -76,6 +76,9 @@ def test_device_count():
         resolve_device_count(2, 2, "tensorflow", keras_version=(3, 5, 0))
     assert resolve_device_count(2, 2, "tensorflow", keras_version=(3, 8, 0)) == (2, None)
     assert resolve_device_count(2, 2, "jax", keras_version=(3, 5, 0)) == (2, None)
+    # predict caps: a run trained on two devices predicts on the one this machine has
+    assert resolve_device_count(2, 1, "tensorflow", keras_version=(3, 8, 0), cap=True) == (1, None)
+    assert resolve_device_count(2, 2, "tensorflow", keras_version=(3, 5, 0), cap=True)[0] == 1
 
 
 def test_plan_with_injected_devices_says_what_it_chose():

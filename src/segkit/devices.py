@@ -136,13 +136,16 @@ MIRRORED_KERAS = (3, 8)  # the first Keras whose MirroredStrategy fit averages g
 
 
 def resolve_device_count(setting: Any, available: int, backend: str,
-                         keras_version: Sequence[int] | None = None) -> tuple[int, str | None]:
+                         keras_version: Sequence[int] | None = None, cap: bool = False) -> tuple[int, str | None]:
     """(devices to use, a note to print or None) for `train.devices` given how many devices the backend sees.
     PyTorch always uses one (Keras has no multi-device fit for it), so does TensorFlow with a Keras older than
     3.8 (`keras_version`, default the installed one); a count above what is visible, or an explicit count
-    above 1 on such a Keras, is a ConfigError naming the key."""
+    above 1 on such a Keras, is a ConfigError naming the key — unless `cap` (inference: a run trained on more
+    devices than this machine has predicts on those it has)."""
     setting = check_devices_setting(setting)
     want = available if setting == "auto" else int(setting)
+    if cap:
+        want = min(want, available)
     if backend == "torch" and want > 1:
         return 1, (f"train.devices: the PyTorch backend has no multi-device training in Keras (not supported); "
                    f"training uses one of the {available} devices (use KERAS_BACKEND=jax or tensorflow for all)")
@@ -153,7 +156,7 @@ def resolve_device_count(setting: Any, available: int, backend: str,
     if backend == "tensorflow" and want > 1 and version[:2] < MIRRORED_KERAS:
         why = (f"Keras {'.'.join(map(str, version))} sums the devices' gradients and reports one device's metrics "
                f"under MirroredStrategy (keras#19891, fixed in {MIRRORED_KERAS[0]}.{MIRRORED_KERAS[1]})")
-        if setting != "auto":
+        if setting != "auto" and not cap:
             raise ConfigError(f"train.devices: {want} TensorFlow devices need Keras ≥ 3.8: {why}; upgrade keras or "
                               "set train.devices=1")
         return 1, f"train.devices: training on one of the {want} devices: {why}; upgrade keras to use all"
@@ -311,15 +314,15 @@ class DevicePlan:
 
 
 def plan_devices(tc: Any, backend: str | None = None, devices: Sequence[Device] | None = None,
-                 keras_version: Sequence[int] | None = None) -> DevicePlan:
+                 keras_version: Sequence[int] | None = None, cap: bool = False) -> DevicePlan:
     """The DevicePlan for a TrainConfig (its `devices`, `mixed_precision`, `jit_compile`), on the current Keras
     backend's devices unless `devices` are given (tests, or a caller that listed them already); `keras_version`
-    defaults to the installed one."""
+    defaults to the installed one; `cap` uses at most the visible devices instead of refusing more (predict)."""
     import keras
 
     backend = backend or keras.backend.backend()
     seen = list(devices) if devices is not None else list_devices(backend)
-    n, note = resolve_device_count(getattr(tc, "devices", "auto"), len(seen), backend, keras_version)
+    n, note = resolve_device_count(getattr(tc, "devices", "auto"), len(seen), backend, keras_version, cap)
     used = seen[:n]
     first = used[0]
     precision = choose_precision(first.kind, first.name, first.compute_capability,

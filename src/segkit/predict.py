@@ -430,7 +430,8 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     # checkpoints, post-processing and TTA are checked before the (slow) test cache is built
     folds = checkpoint_folds(cfg)
     members = {m.tag: m for m in ensemble_members(cfg)}  # weight and role per model tag
-    plan = plan_devices(cfg.train)  # train.devices: loaded in its scope, each batch is split across the devices
+    # train.devices, at most what this machine has: loaded in its scope, each batch is split across the devices
+    plan = plan_devices(cfg.train, cap=True)
     with plan.scope():
         models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}",
                              expected_shape=(h, w, adapter.bands)) for f in folds]
