@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit import rle
-from segkit.data.competitions.base import Adapter, dice_from_counts, register_adapter
+from segkit.data.competitions.base import Adapter, register_adapter
 from segkit.data.competitions.kaggle_files import (
     check_files_exist, check_image_size, folder, image_size, list_images, ordered_unique, read_table,
 )
@@ -197,12 +197,4 @@ class SeverstalAdapter(Adapter):
                 raise DataError(f"{sample.mask[0]}: {sample.id} class {class_id}: {exc}") from None
         return np.stack(planes, axis=-1)
 
-    def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
-        """Severstal's score for one class: mean Dice over images (both empty = 1)."""
-        from segkit.evaluate import carvana_score
-
-        return carvana_score(truth, pred)
-
-    def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
-        """The same mean Dice from per-image counts (see Adapter.score_counts)."""
-        return dice_from_counts(inter, pred_area, true_area)
+    # score_class / score_counts: the Adapter defaults, mean Dice over images (both empty = 1), are the metric
