@@ -276,26 +276,21 @@ class DevicePlan:
     def scope(self) -> Iterator[None]:
         """Build, load and compile models inside this block so their variables live on every device (TF
         MirroredStrategy, JAX DataParallel); `fit` inside it splits each batch. Nothing on one device."""
-        if self.n == 1:
+        if self.n == 1 or self.backend not in ("tensorflow", "jax"):  # torch: never more than one device
             yield
             return
-        if self.backend == "tensorflow":
-            if self._strategy is None:
+        if self._strategy is None:
+            handles = [d.handle for d in self.devices]
+            if self.backend == "tensorflow":
                 import tensorflow as tf
 
-                self._strategy = tf.distribute.MirroredStrategy(devices=[d.handle for d in self.devices])
-            with self._strategy.scope():
-                yield
-            return
-        if self.backend == "jax":
-            import keras
+                self._strategy = tf.distribute.MirroredStrategy(devices=handles)
+            else:
+                import keras
 
-            if self._strategy is None:
-                self._strategy = keras.distribution.DataParallel(devices=[d.handle for d in self.devices])
-            with self._strategy.scope():
-                yield
-            return
-        yield  # torch: resolve_device_count never gives more than one
+                self._strategy = keras.distribution.DataParallel(devices=handles)
+        with self._strategy.scope():
+            yield
 
     def describe(self, per_device_batch: int) -> str:
         """The one line a run prints at its start: devices and how the batch is split, precision, XLA."""

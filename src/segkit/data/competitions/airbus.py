@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from segkit import rle
-from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.base import Adapter, fraction_option, register_adapter
 from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
 from segkit.data.sample import Sample
-from segkit.errors import ConfigError, DataError
+from segkit.errors import DataError
 from segkit.submission import SubmissionFormat
 
 TRAIN_CSVS = ("train_ship_segmentations_v2.csv", "train_ship_segmentations.csv")
@@ -60,11 +60,8 @@ class AirbusAdapter(Adapter):
     def __init__(self, root: str | Path, empty_fraction: float = 1.0, separate_ships: bool = True,
                  train_dir: str = "train_v2", test_dir: str = "test_v2") -> None:
         super().__init__(root)
-        if not 0.0 <= float(empty_fraction) <= 1.0:
-            raise ConfigError(f"data.options.empty_fraction: expected a number in [0, 1], got {empty_fraction!r}")
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
-        self.empty_fraction = float(empty_fraction)
+        self.empty_fraction = fraction_option(empty_fraction)
+        self.require_root()
         self.separate_ships = bool(separate_ships)
         self.train_dir, self.test_dir = train_dir, test_dir
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from segkit.data.sample import Sample
 from segkit.config import check_kwargs
-from segkit.errors import unknown_name
+from segkit.errors import ConfigError, DataError, unknown_name
 
 if TYPE_CHECKING:
     from segkit.submission import SubmissionFormat
@@ -33,6 +33,11 @@ class Adapter:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    def require_root(self) -> None:
+        """DataError unless the dataset folder exists (for adapters that need it from construction on)."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found")
 
     # --- reading -------------------------------------------------------------------------
     def train_samples(self) -> list[Sample]:
@@ -127,6 +132,28 @@ class Adapter:
         reduced over the last axis; lets post-processing tuning score a candidate without its masks. An
         adapter whose metric is not a function of these counts overrides score_class only (then unused)."""
         return dice_from_counts(inter, pred_area, true_area)
+
+
+def decode_planes(texts: Sequence[str], shape: tuple[int, int], order: str, file: Path | str,
+                  labels: Sequence[str]) -> np.ndarray:
+    """(H, W, len(texts)) uint8 {0, 1}: one RLE per class decoded at `shape`, for competitions that give each
+    class its own row; a bad RLE is a DataError naming `file` and that class's `labels` entry."""
+    from segkit import rle
+
+    planes = []
+    for label, text in zip(labels, texts):
+        try:
+            planes.append(rle.decode(text, shape, order=order))
+        except rle.RLEError as exc:
+            raise DataError(f"{file}: {label}: {exc}") from None
+    return np.stack(planes, axis=-1)
+
+
+def fraction_option(value: object, key: str = "data.options.empty_fraction") -> float:
+    """An adapter option that is a share in [0, 1]; ConfigError naming the key otherwise."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{key}: expected a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:

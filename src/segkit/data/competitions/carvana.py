@@ -48,8 +48,7 @@ class CarvanaAdapter(Adapter):
         super().__init__(root)
         if masks not in MASK_MODES:
             raise ConfigError(f"data.options.masks: expected one of {', '.join(MASK_MODES)}, got {masks!r}")
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
+        self.require_root()
         self.masks = masks
         self.train_dir, self.test_dir, self.masks_dir = train_dir, test_dir, masks_dir
 

@@ -215,8 +215,7 @@ class Cloud38Adapter(Adapter):
         workers: int = 4,
     ) -> None:
         super().__init__(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
+        self.require_root()
         for key, val in (("band_mean", band_mean), ("band_std", band_std)):
             if val is not None and len(val) != self.bands:
                 raise ConfigError(f"data.options.{key}: expected {self.bands} numbers (red, green, blue, nir), got {val!r}")

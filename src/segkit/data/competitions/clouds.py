@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit import rle
-from segkit.data.competitions.base import Adapter, dice_from_counts, register_adapter
+from segkit.data.competitions.base import Adapter, decode_planes, dice_from_counts, register_adapter
 from segkit.data.competitions.kaggle_files import check_files_exist, folder, image_size, ordered_unique, read_table
 from segkit.data.sample import Sample
 from segkit.errors import DataError
@@ -51,8 +50,7 @@ class CloudsAdapter(Adapter):
 
     def __init__(self, root: str | Path, train_dir: str = "train_images", test_dir: str = "test_images") -> None:
         super().__init__(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
+        self.require_root()
         self.train_dir, self.test_dir = train_dir, test_dir
 
     def train_samples(self) -> list[Sample]:
@@ -91,13 +89,8 @@ class CloudsAdapter(Adapter):
         if "rle" not in sample.meta:
             raise DataError(f"{sample.image[0]}: test image has no mask")
         shape = image_size(sample.image[0])
-        planes = []
-        for label, text in zip(LABELS, sample.meta["rle"]):
-            try:
-                planes.append(rle.decode(text, shape, order=self.rle_order))
-            except rle.RLEError as exc:
-                raise DataError(f"{sample.mask[0]}: {sample.id}_{label}: {exc}") from None
-        return np.stack(planes, axis=-1)
+        return decode_planes(sample.meta["rle"], shape, self.rle_order, sample.mask[0],
+                             [f"{sample.id}_{label}" for label in LABELS])
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Understanding Clouds' score for one label: mean Dice over images (both empty = 1)."""

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit import rle
-from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.base import Adapter, decode_planes, register_adapter
 from segkit.data.competitions.kaggle_files import (
     check_files_exist, check_image_size, folder, image_size, list_images, ordered_unique, read_table,
 )
@@ -118,8 +117,7 @@ class SeverstalAdapter(Adapter):
 
     def __init__(self, root: str | Path, train_dir: str = "train_images", test_dir: str = "test_images") -> None:
         super().__init__(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
+        self.require_root()
         self.train_dir, self.test_dir = train_dir, test_dir
         self._size: tuple[int, int] | None = None
         self._size_source = ""
@@ -189,12 +187,7 @@ class SeverstalAdapter(Adapter):
         if "rle" not in sample.meta:
             raise DataError(f"{sample.image[0]}: test image has no mask")
         shape = self._check_size(sample.image[0])
-        planes = []
-        for class_id, text in zip(CLASSES, sample.meta["rle"]):
-            try:
-                planes.append(rle.decode(text, shape, order=self.rle_order))
-            except rle.RLEError as exc:
-                raise DataError(f"{sample.mask[0]}: {sample.id} class {class_id}: {exc}") from None
-        return np.stack(planes, axis=-1)
+        return decode_planes(sample.meta["rle"], shape, self.rle_order, sample.mask[0],
+                             [f"{sample.id} class {class_id}" for class_id in CLASSES])
 
     # score_class / score_counts: the Adapter defaults, mean Dice over images (both empty = 1), are the metric

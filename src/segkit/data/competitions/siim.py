@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from segkit import rle
-from segkit.data.competitions.base import Adapter, register_adapter
+from segkit.data.competitions.base import Adapter, fraction_option, register_adapter
 from segkit.data.competitions.kaggle_files import folder, ordered_unique, read_table
 from segkit.data.dicom import dicom_size, find_dicoms, read_dicom
 from segkit.data.sample import Sample
-from segkit.errors import ConfigError, DataError
+from segkit.errors import DataError
 from segkit.submission import SubmissionFormat
 
 TRAIN_CSVS = ("train-rle.csv", "stage_2_train.csv")
@@ -67,11 +67,8 @@ class SiimAdapter(Adapter):
     def __init__(self, root: str | Path, empty_fraction: float = 1.0, train_dir: str = "dicom-images-train",
                  test_dir: str = "dicom-images-test", train_csv: str = "", sample: str = "") -> None:
         super().__init__(root)
-        if not 0.0 <= float(empty_fraction) <= 1.0:
-            raise ConfigError(f"data.options.empty_fraction: expected a number in [0, 1], got {empty_fraction!r}")
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
-        self.empty_fraction = float(empty_fraction)
+        self.empty_fraction = fraction_option(empty_fraction)
+        self.require_root()
         self.train_dir, self.test_dir = train_dir, test_dir
         self.train_csv, self.sample = train_csv, sample
 

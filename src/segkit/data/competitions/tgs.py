@@ -94,8 +94,7 @@ class TgsAdapter(Adapter):
         super().__init__(root)
         if masks not in MASK_MODES:
             raise ConfigError(f"data.options.masks: expected one of {', '.join(MASK_MODES)}, got {masks!r}")
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder not found")
+        self.require_root()
         self.masks = masks
         self.train_dir, self.test_dir = train_dir, test_dir
         self._size: tuple[int, int] | None = None
