@@ -1,7 +1,8 @@
 """The leaderboard playbook on this machine (issue 10's benchmark): the OOF competition metric of a plain
 fold ensemble and after each post-processing step (threshold → min area → gate → triplet), on
 
-  1. synthetic Airbus (≥ 60 % ship-free images, half the ships small and faint; F2 over IoU 0.5-0.95),
+  1. synthetic Airbus (≥ 60 % ship-free images, half the ships small and faint, half the images with sea clutter —
+     whitecaps, cloud veils, coasts with buildings; F2 over IoU 0.5-0.95),
   2. synthetic Understanding Clouds (images without any label, faint regions; mean Dice per image and label),
   3. the real TGS Salt training set in ../shared/fixtures/tgs (3,001 101×101 images, ~40 % empty masks) through
      the folder adapter with `data.options.metric: tgs_iou` (mean over images of the IoU thresholds 0.50-0.95
@@ -125,7 +126,7 @@ def bench_airbus(work: Path, size: dict, quiet: bool) -> dict:
     from segkit.data.synth import generate
 
     root = generate("airbus", work / "data" / "airbus", seed=11, image_size=256, n_train=size["n_train"],
-                    n_test=2, ship_free=0.65, faint=0.5, quiet=True)
+                    n_test=2, ship_free=0.65, faint=0.5, clutter=0.5, quiet=True)
     settings = common_settings(work, f"airbus_{size['n_train']}", size, [128, 128], root, {
         "data": {"options": {"empty_fraction": 1.0}},  # keep every ship-free image
         # areas in submission pixels (768×768; at 128×128 one pixel is 36 of them)

@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
+from segkit import rle
 from segkit.cli import main
 from segkit.data.competitions.base import make_adapter
 from segkit.data.synth import generate
@@ -51,6 +53,34 @@ def test_airbus_empty_fraction_and_faint_ships(tmp_path):
     assert faint_area < bright_area / 2
 
 
+def test_airbus_clutter(tmp_path):
+    """Clutter (whitecaps, cloud veils, coasts) brightens ship-free sea in most cluttered images, never touches a
+    ship's mask or its 3-pixel ring (bar a thinned cloud veil), and without the option nothing bright lies off
+    the ships; the ships in the CSV stay exact components."""
+    kw = dict(seed=4, image_size=64, n_train=60, n_test=1, ship_free=0.5, quiet=True)
+    clean = generate("airbus", tmp_path / "clean", **kw)
+    busy = generate("airbus", tmp_path / "busy", clutter=1.0, **kw)
+    assert json.loads((busy / MARKER).read_text())["clutter"] == 1.0
+    assert "clutter" not in json.loads((clean / MARKER).read_text())
+
+    def bright_off_ships(root):
+        masks, images = _masks_and_images("airbus", root)
+        away = ~ndimage.binary_dilation(masks[..., 0] > 0, iterations=4, axes=(1, 2))
+        return np.array([(im[a] > 100).sum() for im, a in zip(images, away)]), masks
+
+    clean_bright, _ = bright_off_ships(clean)
+    busy_bright, masks = bright_off_ships(busy)
+    assert (clean_bright == 0).all()
+    assert (busy_bright > 0).mean() > 0.6  # a thin cloud veil or a few dim whitecaps may stay under 100
+    assert (masks.reshape(len(masks), -1).max(1) == 0).mean() > 0.3  # ship-free images are still there
+    rows = pd.read_csv(busy / "train_ship_segmentations_v2.csv").dropna()
+    assert len(rows) > 20
+    for encoded in rows["EncodedPixels"]:
+        assert ndimage.label(rle.decode(encoded, (64, 64), order="F"))[1] == 1
+    with pytest.raises(ConfigError, match="clutter"):
+        generate("airbus", tmp_path / "bad", clutter=2.0, quiet=True)
+
+
 def test_clouds_empty_fraction_and_faint_regions(tmp_path):
     root = generate("clouds", tmp_path / "c", seed=2, image_size=(32, 48), n_train=160, n_test=2,
                     empty_fraction=0.6, faint=1.0, quiet=True)
@@ -82,9 +112,10 @@ def test_defaults_unchanged_and_bad_values_refused(tmp_path):
 def test_cli_options(tmp_path, capsys):
     out = tmp_path / "air"
     assert main(["-q", "synth", "airbus", "--out", str(out), "--n-train", "40", "--n-test", "3",
-                 "--empty-fraction", "0.7", "--faint", "0.5", "--patch-size", "32"]) == 0
+                 "--empty-fraction", "0.7", "--faint", "0.5", "--clutter", "0.4", "--patch-size", "32"]) == 0
     marker = json.loads((out / MARKER).read_text())
-    assert marker["ship_free"] == 0.7 and marker["faint"] == 0.5 and marker["n_train"] == 40
+    assert marker["ship_free"] == 0.7 and marker["faint"] == 0.5 and marker["clutter"] == 0.4
+    assert marker["n_train"] == 40
     assert len(make_adapter("airbus", out).train_samples()) == 40
     assert main(["synth", "cloud38", "--out", str(tmp_path / "c38"), "--faint", "0.5"]) == 1
     err = capsys.readouterr().err

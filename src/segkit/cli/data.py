@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "severstal: defect-free; tgs: salt-free; siim: pneumothorax-free)")
     p.add_argument("--faint", type=float, default=None,
                    help="share of objects drawn small and faint (airbus ships, clouds regions)")
+    p.add_argument("--clutter", type=float, default=None,
+                   help="share of images with sea clutter: whitecaps, a cloud veil or a coast with buildings (airbus)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("prepare", help="decode the training and test images once into the memory-mapped cache")
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """segkit synth NAME --out DIR --seed N [--patch-size P] [--n-train N] [--n-test N] [--empty-fraction F]
-    [--faint F]."""
+    [--faint F] [--clutter F]."""
     import importlib
 
     from segkit.data.synth import SYNTH_MODULES
@@ -66,7 +68,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     params = inspect.signature(module.generate).parameters
     # option -> the generate() keywords it may be called (the first one the format has)
     for option, keys in (("n_train", ("n_train",)), ("n_test", ("n_test",)),
-                         ("empty_fraction", ("empty_fraction", "ship_free")), ("faint", ("faint",))):
+                         ("empty_fraction", ("empty_fraction", "ship_free")), ("faint", ("faint",)),
+                         ("clutter", ("clutter",))):
         value = getattr(args, option, None)
         if value is None:
             continue

@@ -1,7 +1,9 @@
 """Synthetic Airbus Ship Detection: bright ships (rotated rectangles) on a dark sea, many images ship-free, in
 the real layout (train_v2/, train_ship_segmentations_v2.csv with one column-major row per ship and one blank
 row per ship-free image, test_v2/, sample_submission_v2.csv). Optionally a share of the ships is small and faint
-(`faint`), the hard cases on which post-processing and empty-mask gating matter."""
+(`faint`), and a share of the images carries the sea clutter of the real satellite tiles (`clutter`: whitecaps,
+cloud veils, a coast with bright buildings and piers) — the hard cases on which post-processing and empty-mask
+gating matter: a segmentation model answers such clutter with weak false ships."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,14 +21,76 @@ from segkit.errors import ConfigError
 # a faint ship: this share of the usual length, and its tone this far above the local sea (bright ones: ~150-200)
 FAINT_LENGTH = (0.04, 0.09)
 FAINT_TONE = (18.0, 40.0)
+CLUTTER_KINDS = ("whitecaps", "cloud", "coast")
+
+
+def add_clutter(rng: np.random.Generator, image: np.ndarray, ships: list[np.ndarray]) -> np.ndarray:
+    """`image` with one kind of clutter drawn over it, never within 3 pixels of a ship (a cloud veil may thin out
+    over one, as real clouds do, but leaves it visible): whitecaps (streaks of foam along the wind, the size of
+    small ships), a cloud veil (a smooth translucent white field), or a coast (land over one side, with bright
+    ship-sized rectangles — buildings and piers). A coast that would cover a ship is drawn as whitecaps instead."""
+    import cv2
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    occupied = np.zeros((h, w), bool)
+    for ship in ships:
+        occupied |= ship > 0
+    keep_out = ndimage.binary_dilation(occupied, iterations=3) if occupied.any() else occupied
+    kind = CLUTTER_KINDS[int(rng.integers(len(CLUTTER_KINDS)))]
+    alpha = np.zeros((h, w), np.float32)
+    tone: np.ndarray | float
+    if kind == "coast":
+        direction = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        along = ((xx - w / 2) * np.cos(direction) + (yy - h / 2) * np.sin(direction)) / side
+        along += 0.08 * smooth_field(rng, (h, w), side / 3)
+        land = along > rng.uniform(0.15, 0.4)
+        if (land & keep_out).any() or not land.any():
+            kind = "whitecaps"
+        else:
+            ground = np.array([95, 90, 72], np.float32) + 18 * smooth_field(rng, (h, w), side / 12)[..., None]
+            image = np.where(land[..., None], ground + rng.normal(0, 5, (h, w, 3)), image)
+            buildings = np.zeros((h, w), np.uint8)
+            land_y, land_x = np.nonzero(land)
+            for _ in range(int(rng.integers(3, 12))):
+                length = rng.uniform(0.03, 0.15) * side
+                size = (length, max(2.0, length * rng.uniform(0.2, 0.6)))
+                at = int(rng.integers(len(land_y)))
+                centre = (float(land_x[at]), float(land_y[at]))
+                box = cv2.boxPoints((centre, size, rng.uniform(0, 180)))
+                cv2.fillPoly(buildings, [np.round(box).astype(np.int32)], 1)
+            # piers reach a little out to sea: buildings may cross the shore line, never near a ship
+            near_land = ndimage.binary_dilation(land, iterations=max(2, side // 40))
+            alpha = ((buildings > 0) & near_land).astype(np.float32)
+            tone = rng.uniform(150, 225)
+    if kind == "whitecaps":
+        layer = np.zeros((h, w), np.float32)
+        wind = rng.uniform(0, 180)
+        for _ in range(int(rng.integers(6, 30))):
+            length = rng.uniform(0.015, 0.07) * side
+            axes = (max(1, int(round(length / 2))), max(1, int(round(length * rng.uniform(0.12, 0.4) / 2))))
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.ellipse(layer, centre, axes, wind + rng.normal(0, 12), 0, 360, float(rng.uniform(0.35, 1.0)), -1)
+        alpha = cv2.GaussianBlur(layer, (0, 0), max(0.6, side / 300))
+        tone = rng.uniform(110, 220)
+    elif kind == "cloud":
+        field = smooth_field(rng, (h, w), side / rng.uniform(1.5, 4))
+        alpha = np.clip((field - rng.uniform(-0.5, 1.0)) * rng.uniform(0.3, 0.8), 0, 0.85).astype(np.float32)
+        alpha[keep_out] = np.minimum(alpha[keep_out], 0.5)
+        tone = rng.uniform(180, 240)
+    if kind != "cloud":
+        alpha[keep_out] = 0
+    return image * (1 - alpha[..., None]) + tone * alpha[..., None]
 
 
 def draw_scene(rng: np.random.Generator, shape: tuple[int, int], max_ships: int,
-               ship_free: float, faint: float = 0.0) -> tuple[np.ndarray, list[np.ndarray]]:
+               ship_free: float, faint: float = 0.0, clutter: float = 0.0) -> tuple[np.ndarray, list[np.ndarray]]:
     """(RGB float image, one binary mask per ship). Ships never touch, not even diagonally, so connected
     components of their union give back exactly the ships. faint: share of the ships drawn small (4-9 % of the
-    image side instead of 10-25 %) and faint (18-40 grey levels above the sea instead of ~150-200); with 0 the
-    random stream is the one of earlier versions (same data for a seed)."""
+    image side instead of 10-25 %) and faint (18-40 grey levels above the sea instead of ~150-200); clutter: share
+    of the images (with or without ships) that get `add_clutter`. With both 0 the random stream is the one of
+    earlier versions (same data for a seed)."""
     import cv2
 
     h, w = shape
@@ -55,26 +119,34 @@ def draw_scene(rng: np.random.Generator, shape: tuple[int, int], max_ships: int,
             else:
                 tone = rng.uniform(190, 240)
             image = np.where(ship[..., None] > 0, tone + rng.normal(0, 6, (h, w, 3)), image)
+    if clutter > 0 and rng.random() < clutter:
+        image = add_clutter(rng, image, ships)
     return image, ships
 
 
 def generate(out: Path, seed: int = 0, image_size: int | tuple[int, int] = 64, n_train: int = 16, n_test: int = 6,
-             max_ships: int = 4, ship_free: float = 0.35, faint: float = 0.0, quiet: bool = False) -> Path:
+             max_ships: int = 4, ship_free: float = 0.35, faint: float = 0.0, clutter: float = 0.0,
+             quiet: bool = False) -> Path:
     """Write a synthetic Airbus dataset under `out` and return its root (= `out`).
 
     image_size: side (or (H, W)) of every image (768 in the real data; small by default for tests); the CSV
     refers to it. max_ships: ships per image at most; ship_free: share of images without a ship (drawn per image,
     so a seeded run's share is near it; `segkit synth airbus --empty-fraction`); faint: share of the ships drawn
-    small and faint (`--faint`). Deterministic for a seed; written to a temporary folder and moved into place; quiet: no progress bar."""
+    small and faint (`--faint`); clutter: share of the images with whitecaps, a cloud veil or a coast
+    (`--clutter`). Deterministic for a seed; written to a temporary folder and moved into place; quiet: no progress bar."""
     h, w = check_size(image_size)
     if n_train < 2 or n_test < 1 or max_ships < 1 or not 0 <= ship_free < 1:
         raise ConfigError("synth airbus: need >= 2 training and >= 1 test image, max_ships >= 1, 0 <= ship_free < 1")
     if not 0 <= faint <= 1:
         raise ConfigError(f"synth airbus: faint must be a share in [0, 1], got {faint!r}")
+    if not 0 <= clutter <= 1:
+        raise ConfigError(f"synth airbus: clutter must be a share in [0, 1], got {clutter!r}")
     params = {"generator": "segkit.synth.airbus", "version": 1, "seed": int(seed), "image_size": [h, w],
               "n_train": n_train, "n_test": n_test, "max_ships": max_ships, "ship_free": ship_free}
     if faint:  # only when set, so datasets written before the option are still reused
         params["faint"] = float(faint)
+    if clutter:
+        params["clutter"] = float(clutter)
 
     def fill(root: Path) -> None:
         rng = np.random.default_rng(seed)
@@ -85,13 +157,13 @@ def generate(out: Path, seed: int = 0, image_size: int | tuple[int, int] = 64, n
         (root / "test_v2").mkdir()
         rows = []
         for image_id in progress(train_ids, "synth airbus train", quiet):
-            image, ships = draw_scene(rng, (h, w), max_ships, ship_free, faint)
+            image, ships = draw_scene(rng, (h, w), max_ships, ship_free, faint, clutter)
             write_jpeg(root / "train_v2" / image_id, to_uint8(image))
             rows.extend((image_id, rle.encode(s, order="F")) for s in ships)
             if not ships:
                 rows.append((image_id, ""))
         for image_id in progress(test_ids, "synth airbus test", quiet):
-            image, _ = draw_scene(rng, (h, w), max_ships, ship_free, faint)
+            image, _ = draw_scene(rng, (h, w), max_ships, ship_free, faint, clutter)
             write_jpeg(root / "test_v2" / image_id, to_uint8(image))
         write_csv(root / "train_ship_segmentations_v2.csv", ("ImageId", "EncodedPixels"), rows)
         write_csv(root / "sample_submission_v2.csv", ("ImageId", "EncodedPixels"), [(i, "1 2") for i in test_ids])
