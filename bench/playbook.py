@@ -5,8 +5,7 @@ fold ensemble and after each post-processing step (threshold → min area → ga
      whitecaps, cloud veils, coasts with buildings; F2 over IoU 0.5-0.95),
   2. synthetic Understanding Clouds (images without any label, faint regions; mean Dice per image and label),
   3. the real TGS Salt training set in ../shared/fixtures/tgs (3,001 101×101 images, ~40 % empty masks) through
-     the folder adapter with `data.options.metric: tgs_iou` (mean over images of the IoU thresholds 0.50-0.95
-     passed),
+     the TGS adapter (its metric: mean over images of the share of IoU thresholds 0.50-0.95 passed),
 
 with tiny U-Nets (depth 3, base 8) — one plain, one with the classification head (`classifier: true`), one
 trained on non-empty masks only (`positive_only: true`) — 3 folds. The OOF is tuned four ways — the plain and the head model alone, both averaged, and the cascade
@@ -149,17 +148,17 @@ def bench_clouds(work: Path, size: dict, quiet: bool) -> dict:
 
 
 def bench_tgs(work: Path, size: dict, quiet: bool) -> dict:
+    """The real TGS Salt training set through the TGS adapter (train.csv, coverage-stratified folds; the fixture
+    has no test images, which tuning does not need)."""
     if not (TGS / "train" / "images").is_dir():
         log(f"[tgs] skipped: {TGS} not found")
         return {}
-    extra = {"data": {"options": {"images_dir": "train/images", "masks_dir": "train/masks", "values": [65535],
-                                  "metric": "tgs_iou"}},
-             # TGS images are 101×101 and the submission is at that size: areas in those pixels
-             "postprocess": {"min_area_grid": [0, 10, 20, 40, 80, 160]}}
+    # TGS images are 101×101 and the submission is at that size: areas in those pixels
+    extra = {"postprocess": {"min_area_grid": [0, 10, 20, 40, 80, 160]}, "data": {}}
     if size["n_train"]:
         extra["data"]["max_train_samples"] = size["n_train"]
     settings = common_settings(work, f"tgs_{size['n_train'] or 'all'}", size, [96, 96], TGS, extra)
-    return run_benchmark("tgs", "folder", settings, quiet)
+    return run_benchmark("tgs", "tgs", settings, quiet)
 
 
 def structured_class(n: int, h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
