@@ -278,7 +278,9 @@ def run_two_devices(backend, tmp_path):
     one, two = np.array(result["1"]["loss"]), np.array(result["2"]["loss"])
     assert one[-1] < one[0]  # it learns
     np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)  # same trajectory at the same global batch
-    np.testing.assert_array_equal(np.load(tmp_path / "reloaded.npy"), np.load(tmp_path / "pred2.npy"))
+    # the same weights on one device, other batches: XLA may fuse differently (seen: 3 of 3,072 values 1 ulp off)
+    np.testing.assert_allclose(np.load(tmp_path / "reloaded.npy"), np.load(tmp_path / "pred2.npy"),
+                               rtol=1e-6, atol=1e-6)
     return result
 
 
