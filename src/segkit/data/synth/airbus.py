@@ -24,64 +24,78 @@ FAINT_TONE = (18.0, 40.0)
 CLUTTER_KINDS = ("whitecaps", "cloud", "coast")
 
 
-def add_clutter(rng: np.random.Generator, image: np.ndarray, ships: list[np.ndarray]) -> np.ndarray:
-    """`image` with one kind of clutter drawn over it, never within 3 pixels of a ship (a cloud veil may thin out
-    over one, as real clouds do, but leaves it visible): whitecaps (streaks of foam along the wind, the size of
-    small ships), a cloud veil (a smooth translucent white field), or a coast (land over one side, with bright
-    ship-sized rectangles — buildings and piers). A coast that would cover a ship is drawn as whitecaps instead."""
-    import cv2
-
-    h, w = image.shape[:2]
-    side = min(h, w)
-    occupied = np.zeros((h, w), bool)
-    for ship in ships:
-        occupied |= ship > 0
-    keep_out = ndimage.binary_dilation(occupied, iterations=3) if occupied.any() else occupied
+def add_clutter(rng: np.random.Generator, image: np.ndarray, occupied: np.ndarray) -> np.ndarray:
+    """`image` with one kind of clutter drawn over it, never within 3 pixels of a ship (`occupied`: the union of
+    the ships; a cloud veil may thin out over one, as real clouds do, but leaves it visible): whitecaps (streaks
+    of foam along the wind, the size of small ships), a cloud veil (a smooth translucent white field), or a coast
+    (land over one side, with bright ship-sized rectangles — buildings and piers). A coast that would cover a
+    ship is drawn as whitecaps instead."""
+    keep_out = ndimage.binary_dilation(occupied, iterations=3)
     kind = CLUTTER_KINDS[int(rng.integers(len(CLUTTER_KINDS)))]
-    alpha = np.zeros((h, w), np.float32)
-    tone: np.ndarray | float
-    if kind == "coast":
-        direction = rng.uniform(0, 2 * np.pi)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        along = ((xx - w / 2) * np.cos(direction) + (yy - h / 2) * np.sin(direction)) / side
-        along += 0.08 * smooth_field(rng, (h, w), side / 3)
-        land = along > rng.uniform(0.15, 0.4)
-        if (land & keep_out).any() or not land.any():
-            kind = "whitecaps"
-        else:
-            ground = np.array([95, 90, 72], np.float32) + 18 * smooth_field(rng, (h, w), side / 12)[..., None]
-            image = np.where(land[..., None], ground + rng.normal(0, 5, (h, w, 3)), image)
-            buildings = np.zeros((h, w), np.uint8)
-            land_y, land_x = np.nonzero(land)
-            for _ in range(int(rng.integers(3, 12))):
-                length = rng.uniform(0.03, 0.15) * side
-                size = (length, max(2.0, length * rng.uniform(0.2, 0.6)))
-                at = int(rng.integers(len(land_y)))
-                centre = (float(land_x[at]), float(land_y[at]))
-                box = cv2.boxPoints((centre, size, rng.uniform(0, 180)))
-                cv2.fillPoly(buildings, [np.round(box).astype(np.int32)], 1)
-            # piers reach a little out to sea: buildings may cross the shore line, never near a ship
-            near_land = ndimage.binary_dilation(land, iterations=max(2, side // 40))
-            alpha = ((buildings > 0) & near_land).astype(np.float32)
-            tone = rng.uniform(150, 225)
-    if kind == "whitecaps":
-        layer = np.zeros((h, w), np.float32)
-        wind = rng.uniform(0, 180)
-        for _ in range(int(rng.integers(6, 30))):
-            length = rng.uniform(0.015, 0.07) * side
-            axes = (max(1, int(round(length / 2))), max(1, int(round(length * rng.uniform(0.12, 0.4) / 2))))
-            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-            cv2.ellipse(layer, centre, axes, wind + rng.normal(0, 12), 0, 360, float(rng.uniform(0.35, 1.0)), -1)
-        alpha = cv2.GaussianBlur(layer, (0, 0), max(0.6, side / 300))
-        tone = rng.uniform(110, 220)
+    coast = _coast(rng, image, keep_out) if kind == "coast" else None
+    if coast is not None:
+        image, alpha, tone = coast
     elif kind == "cloud":
-        field = smooth_field(rng, (h, w), side / rng.uniform(1.5, 4))
-        alpha = np.clip((field - rng.uniform(-0.5, 1.0)) * rng.uniform(0.3, 0.8), 0, 0.85).astype(np.float32)
+        alpha, tone = _cloud_veil(rng, image.shape[:2])
         alpha[keep_out] = np.minimum(alpha[keep_out], 0.5)
-        tone = rng.uniform(180, 240)
+    else:
+        alpha, tone = _whitecaps(rng, image.shape[:2])
     if kind != "cloud":
         alpha[keep_out] = 0
     return image * (1 - alpha[..., None]) + tone * alpha[..., None]
+
+
+def _coast(rng: np.random.Generator, image: np.ndarray,
+           keep_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(image with land over one side, alpha of its buildings and piers, their tone), or None when the land
+    would reach `keep_out`."""
+    import cv2
+
+    h, w = keep_out.shape
+    side = min(h, w)
+    direction = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    along = ((xx - w / 2) * np.cos(direction) + (yy - h / 2) * np.sin(direction)) / side
+    along += 0.08 * smooth_field(rng, (h, w), side / 3)
+    land = along > rng.uniform(0.15, 0.4)
+    if (land & keep_out).any() or not land.any():
+        return None
+    ground = np.array([95, 90, 72], np.float32) + 18 * smooth_field(rng, (h, w), side / 12)[..., None]
+    image = np.where(land[..., None], ground + rng.normal(0, 5, (h, w, 3)), image)
+    buildings = np.zeros((h, w), np.uint8)
+    land_y, land_x = np.nonzero(land)
+    for _ in range(int(rng.integers(3, 12))):
+        length = rng.uniform(0.03, 0.15) * side
+        size = (length, max(2.0, length * rng.uniform(0.2, 0.6)))
+        at = int(rng.integers(len(land_y)))
+        box = cv2.boxPoints(((float(land_x[at]), float(land_y[at])), size, rng.uniform(0, 180)))
+        cv2.fillPoly(buildings, [np.round(box).astype(np.int32)], 1)
+    # piers reach a little out to sea: buildings may cross the shore line
+    near_land = ndimage.binary_dilation(land, iterations=max(2, side // 40))
+    return image, ((buildings > 0) & near_land).astype(np.float32), rng.uniform(150, 225)
+
+
+def _whitecaps(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """(alpha, tone) of foam streaks along one wind direction, the size of small ships."""
+    import cv2
+
+    h, w = shape
+    side = min(h, w)
+    layer = np.zeros((h, w), np.float32)
+    wind = rng.uniform(0, 180)
+    for _ in range(int(rng.integers(6, 30))):
+        length = rng.uniform(0.015, 0.07) * side
+        axes = (max(1, int(round(length / 2))), max(1, int(round(length * rng.uniform(0.12, 0.4) / 2))))
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.ellipse(layer, centre, axes, wind + rng.normal(0, 12), 0, 360, float(rng.uniform(0.35, 1.0)), -1)
+    return cv2.GaussianBlur(layer, (0, 0), max(0.6, side / 300)), rng.uniform(110, 220)
+
+
+def _cloud_veil(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """(alpha, tone) of a smooth translucent white field."""
+    field = smooth_field(rng, shape, min(shape) / rng.uniform(1.5, 4))
+    alpha = np.clip((field - rng.uniform(-0.5, 1.0)) * rng.uniform(0.3, 0.8), 0, 0.85).astype(np.float32)
+    return alpha, rng.uniform(180, 240)
 
 
 def draw_scene(rng: np.random.Generator, shape: tuple[int, int], max_ships: int,
@@ -97,8 +111,8 @@ def draw_scene(rng: np.random.Generator, shape: tuple[int, int], max_ships: int,
     sea = np.array([25, 45, 70], np.float32) + 8 * smooth_field(rng, shape, max(h, w) / 5)[..., None]
     image = sea + rng.normal(0, 4, (h, w, 3))
     ships: list[np.ndarray] = []
+    occupied = np.zeros(shape, bool)
     if rng.random() >= ship_free:
-        occupied = np.zeros(shape, bool)
         for _ in range(int(rng.integers(1, max_ships + 1))):
             is_faint = faint > 0 and rng.random() < faint
             for _ in range(20):
@@ -120,7 +134,7 @@ def draw_scene(rng: np.random.Generator, shape: tuple[int, int], max_ships: int,
                 tone = rng.uniform(190, 240)
             image = np.where(ship[..., None] > 0, tone + rng.normal(0, 6, (h, w, 3)), image)
     if clutter > 0 and rng.random() < clutter:
-        image = add_clutter(rng, image, ships)
+        image = add_clutter(rng, image, occupied)
     return image, ships
 
 
