@@ -1,6 +1,7 @@
 """Typed run configuration: YAML files merged with `key.sub=value` overrides, checked key by key."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import yaml
 
 from segkit.errors import ConfigError, did_you_mean, unknown_name
+from segkit.modelspec import ModelSpec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
@@ -345,7 +347,7 @@ class Config(_Checked):
     name: str = "run"
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
-    models: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "unet"}])
+    models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec()])  # typed when the config loads
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
@@ -359,9 +361,6 @@ class Config(_Checked):
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed: must be in 0..2**32-1, got {self.seed}")
         _not_empty("models", self.models)
-        for i, spec in enumerate(self.models):
-            if isinstance(spec, dict):
-                model_classifier(spec, f"models.{i}")
         check_ensemble_roles(self, range(len(self.models)))
 
     @property
@@ -373,7 +372,10 @@ class Config(_Checked):
         return Path(self.output.submissions_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain data (what config.yaml holds); model specs as written."""
+        return {f.name: [spec.to_dict() for spec in self.models] if f.name == "models"
+                else copy.deepcopy(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -546,6 +548,8 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp is ModelSpec:
+        return ModelSpec.of(value, where)
     if dataclasses.is_dataclass(tp):
         return value if isinstance(value, tp) else from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
@@ -600,38 +604,26 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def model_classifier(spec: dict[str, Any], where: str = "models.0") -> tuple[bool, float]:
+def model_classifier(spec: ModelSpec | dict[str, Any], where: str = "models.0") -> tuple[bool, float]:
     """(classifier, classifier_weight) of a model spec: whether the model has the classification head on its
     bottleneck and the weight of that head's BCE in the loss (default 0.2); ConfigError naming the key when
     `classifier` is not true/false or the weight is not a finite number >= 0."""
-    on = spec.get("classifier", False)
-    if not isinstance(on, bool):
-        raise ConfigError(f"{where}.classifier: must be true or false, got {on!r}")
-    weight = spec.get("classifier_weight", 0.2)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ConfigError(f"{where}.classifier_weight: must be a number >= 0 (the weight of the head's BCE in the "
-                          f"loss, default 0.2), got {weight!r}")
-    if "classifier_weight" in spec and not on:
-        raise ConfigError(f"{where}.classifier_weight: set but {where}.classifier is not true; add "
-                          "classifier: true or drop the weight")
-    return on, float(weight)
+    spec = ModelSpec.of(spec, where)
+    return spec.classifier, float(spec.classifier_weight)
 
 
-def model_positive_only(spec: dict[str, Any], default: bool = False, where: str = "models.0") -> bool:
+def model_positive_only(spec: ModelSpec | dict[str, Any], default: bool = False, where: str = "models.0") -> bool:
     """Whether a model trains on non-empty masks only: its spec's `positive_only`, else `train.positive_only`
     (`default`); ConfigError naming the key when it is not true/false."""
-    on = spec.get("positive_only", default) if isinstance(spec, dict) else default
-    if not isinstance(on, bool):
-        raise ConfigError(f"{where}.positive_only: must be true or false, got {on!r}")
-    return on
+    return ModelSpec.of(spec, where).trains_positive_only(default)
 
 
 def check_ensemble_roles(cfg: "Config", indices: Any, what: str = "") -> None:
     """ConfigError when every model among `cfg.models[indices]` is positive-only and none has a classification
     head: nothing would then tell an empty image from a non-empty one (the positive-only models never saw one)."""
-    specs = [(i, cfg.models[i]) for i in indices]
-    po = [model_positive_only(s, cfg.train.positive_only, f"models.{i}") for i, s in specs]
-    heads = [isinstance(s, dict) and s.get("classifier") is True for _, s in specs]
+    specs = [cfg.models[i] for i in indices]
+    po = [s.trains_positive_only(cfg.train.positive_only) for s in specs]
+    heads = [s.classifier for s in specs]
     if specs and all(po) and not any(heads):
         key = "train.positive_only" if cfg.train.positive_only else "models.0.positive_only"
         raise ConfigError(f"{key}: every {what}model trains on non-empty masks only and none has a classification "

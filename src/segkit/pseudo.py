@@ -198,7 +198,7 @@ def print_report(report: dict[str, Any], rnd: PseudoRoundDir | None = None) -> N
 
 
 def _activation(cfg: Config) -> str:
-    acts = {spec.get("activation", "sigmoid") for spec in cfg.models}
+    acts = {spec.activation for spec in cfg.models}
     return "softmax" if acts == {"softmax"} else "sigmoid"
 
 

@@ -637,7 +637,7 @@ def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:
     tags = model_tags(cfg)
     for t, spec in zip(tags, cfg.models):
         if tag is None or t == tag:
-            out[f"models.{t}"] = spec
+            out[f"models.{t}"] = spec.to_dict()
     for key in TRAIN_WEIGHT_KEYS:
         out[f"train.{key}"] = d["train"][key]
     if out["train.mixed_precision"] == "auto":  # the default, as null was before auto existed: folds trained

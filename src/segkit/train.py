@@ -14,7 +14,8 @@ import keras
 import numpy as np
 
 from segkit.averaging import Averager, make_averager, optimizer_options
-from segkit.config import Config, model_classifier, model_positive_only
+from segkit.config import Config
+from segkit.modelspec import ModelSpec
 from segkit.data import device_augment
 from segkit.data.io import atomic_save_npy, atomic_write
 from segkit.devices import DevicePlan, plan_devices
@@ -127,7 +128,7 @@ def _epoch_change(fold: FoldDir, epochs: int) -> list[str]:
     return [f"train.epochs: {epochs} asked, the fold {how} {ran}"]
 
 
-def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerprint: dict, quiet: bool = False,
+def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fingerprint: dict, quiet: bool = False,
                plan: DevicePlan | None = None) -> None:
     """Train one model on one fold (resuming from its last finished epoch) and write its OOF predictions.
 
@@ -149,12 +150,12 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     train_idx = np.flatnonzero(run.folds != k)
     val_idx = np.flatnonzero(run.folds == k)
     fit_val_idx = val_idx  # what Keras validates on (early stopping); OOF is written for all of val_idx
-    po = model_positive_only(spec, tc.positive_only, f"models.{cfg.models.index(spec)}")
+    po = spec.trains_positive_only(tc.positive_only)
     if po:  # train.positive_only: train and validate on the images with a non-empty mask only
         train_idx, fit_val_idx = positive_only_split(run, spec, train_idx, val_idx, tag, k)
     n_true = len(train_idx)
     train_cache, train_idx = run.training_source(  # + pseudo-labelled images, training side only
-        train_idx, nonempty_only=po, skip_first=spec.get("activation", "sigmoid") == "softmax")
+        train_idx, nonempty_only=po, skip_first=spec.softmax)
     n_pseudo = len(train_idx) - n_true
     if not quiet:
         extra = f" (+{n_pseudo} pseudo-labelled)" if run.pseudo is not None else ""
@@ -186,7 +187,7 @@ def train_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fingerpr
     keras.backend.clear_session()
 
 
-def _fit_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fold: FoldDir, state: dict | None,
+def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold: FoldDir, state: dict | None,
               plan: DevicePlan, train_ds, val_ds, quiet: bool):
     """Build (or load, to resume) and compile the fold's model and fit it: (model, epoch keeper, averager)."""
     from segkit.losses import compile_args, get_loss
@@ -211,8 +212,8 @@ def _fit_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fold: Fol
         model.compile(
             optimizer=keras.optimizers.Adam(tc.learning_rate, **optimizer_options(tc)),  # + train.ema
             **compile_args(get_loss(tc.loss, n_classes),
-                           get_metrics(tc.metrics, n_classes, activation=spec.get("activation", "sigmoid")),
-                           classifier_weight=model_classifier(spec)[1] if has_classifier(model) else None),
+                           get_metrics(tc.metrics, n_classes, activation=spec.activation),
+                           classifier_weight=spec.classifier_weight if has_classifier(model) else None),
             jit_compile=plan.jit_compile,
         )
     if tc.augment_on_device:  # flips / rot90 / brightness-contrast inside the train step; not in the checkpoint
@@ -251,11 +252,11 @@ def _fit_fold(cfg: Config, run: RunData, spec: dict, tag: str, k: int, fold: Fol
     return model, keeper, averager
 
 
-def positive_only_split(run: RunData, spec: dict, train_idx: np.ndarray, val_idx: np.ndarray, tag: str,
+def positive_only_split(run: RunData, spec: ModelSpec, train_idx: np.ndarray, val_idx: np.ndarray, tag: str,
                         k: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices of a positive-only fold: the samples of each side whose mask is non-empty in any
     class (softmax models: any class but channel 0, the background); TrainingError when a side has none."""
-    background = spec.get("activation", "sigmoid") == "softmax"
+    background = spec.softmax
     sides = []
     for name, idx in (("training", train_idx), ("validation", val_idx)):
         kept = idx[nonempty_masks(run.cache.masks, idx, skip_first=background)]

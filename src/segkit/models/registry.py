@@ -6,8 +6,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from segkit.config import check_kwargs, model_classifier
-from segkit.errors import ConfigError, TrainingError
+from segkit.config import check_kwargs
+from segkit.errors import TrainingError, unknown_name
+from segkit.modelspec import ModelSpec
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by the architecture modules segkit.models imports
 
@@ -27,7 +28,7 @@ def model_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_classes: int, where: str = "models.0",
+def build_model(spec: ModelSpec | dict[str, Any], input_shape: tuple[int, int, int], n_classes: int, where: str = "models.0",
                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None):
     """Build the model a config entry describes; unknown names or parameters are ConfigErrors.
 
@@ -36,23 +37,13 @@ def build_model(spec: dict[str, Any], input_shape: tuple[int, int, int], n_class
     `classifier: true` gives every family the classification head (outputs `mask` and `label`, see
     `split_outputs`); `classifier_weight` is the loss's business (segkit.losses.compile_args), not the builder's.
     """
-    spec = dict(spec)
-    model_classifier(spec, where)
-    spec.pop("classifier_weight", None)
-    spec.pop("positive_only", None)  # which images the fold trains on: the trainer's business
-    name = spec.pop("name", None)
-    spec.pop("tag", None)
-    if not name:
-        raise ConfigError(f"{where}.name: missing model name")
-    if name not in _BUILDERS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_BUILDERS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{where}.name: unknown model '{name}'{hint} (known: {', '.join(sorted(_BUILDERS))})")
-    builder = _BUILDERS[name]
-    check_kwargs(builder, spec, where, skip=("input_shape", "n_classes", "normalisation"))
-    return builder(input_shape, n_classes, **spec, normalisation=normalisation)
+    spec = ModelSpec.of(spec, where)
+    if spec.name not in _BUILDERS:
+        raise unknown_name(f"{where}.name", "model", spec.name, _BUILDERS)
+    builder = _BUILDERS[spec.name]
+    kwargs = spec.builder_kwargs()
+    check_kwargs(builder, kwargs, where, skip=("input_shape", "n_classes", "normalisation"))
+    return builder(input_shape, n_classes, **kwargs, normalisation=normalisation)
 
 
 def split_outputs(pred: Any) -> tuple[Any, Any]:
@@ -162,14 +153,10 @@ def set_precision(policy: str | None) -> None:
 
     policy = policy or "float32"
     if policy not in PRECISIONS:
-        import difflib
-
-        close = difflib.get_close_matches(policy, PRECISIONS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"train.mixed_precision: unknown policy '{policy}'{hint} (valid: {', '.join(PRECISIONS)})")
+        raise unknown_name("train.mixed_precision", "policy", policy, PRECISIONS)
     keras.mixed_precision.set_global_policy(policy)
 
 
-def model_tag(spec: dict[str, Any], index: int) -> str:
+def model_tag(spec: ModelSpec | dict[str, Any], index: int) -> str:
     """A stable folder name for one architecture of the ensemble (its `tag`, else name + index)."""
     return str(spec.get("tag") or f"{spec.get('name', 'model')}{index}")
