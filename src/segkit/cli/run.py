@@ -49,6 +49,28 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
+def _load_trained(args, stage: str):
+    """The config of a stage after training: as `_load`, with the run's saved `data.root` (where it was trained)
+    unless the command line gives one or the saved folder is gone while the given one exists — so
+    `segkit report tgs` after `segkit train tgs data.root=...` finds the data as `sk.Run.open` does."""
+    from pathlib import Path
+
+    from segkit.runs import RunDir
+
+    cfg = _load(args)
+    if any(o.partition("=")[0].strip() in ("data", "data.root") for o in args.overrides):
+        return cfg
+    saved = RunDir.of(cfg).read_config()
+    if saved is None or saved.data.root == cfg.data.root:
+        return cfg
+    if Path(saved.data.root).is_dir() or not Path(cfg.data.root).is_dir():
+        if not args.quiet:
+            print(f"[{stage}] data.root: {saved.data.root} (as the run was trained; give data.root=... to change "
+                  "it)", flush=True)
+        cfg.data.root = saved.data.root
+    return cfg
+
+
 def _train(args) -> int:
     cfg = _load(args)  # config errors come before the slow TensorFlow import
     from segkit.pipeline import train
@@ -59,7 +81,7 @@ def _train(args) -> int:
 
 
 def _tune(args) -> int:
-    cfg = _load(args)
+    cfg = _load_trained(args, "tune")
     from segkit.pipeline import tune
 
     tune(cfg, quiet=args.quiet)
@@ -67,7 +89,7 @@ def _tune(args) -> int:
 
 
 def _predict(args) -> int:
-    cfg = _load(args)
+    cfg = _load_trained(args, "predict")
     from segkit.pipeline import predict
 
     path = predict(cfg, quiet=args.quiet, out=args.out)
@@ -76,7 +98,7 @@ def _predict(args) -> int:
 
 
 def _pseudo(args) -> int:
-    cfg = _load(args)
+    cfg = _load_trained(args, "pseudo")
     from segkit.pipeline import pseudo
 
     pseudo(cfg, quiet=args.quiet)
@@ -88,7 +110,7 @@ def _report(args) -> int:
 
     if args.worst < 0:
         raise ConfigError(f"--worst: must be ≥ 0, got {args.worst}")
-    cfg = _load(args)
+    cfg = _load_trained(args, "report")
     from segkit.pipeline import report
 
     path = report(cfg, quiet=args.quiet, worst=args.worst)
