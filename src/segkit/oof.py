@@ -242,7 +242,7 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
     equal = score((1.0,) * len(tags)) if len(tags) > 1 else None
     result = {"weights": dict(zip(tags, (float(v) for v in best))), "oof_score": best_score,
               "oof_score_equal": equal, "candidates": tried, "images": int(len(rows)),
-              "metric": _metric_name(run.adapter)}
+              "metric": run.adapter.metric_name()}
     RunDir.of(cfg).write_weights(result)
     if not quiet:
         shown = ", ".join(f"{t}: {v:g}" for t, v in result["weights"].items())
@@ -278,6 +278,3 @@ def weight_candidates_ok(weights: Sequence[float], roles: Sequence[bool]) -> boo
     return all(roles) or any(w > 0 for w, po in zip(weights, roles) if not po)
 
 
-def _metric_name(adapter) -> str:
-    doc = type(adapter).score_class.__doc__
-    return doc.strip().splitlines()[0] if doc else ""

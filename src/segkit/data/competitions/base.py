@@ -127,6 +127,13 @@ class Adapter:
         dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
         return float(dice.mean())
 
+    @classmethod
+    def metric_name(cls) -> str:
+        """The metric's name for logs and reports: the first line of the adapter's score_class docstring (so
+        every adapter names its own metric there)."""
+        doc = cls.score_class.__doc__
+        return doc.strip().splitlines()[0] if doc else ""
+
     def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
         """`score_class` from per-image pixel counts (..., N) — intersection, predicted and true area —
         reduced over the last axis; lets post-processing tuning score a candidate without its masks. An
