@@ -28,3 +28,23 @@ def test_every_competition_names_its_metric(name):
 
     metric = adapter_class(name).metric_name()
     assert metric and metric != Adapter.metric_name() and "competition's metric" not in metric
+
+
+def test_the_notebook_api_prints_no_tensorflow_start_up_lines_nor_retracing_warnings():
+    """`import segkit as sk` then a model: TF/absl/oneDNN/CUDA lines were printed (twice), and retracing warnings."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import segkit as sk, numpy as np\n"
+            "sk.models.unet((16, 16, 1), 1, depth=2, base_filters=4)\n"
+            "import tensorflow as tf\n"
+            "f = tf.function(lambda x: x * 2)\n"
+            "for i in range(7):\n"
+            "    f(tf.constant(np.zeros(i + 1)))\n"
+            "print('done')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr
+    for noise in ("absl::InitializeLog", "oneDNN", "cuda", "cpu_feature_guard", "retracing"):
+        assert noise not in out.stderr

@@ -13,6 +13,10 @@ Also `sk.models.unet(...)` and the other builders, `sk.losses.get(name)`, `sk.rl
 """
 import importlib as _importlib
 
+from segkit.quiet import quiet_tensorflow as _quiet_tensorflow
+
+_quiet_tensorflow()  # before TensorFlow loads: no start-up lines or retracing warnings (TF_CPP_MIN_LOG_LEVEL=0: all)
+
 __version__ = "0.1.0"
 
 # name -> (module, attribute in it; None for the module itself)
