@@ -48,3 +48,25 @@ def test_the_notebook_api_prints_no_tensorflow_start_up_lines_nor_retracing_warn
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr
     for noise in ("absl::InitializeLog", "oneDNN", "cuda", "cpu_feature_guard", "retracing"):
         assert noise not in out.stderr
+
+
+def test_predict_progress_in_a_log_is_lines_not_carriage_returns(capsys, monkeypatch):
+    """`predict` progress bars written to a log file put hundreds of '\\r' updates on one line."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import segkit.progress
+    from segkit.models import unet
+    from segkit.predict import predict_ensemble
+
+    monkeypatch.setattr(segkit.progress, "LOG_EVERY_S", 0.0)  # a line for every batch
+    model = unet((16, 16, 1), 1, depth=2, base_filters=4)
+    raw = np.random.default_rng(0).random((6, 16, 16, 1)).astype(np.float32)
+    batches = list(predict_ensemble([model], SimpleNamespace(images=raw), np.arange(6), lambda im: im,
+                                    ["identity"], batch_size=2))
+    assert len(batches) == 3
+    err = capsys.readouterr().err  # not a terminal, as a log file
+    assert "\r" not in err
+    assert err.splitlines() == ["predict: 1/3 batch", "predict: 2/3 batch", "predict: 3/3 batch",
+                                "predict: 3/3 batch done"]

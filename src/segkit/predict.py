@@ -285,9 +285,8 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     fit. With several devices (a JAX `keras.distribution` set before the models were loaded, or a TF strategy
     they were loaded under) each call's batch, padded to a multiple of the device count, is split across them.
     """
-    from tqdm import tqdm
-
     from segkit.models.registry import has_input_normalisation, split_outputs
+    from segkit.progress import progress
 
     n = len(models)
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -310,7 +309,7 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     scaled = _Scaled()
     starts = range(0, len(indices), batch_size)
     try:
-        for start in tqdm(starts, desc="predict", disable=quiet or len(starts) < 2, leave=False):
+        for start in progress(starts, "predict", quiet=quiet or len(starts) < 2, unit="batch"):
             idx = indices[start:start + batch_size]
             raw = np.stack([np.asarray(cache.images[i]) for i in idx])
             inputs: dict[bool, np.ndarray] = {}  # raw float32, and normalised for old checkpoints, made once

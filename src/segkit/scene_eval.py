@@ -211,7 +211,7 @@ def evaluate_submission(
     patch_size: the side of a patch (default: read from the sibling test_red folder; DataError when absent,
       as a guess would print wrong figures for other patch sizes).
     """
-    from tqdm.auto import tqdm
+    from segkit.progress import progress
 
     from segkit import rle
 
@@ -240,7 +240,7 @@ def evaluate_submission(
     grid = _grid(listed)
 
     def scenes():
-        for scene, patches in tqdm(grid.items(), desc="evaluate scenes", unit="scene", disable=quiet, leave=False):
+        for scene, patches in progress(grid.items(), "evaluate scenes", quiet=quiet, unit="scene"):
             n_rows = max(p.row for p in patches.values())
             n_cols = max(p.col for p in patches.values())
             decoded = {}

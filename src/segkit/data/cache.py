@@ -245,7 +245,7 @@ def prepare(
 
 def _fill(adapter, samples: Sequence[Sample], size: tuple[int, int], folder: Path, with_masks: bool,
           quiet: bool, workers: int, name: str) -> None:
-    from tqdm.auto import tqdm
+    from segkit.progress import progress
 
     first = adapter.read_image(samples[0])
     _check_image(adapter, samples[0], first)
@@ -280,7 +280,7 @@ def _fill(adapter, samples: Sequence[Sample], size: tuple[int, int], folder: Pat
         return i
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # decoders (OpenCV, libjpeg) release the GIL
-        for _ in tqdm(pool.map(load, range(n)), total=n, desc=f"prepare {name}", unit="img", disable=quiet, leave=False):
+        for _ in progress(pool.map(load, range(n)), f"prepare {name}", total=n, quiet=quiet, unit="img"):
             pass
     images.flush()
     if masks is not None:

@@ -72,11 +72,10 @@ def write_gif_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def progress(items: Iterable[T], desc: str, quiet: bool = False, unit: str = "image") -> Iterator[T]:
-    """`items` with a tqdm progress bar on stderr (none when quiet); synthetic data at real sizes takes minutes."""
-    from tqdm.auto import tqdm
+    """`items` with progress on stderr (none when quiet); synthetic data at real sizes takes minutes."""
+    from segkit.progress import progress as report
 
-    items = list(items)
-    return iter(tqdm(items, desc=desc, unit=unit, disable=quiet or not items, leave=False))
+    return report(list(items), desc, quiet=quiet, unit=unit)
 
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
