@@ -70,3 +70,21 @@ def test_predict_progress_in_a_log_is_lines_not_carriage_returns(capsys, monkeyp
     assert "\r" not in err
     assert err.splitlines() == ["predict: 1/3 batch", "predict: 2/3 batch", "predict: 3/3 batch",
                                 "predict: 3/3 batch done"]
+
+
+def test_a_rare_stratum_is_said_in_segkits_words_not_scikit_learns(capsys):
+    """A raw scikit-learn "UserWarning: The least populated class in y has only 1 members" with its path."""
+    import warnings
+
+    from segkit.data.folds import assign_folds
+    from segkit.data.sample import Sample
+
+    samples = [Sample(f"s{i}", (f"s{i}.png",), (), stratum=int(i == 9)) for i in range(10)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = assign_folds(samples, 5, seed=0)
+    assert sorted(set(folds.tolist())) == [0, 1, 2, 3, 4]
+    assert not [w for w in caught if "least populated" in str(w.message)]
+    assert "[folds] stratum 1 (1) has fewer samples than the 5 folds" in capsys.readouterr().out
+    assign_folds(samples, 5, seed=0, quiet=True)
+    assert capsys.readouterr().out == ""

@@ -220,7 +220,9 @@ def test_synth_train_tune_predict_validate_by_cli(tmp_path, capsys):
         "train.folds=2", "train.epochs=1", "train.batch_size=8", "train.workers=1", "train.verbose=0",
         "predict.batch_size=8", "models=[{name: unet, tag: unet, depth: 2, base_filters: 4}]",
     ]
-    assert main(["--quiet", "train", "siim", *settings]) == 0
+    assert main(["train", "siim", *settings]) == 0
+    log = capsys.readouterr().out
+    assert "val images" in log and "patches" not in log  # SIIM's samples are whole radiographs
     assert main(["--quiet", "tune", "siim", *settings]) == 0
     assert main(["--quiet", "predict", "siim", *settings]) == 0
     capsys.readouterr()

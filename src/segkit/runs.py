@@ -544,7 +544,7 @@ def open_run_data(cfg: Config, quiet: bool = False, pseudo: bool = False) -> Run
     run = RunDir.of(cfg)
     folds = run.read_folds(samples, cfg.train.folds)
     if folds is None:
-        folds = assign_folds(samples, cfg.train.folds, cfg.seed)
+        folds = assign_folds(samples, cfg.train.folds, cfg.seed, quiet=quiet)
         run.write_folds(samples, folds)
     return RunData(adapter, samples, cache, folds, rounds)
 

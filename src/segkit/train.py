@@ -160,7 +160,7 @@ def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fin
     if not quiet:
         extra = f" (+{n_pseudo} pseudo-labelled)" if run.pseudo is not None else ""
         only = f" (non-empty masks only; OOF on all {len(val_idx)})" if po else ""
-        print(f"[{tag} fold {k}] {n_true} train{extra} / {len(fit_val_idx)} val patches{only} "
+        print(f"[{tag} fold {k}] {n_true} train{extra} / {len(fit_val_idx)} val {run.adapter.item_word}{only} "
               f"(fold {k + 1} of {tc.folds})", flush=True)
     common = dict(workers=tc.workers, use_multiprocessing=tc.use_multiprocessing)
     batch = plan.global_batch(tc.batch_size)  # train.batch_size per device

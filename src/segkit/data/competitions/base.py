@@ -28,6 +28,7 @@ class Adapter:
     name: ClassVar[str] = ""
     classes: ClassVar[tuple[str, ...]] = ("foreground",)
     bands: ClassVar[int] = 3
+    item_word: ClassVar[str] = "images"  # what its samples are, in logs ("patches" where they are cut from scenes)
     submission_format: ClassVar["SubmissionFormat"]
     default_tta: ClassVar[tuple[str, ...]] = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
 

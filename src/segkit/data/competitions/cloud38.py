@@ -198,6 +198,7 @@ class Cloud38Adapter(Adapter):
 
     classes = ("cloud",)
     bands = 4
+    item_word = "patches"
     # one row per test patch (its name as in test_patches_38-Cloud.csv), column-major RLE at the patch's own
     # size: 384x384 in the real data; `segkit validate --sample` also takes that patch list
     submission_format = SubmissionFormat(header=("id", "EncodedPixels"), order="F", shape=(384, 384),
