@@ -88,3 +88,24 @@ def test_a_rare_stratum_is_said_in_segkits_words_not_scikit_learns(capsys):
     assert "[folds] stratum 1 (1) has fewer samples than the 5 folds" in capsys.readouterr().out
     assign_folds(samples, 5, seed=0, quiet=True)
     assert capsys.readouterr().out == ""
+
+
+def test_rle_messages_count_pixels_one_way_and_name_the_order_in_words(tmp_path):
+    """SIIM's messages said "order F" and counted a run's end unlike the standard RLE messages; the TGS id rule
+    read "tgs ids are the image id with the image id matching ..."."""
+    from segkit import rle
+    from segkit.submission import check_submission
+
+    n = 1024 * 1024
+    for text, scheme in (("1048571 10", "standard"), ("1048570 10", "relative")):  # the same run, both ways
+        with pytest.raises(rle.RLEError, match=r"1048571, length 10\) ends at pixel 1048580, past the image's "
+                                               r"1048576 pixels"):
+            rle.parse_runs(text, n, scheme)
+    sub = tmp_path / "siim.csv"
+    sub.write_text("ImageId,EncodedPixels\nID_00000000a,1048570 10\n")
+    (problem,) = check_submission(sub, "siim").problems
+    assert "(image 1024x1024, column-major, relative starts)" in problem and "order F" not in problem
+    tgs = tmp_path / "tgs.csv"
+    tgs.write_text("id,rle_mask\nFFEE001122,\n")
+    (problem,) = check_submission(tgs, "tgs").problems
+    assert problem.endswith("id 'FFEE001122': tgs ids are image ids matching [0-9a-f]{10}")

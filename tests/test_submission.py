@@ -154,7 +154,7 @@ def test_malformed_rle(tmp_path, text, words):
     path = write(tmp_path / "s.csv", f"img,rle_mask\na.jpg,1 1\nb.jpg,{text}\n")
     problems = validate_submission(path, "carvana")
     assert len(problems) == 1 and problems[0].startswith(f"{path}, line 3 (row 2), id 'b.jpg': ")
-    assert words in problems[0] and "(image 1280x1918, order C)" in problems[0]
+    assert words in problems[0] and "(image 1280x1918, row-major)" in problems[0]
 
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "None"])

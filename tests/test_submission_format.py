@@ -96,7 +96,7 @@ def test_folder_classes_with_underscores_round_trip(tmp_path):
     assert validate_written(path, adapter, [test]) == []
     path.write_text("id,EncodedPixels\nq_1_class_1,47 3\nq_1_class_3,\n")  # runs past the 6x8 image
     (problem,) = validate_written(path, adapter, [test])
-    assert problem.startswith(f"{path}, line 2 (row 1), id 'q_1_class_1': ") and "(image 6x8, order C)" in problem
+    assert problem.startswith(f"{path}, line 2 (row 1), id 'q_1_class_1': ") and "(image 6x8, row-major)" in problem
     path.write_text("id,EncodedPixels\nq_1_class_1,1 2\n")
     assert validate_written(path, adapter, [test]) == [
         f"{path}, line 2 (row 1), id 'q_1': the image lacks rows for class_3"]
@@ -116,7 +116,7 @@ def test_cloud38_rejects_a_run_past_the_end_of_a_384_patch(tmp_path, capsys):
     assert main(["validate", "-c", "cloud38", str(sub)]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-2] == (f"{sub}, line 2 (row 1), id '{name}': RLE pair 1 (start 147454, length 4) ends at pixel "
-                       "147457, past the image's 147456 pixels (image 384x384, order F)")
+                       "147457, past the image's 147456 pixels (image 384x384, column-major)")
 
 
 def test_cloud38_sample_is_the_official_patch_list(fixtures_dir, tmp_path, capsys):
@@ -154,7 +154,7 @@ def test_cloud38_own_size_bounds_each_patch_by_its_own_size(tmp_path):
     sub.write_text("id,EncodedPixels\npatch_1_1_by_1_LC08_a,4000 200\n")
     assert validate_submission(sub, "cloud38") == []  # within 384x384
     (problem,) = validate_written(sub, adapter, [patch])
-    assert "past the image's 4096 pixels (image 64x64, order F)" in problem
+    assert "past the image's 4096 pixels (image 64x64, column-major)" in problem
 
 
 def test_short_rle_fast_path_agrees_with_the_full_parser():

@@ -24,6 +24,9 @@ SCHEMES = ("standard", "relative")
 EMPTY = {"standard": "", "relative": "-1"}  # how each scheme writes an empty mask
 
 
+ORDER_NAMES = {"C": "row-major", "F": "column-major"}  # pixel orders in messages
+
+
 def _check_order(order: str) -> str:
     if order not in ORDERS:
         raise RLEError(f"RLE pixel order must be 'C' (row-major) or 'F' (column-major), got {order!r}")
@@ -238,9 +241,10 @@ def _parse_relative(rle: str, n_pixels: int, scheme: str) -> tuple[np.ndarray, n
     if past.size or big.size:
         i = int(past[0]) if past.size else limit
         end = int(ends[i]) if past.size else (int(ends[-1]) if limit else 0) + int(rel[i]) + int(lengths[i])
+        first = end - int(lengths[i]) + 1  # counted from 1, as the standard scheme's starts and ends
         raise RLEError(
-            f"RLE pair {i + 1} (relative start {int(rel[i])}, length {int(lengths[i])}) ends at pixel {end}, "
-            f"past the image's {n_pixels} pixels"
+            f"RLE pair {i + 1} (relative start {int(rel[i])} = pixel {first}, length {int(lengths[i])}) ends at "
+            f"pixel {end}, past the image's {n_pixels} pixels"
         )
     ends = ends.astype(np.int64)
     return ends - lengths, lengths

@@ -454,9 +454,8 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
             form = f"<image>{fmt.id_suffix}_<label>" if fmt.rows == "label" else f"<image>{fmt.id_suffix}"
             problems.add("id form", f"{where_id}: {fmt.name} ids are {form} (the test file name)")
         elif sample is None and fmt.id_pattern and image and not re.fullmatch(fmt.id_pattern, image):
-            form = "<image>_<label>" if fmt.rows == "label" else "the image id"
-            problems.add("id form", f"{where_id}: {fmt.name} ids are {form} with the image id matching "
-                                    f"{fmt.id_pattern}")
+            form = "<image>_<label> with <image> matching" if fmt.rows == "label" else "image ids matching"
+            problems.add("id form", f"{where_id}: {fmt.name} ids are {form} {fmt.id_pattern}")
         write_empty = f"write '{fmt.empty}'" if fmt.empty else "leave the field blank"
         if text.strip().lower() in ("nan", "none", "null"):
             problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; {write_empty}")
@@ -474,7 +473,7 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
         except RLEError as exc:
             size = f"{shape[0]}x{shape[1]}" if shape else "any size"
             scheme = ", relative starts" if fmt.scheme == "relative" else ""
-            problems.add("rle", f"{where_id}: {exc} (image {size}, order {fmt.order}{scheme})")
+            problems.add("rle", f"{where_id}: {exc} (image {size}, {rle.ORDER_NAMES[fmt.order]}{scheme})")
             continue
         if fmt.rows == "object":
             if starts.size == 0:

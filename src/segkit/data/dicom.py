@@ -55,6 +55,9 @@ def _read(path: str | os.PathLike, header_only: bool) -> Any:
             ds = pydicom.dcmread(str(path), stop_before_pixels=header_only)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except pydicom.errors.InvalidDicomError:  # its message ends in advice for pydicom's API, not for a user
+        raise DataError(f"{path}: not a readable DICOM file (no 'DICM' marker after the 128-byte preamble: not "
+                        "a DICOM file?)") from None
     except Exception as exc:  # pydicom raises many kinds on a damaged file
         raise DataError(f"{path}: not a readable DICOM file ({_one_line(exc)})") from None
     for key in ("Rows", "Columns"):
