@@ -109,3 +109,25 @@ def test_rle_messages_count_pixels_one_way_and_name_the_order_in_words(tmp_path)
     tgs.write_text("id,rle_mask\nFFEE001122,\n")
     (problem,) = check_submission(tgs, "tgs").problems
     assert problem.endswith("id 'FFEE001122': tgs ids are image ids matching [0-9a-f]{10}")
+
+
+def test_validate_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`segkit validate ... | head` ended in "segkit: error: Broken pipe"."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,rle_mask\n" + "".join(f"{i:010x},{i % 7 + 1} 1\n" for i in range(3000)))
+    read, write = os.pipe()
+    os.close(read)  # as `head` once it has its lines: every write to stdout now fails with EPIPE
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ, PYTHONPATH=str(src))
+    try:
+        out = subprocess.run([sys.executable, "-m", "segkit", "validate", "--competition", "tgs", str(sub)],
+                             stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write)
+    assert "Broken pipe" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    assert out.stderr == "" and out.returncode == 141

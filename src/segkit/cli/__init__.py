@@ -41,6 +41,15 @@ def package_version() -> str:
         return segkit.__version__
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush finds no closed pipe to complain about."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout (embedded): nothing to do
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; a SegkitError (or, as a last resort, any OSError) is printed as one
     line without a traceback and exits 1."""
@@ -59,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except SegkitError as exc:
         print(f"segkit: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `segkit validate ... | head`: the reader has all it wanted
+        _drop_stdout()
+        return 141  # as a shell reports a command ended by SIGPIPE
     except OSError as exc:  # last resort: a file error nobody turned into a SegkitError is still one line
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"segkit: error: {where}{exc.strerror or exc}", file=sys.stderr)
