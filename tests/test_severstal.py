@@ -177,3 +177,19 @@ def test_kaggle_slugs_name_the_adapters():
 
     assert adapter_for("severstal-steel-defect-detection") == "severstal"
     assert adapter_for("tgs-salt-identification-challenge") == "tgs"
+
+
+def test_an_image_of_the_wrong_size_is_blamed_not_its_rle(tmp_path):
+    """All images resized to 128x800: the RLE that fits 256x1600 was blamed ("past the image's 102400 pixels")."""
+    root = write_dataset(tmp_path, "period")
+    for i in IDS:
+        cv2.imwrite(str(root / "train_images" / i), np.full((128, 800, 3), 120, np.uint8))
+    adapter = make_adapter("severstal", root)
+    sample = next(s for s in adapter.train_samples() if s.id == IDS[1])
+    with pytest.raises(DataError, match=r"00031f466\.jpg: image is 128x800, not Severstal's 256x1600, so its "
+                                        r"mask's RLE does not fit it"):
+        adapter.read_mask(sample)
+    (root / "train.csv").write_text((root / "train.csv").read_text().replace("409591 10", "409591 10 7"))
+    sample = next(s for s in make_adapter("severstal", root).train_samples() if s.id == IDS[1])
+    with pytest.raises(DataError, match=r"class 4: RLE has an odd number of values"):  # a bad RLE is still one
+        make_adapter("severstal", root).read_mask(sample)

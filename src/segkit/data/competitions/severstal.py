@@ -187,8 +187,23 @@ class SeverstalAdapter(Adapter):
         if "rle" not in sample.meta:
             raise DataError(f"{sample.image[0]}: test image has no mask")
         shape = self._check_size(sample.image[0])
-        return decode_planes(sample.meta["rle"], shape, self.rle_order, sample.mask[0],
-                             [f"{sample.id} class {class_id}" for class_id in CLASSES])
+        try:
+            return decode_planes(sample.meta["rle"], shape, self.rle_order, sample.mask[0],
+                                 [f"{sample.id} class {class_id}" for class_id in CLASSES])
+        except DataError as exc:
+            if tuple(shape) == REAL_SIZE or not self._fits_real_size(sample):
+                raise
+            raise DataError(f"{sample.image[0]}: image is {shape[0]}x{shape[1]}, not Severstal's "
+                            f"{REAL_SIZE[0]}x{REAL_SIZE[1]}, so its mask's RLE does not fit it ({exc}); use the "
+                            "competition's images as they are") from None
+
+    def _fits_real_size(self, sample: Sample) -> bool:
+        """Whether the sample's RLEs decode at the real images' size (then a wrong image size is to blame)."""
+        try:
+            decode_planes(sample.meta["rle"], REAL_SIZE, self.rle_order, sample.mask[0], list(CLASSES))
+        except DataError:
+            return False
+        return True
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Severstal's score for one defect class: mean Dice over images (both empty = 1).
