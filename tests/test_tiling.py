@@ -286,3 +286,16 @@ def test_folder_adapter_predicts_large_test_images_one_at_a_time(tmp_path, unet)
         np.testing.assert_allclose(part.probs, plain, atol=1e-5)
     assert held == [[False, True], [False, True]]  # the first dropped once the second was read
     assert not any(c._image is not None for c in canvases)  # and the last when done
+
+
+def test_a_tile_larger_than_the_training_size_is_warned_once(unet, capsys):
+    """`predict.tiling` with a tile larger than the models' training size ran silently (the README warns)."""
+    image = np.random.default_rng(3).integers(0, 60000, size=(70, 45, 4), dtype=np.uint16)
+    sk.Ensemble([unet], ["identity"], tiling={"tile": 32}).predict(image)
+    assert "warning" not in capsys.readouterr().err  # the training size itself: fine
+    ens = sk.Ensemble([unet], ["identity"], tiling={"tile": 64})
+    assert ens.predict(image).shape == (70, 45, 1)
+    ens.predict(image)
+    err = capsys.readouterr().err
+    assert err.count("segkit: warning: predict.tiling.tile 64 is larger than the 32x32 the models were trained "
+                     "at") == 1

@@ -395,10 +395,12 @@ def predict_tiled(models: Sequence, canvases: Sequence, normalise: Callable, tta
     once, before any window is read) when the tile is not a multiple of the models' size step."""
     import math
 
-    from segkit.tiling import check_tiling, predict_canvases
+    from segkit.tiling import check_tiling, note_tile_size, predict_canvases
 
     step = math.lcm(*(size_step(m) for m in models)) if models else 1
     check_tiling(tiling.tile, tiling.overlap, tiling.blend, step)
+    if models:
+        note_tile_size(tiling.tile, tuple(models[0].input_shape[1:3]))
 
     def run(source, indices: np.ndarray) -> Iterator[EnsembleBatch]:
         return predict_ensemble(models, source, indices, normalise, tta, batch_size, quiet, scales=scales,

@@ -40,6 +40,23 @@ def check_tiling(tile: int, overlap: float, blend: str, step: int = 1, where: st
         raise unknown_name(f"{where}.blend", "blend", str(blend), BLENDS)
 
 
+_NOTED: set[tuple[int, int, int]] = set()  # (tile, H, W) said already in this process
+
+
+def note_tile_size(tile: int, trained: tuple[int | None, int | None], stream=None) -> None:
+    """Warn once (stderr) when the tile is larger than the size the models were trained at: each window then shows
+    them more context, at the stored resolution, than any training image did (README: Tiled inference)."""
+    import sys
+
+    h, w = trained
+    if h is None or w is None or (tile <= h and tile <= w) or (tile, h, w) in _NOTED:
+        return
+    _NOTED.add((tile, h, w))
+    print(f"segkit: warning: {KEY}.tile {tile} is larger than the {h}x{w} the models were trained at; windows are "
+          f"cut at the images' stored resolution, so use a tile ≤ the training size with models trained at that "
+          "resolution", file=stream or sys.stderr, flush=True)
+
+
 def window_starts(size: int, tile: int, overlap: float) -> np.ndarray:
     """First pixel of each window along one axis of `size` pixels: evenly spaced from 0 to size - tile, with
     neighbours overlapping by at least `overlap` of the tile, so the last window ends on the last pixel (sizes
