@@ -131,3 +131,28 @@ def test_validate_into_a_closed_pipe_ends_quietly(tmp_path):
         os.close(write)
     assert "Broken pipe" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
     assert out.stderr == "" and out.returncode == 141
+
+
+def test_the_readme_notebook_snippet_defines_what_it_uses():
+    """The README's notebook snippet used `images` without defining it, and did not say iter_images yields
+    (id, image)."""
+    import ast
+    import builtins
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    snippet = next(b for b in blocks if "import segkit as sk" in b and "run.ensemble" in b)
+    bound = set(dir(builtins))
+    for node in ast.walk(ast.parse(snippet)):  # ast.walk visits a statement's targets before later statements
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    unbound = []
+    for stmt in ast.parse(snippet).body:
+        loads = [n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+        stores = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        unbound += [name for name in loads if name not in bound and name not in stores]
+        bound |= stores
+    assert unbound == []
+    assert "`iter_images(\"test\", limit)` (yields `(id, image)`" in readme

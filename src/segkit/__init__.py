@@ -5,7 +5,8 @@ imported on first use):
 
     cfg = sk.load_config("cloud38", train={"epochs": 2})    # a built-in name or a YAML path, with overrides
     run = sk.Run(cfg).fit(folds=[0, 1])                     # runs/<name>/, resumable
-    probs = run.ensemble(tta=["identity", "hflip"]).predict(images)
+    ens = run.ensemble(tta=["identity", "hflip"])
+    probs = {i: ens.predict(image) for i, image in run.iter_images("test", limit=4)}  # yields (id, image)
     run.write_submission(); run.validate()
 
 Also `sk.models.unet(...)` and the other builders, `sk.losses.get(name)`, `sk.rle.encode/decode`,
