@@ -112,17 +112,27 @@ def class_colour_map(mask: np.ndarray) -> np.ndarray:
 
 
 def gallery(items: Sequence[tuple], classes: Sequence[str]) -> bytes:
-    """PNG grid, one row per (id, score, raw image, truth (H, W, C), prediction (H, W, C)): the image as
-    RGB/false colour, the truth and the prediction with one colour per class (legend below)."""
+    """PNG grid, one block per (id, score, raw image, truth (H, W, C), prediction (H, W, C)): the image as
+    RGB/false colour, the truth and the prediction with one colour per class (legend below). Images at least
+    twice as wide as tall (Severstal's 1:6.25 strips) put the three panels under each other at the page's full
+    width, so the strips fill their panels instead of sitting in mostly blank squares."""
     plt = _pyplot()
     n = max(len(items), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n + 0.4), squeeze=False)
-    for row, (ident, score, image, truth, pred) in zip(axes, items):
-        row[0].imshow(to_display_rgb(image))
+    h, w = np.asarray(items[0][2]).shape[:2] if items else (1, 1)
+    wide = w >= 2 * h
+    width = 7.5
+    panel_h = (width * h / w if wide else width / 3) + 0.3  # + the title
+    rows, cols = (3 * n, 1) if wide else (n, 3)
+    per_row = panel_h if wide else 2.5
+    legend_h = 0.4
+    fig, axes = plt.subplots(rows, cols, figsize=(width, per_row * rows + legend_h), squeeze=False)
+    blocks = axes.reshape(n, 3)
+    for row, (ident, score, image, truth, pred) in zip(blocks, items):
+        row[0].imshow(to_display_rgb(image), aspect="auto" if wide else None)
         row[0].set_title(f"{str(ident)[:32]}  score {score:.3f}", fontsize=7)
-        row[1].imshow(class_colour_map(truth), interpolation="nearest")
+        row[1].imshow(class_colour_map(truth), interpolation="nearest", aspect="auto" if wide else None)
         row[1].set_title("truth", fontsize=7)
-        row[2].imshow(class_colour_map(pred), interpolation="nearest")
+        row[2].imshow(class_colour_map(pred), interpolation="nearest", aspect="auto" if wide else None)
         row[2].set_title("prediction after the chain", fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
@@ -130,7 +140,7 @@ def gallery(items: Sequence[tuple], classes: Sequence[str]) -> bytes:
 
     handles = [Patch(color=CLASS_COLOURS[i % len(CLASS_COLOURS)], label=str(c)) for i, c in enumerate(classes)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.35 / (2.5 * n + 0.4), 1, 1))
+    fig.tight_layout(rect=(0, legend_h / (per_row * rows + legend_h), 1, 1))
     return png_bytes(fig)
 
 
