@@ -288,8 +288,9 @@ def test_folder_adapter_predicts_large_test_images_one_at_a_time(tmp_path, unet)
     assert not any(c._image is not None for c in canvases)  # and the last when done
 
 
-def test_a_tile_larger_than_the_training_size_is_warned_once(unet, capsys):
+def test_a_tile_larger_than_the_training_size_is_warned_once(unet, capsys, monkeypatch):
     """`predict.tiling` with a tile larger than the models' training size ran silently (the README warns)."""
+    monkeypatch.setattr(tl, "_NOTED", set())  # what earlier tests had said
     image = np.random.default_rng(3).integers(0, 60000, size=(70, 45, 4), dtype=np.uint16)
     sk.Ensemble([unet], ["identity"], tiling={"tile": 32}).predict(image)
     assert "warning" not in capsys.readouterr().err  # the training size itself: fine
