@@ -49,6 +49,8 @@ def test_typed_fields_and_the_mapping_view():
     assert a["depth"] == 2 and a.get("base_filters") is None and "activation" in a and "classifier" not in a
     assert a.builder_kwargs() == {"depth": 2, "activation": "softmax"}
     assert a == {"name": "unet", "tag": "a", "depth": 2, "activation": "softmax"}
+    built = ModelSpec("unet", tag="a", activation="softmax", params={"depth": 2})  # from Python: the same mapping
+    assert built == a and built.to_dict() == {"name": "unet", "tag": "a", "activation": "softmax", "depth": 2}
 
 
 def test_saved_configs_round_trip_exactly_as_written(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
 from segkit.errors import ConfigError, unknown_name
@@ -68,7 +68,12 @@ class ModelSpec(Mapping):
     classifier_weight: float = 0.2
     positive_only: bool | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    given: tuple[str, ...] = field(default=("name",), repr=False)  # keys written in the config, in order
+    given: tuple[str, ...] | None = field(default=None, repr=False)  # keys written in the config, in order
+
+    def __post_init__(self) -> None:
+        if self.given is None:  # built in Python: the name, the fields set away from their defaults, the params
+            typed = [f.name for f in fields(self) if f.name not in ("name", "params", "given")]
+            self.given = ("name", *(k for k in typed if getattr(self, k) != _DEFAULTS[k]), *self.params)
 
     @classmethod
     def of(cls, raw: Any, where: str = "models.0") -> "ModelSpec":
@@ -156,3 +161,6 @@ class ModelSpec(Mapping):
         import copy
 
         return ModelSpec.of(copy.deepcopy(self.to_dict(), memo))
+
+
+_DEFAULTS = {f.name: f.default for f in fields(ModelSpec)}
