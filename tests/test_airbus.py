@@ -8,7 +8,8 @@ from segkit.data.competitions.airbus import separate_touching
 from segkit.data.competitions.base import make_adapter
 from segkit.data.synth import generate
 from segkit.evaluate import airbus_score, label_objects
-from segkit.submission import validate_submission, write_rows
+from segkit.data.competitions.base import validate_submission
+from segkit.submission import write_rows
 
 REAL_WITH_IMAGES = ("0a0df8299.jpg", "0a1a58833.jpg", "0a1b7d6ec.jpg")
 

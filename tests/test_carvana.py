@@ -10,7 +10,8 @@ from segkit.data.competitions.base import make_adapter
 from segkit.data.folds import assign_folds
 from segkit.data.synth import generate
 from segkit.errors import ConfigError, DataError
-from segkit.submission import validate_submission, write_rows
+from segkit.data.competitions.base import validate_submission
+from segkit.submission import write_rows
 
 
 @pytest.fixture(scope="module")

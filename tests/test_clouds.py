@@ -7,7 +7,8 @@ from segkit import rle
 from segkit.data.competitions.base import make_adapter
 from segkit.data.synth import generate
 from segkit.errors import DataError
-from segkit.submission import validate_submission, write_rows
+from segkit.data.competitions.base import validate_submission
+from segkit.submission import write_rows
 
 LABELS = ("Fish", "Flower", "Gravel", "Sugar")
 

@@ -6,7 +6,8 @@ import pytest
 from segkit import rle
 from segkit.data.competitions.base import make_adapter
 from segkit.errors import ConfigError, DataError
-from segkit.submission import validate_submission, write_rows
+from segkit.data.competitions.base import validate_submission
+from segkit.submission import write_rows
 
 
 def make_folder(root, n=3, size=(24, 32), values=(1, 2, 3), grey_image=False):

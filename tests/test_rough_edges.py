@@ -94,7 +94,7 @@ def test_rle_messages_count_pixels_one_way_and_name_the_order_in_words(tmp_path)
     """SIIM's messages said "order F" and counted a run's end unlike the standard RLE messages; the TGS id rule
     read "tgs ids are the image id with the image id matching ..."."""
     from segkit import rle
-    from segkit.submission import check_submission
+    from segkit.data.competitions.base import check_submission
 
     n = 1024 * 1024
     for text, scheme in (("1048571 10", "standard"), ("1048570 10", "relative")):  # the same run, both ways

@@ -10,7 +10,8 @@ from segkit.cli import main
 from segkit.data.competitions.base import make_adapter
 from segkit.data.synth import generate
 from segkit.errors import DataError
-from segkit.submission import validate_submission, write_rows
+from segkit.data.competitions.base import validate_submission
+from segkit.submission import write_rows
 
 IDS = ("0002cc93b.jpg", "00031f466.jpg", "000418bfc.jpg")
 # hand-computed column-major RLEs at 256x1600 (1-indexed; one column is 256 pixels)

@@ -12,7 +12,8 @@ from segkit.data.competitions.base import make_adapter
 from segkit.data.dicom import JPEG_BASELINE, dicom_size, read_dicom, write_dicom_jpeg
 from segkit.data.synth import generate
 from segkit.errors import DataError
-from segkit.submission import check_submission, validate_submission, write_rows
+from segkit.data.competitions.base import check_submission, validate_submission
+from segkit.submission import write_rows
 
 STAGE1_ID = "1.2.276.0.7230010.3.1.4.8323329.12743.1517875241.599591"  # the real id quoted in formats.md
 

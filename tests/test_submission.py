@@ -5,7 +5,8 @@ import pytest
 
 from segkit import rle
 from segkit.errors import SubmissionError
-from segkit.submission import MAX_PER_KIND, format_for, validate_submission, write_rows
+from segkit.data.competitions.base import format_for, validate_submission
+from segkit.submission import MAX_PER_KIND, write_rows
 
 
 def write(path, text):

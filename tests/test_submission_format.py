@@ -6,11 +6,11 @@ import pytest
 
 from segkit import rle
 from segkit.cli import main
-from segkit.data.competitions.base import adapter_class, make_adapter
-from segkit.data.sample import Sample
-from segkit.submission import (
-    SubmissionFormat, check_submission, format_for, validate_submission, validate_written, write_rows,
+from segkit.data.competitions.base import (
+    adapter_class, check_submission, format_for, make_adapter, validate_submission,
 )
+from segkit.data.sample import Sample
+from segkit.submission import SubmissionFormat, write_rows
 
 COMPETITIONS = ("carvana", "clouds", "airbus", "cloud38", "cloud95", "folder")
 REAL_PATCH_LIST = ("38cloud", "training_patches_38-cloud_nonempty.csv")  # the official list form: header `name`
@@ -93,12 +93,12 @@ def test_folder_classes_with_underscores_round_trip(tmp_path):
     path = tmp_path / "sub.csv"
     write_rows(path, fmt, adapter.submission_rows(test, mask))
     assert path.read_text() == "id,EncodedPixels\nq_1_class_1,1 2\nq_1_class_3,\n"
-    assert validate_written(path, adapter, [test]) == []
+    assert adapter.check_written(path, [test]).problems == []
     path.write_text("id,EncodedPixels\nq_1_class_1,47 3\nq_1_class_3,\n")  # runs past the 6x8 image
-    (problem,) = validate_written(path, adapter, [test])
+    (problem,) = adapter.check_written(path, [test]).problems
     assert problem.startswith(f"{path}, line 2 (row 1), id 'q_1_class_1': ") and "(image 6x8, row-major)" in problem
     path.write_text("id,EncodedPixels\nq_1_class_1,1 2\n")
-    assert validate_written(path, adapter, [test]) == [
+    assert adapter.check_written(path, [test]).problems == [
         f"{path}, line 2 (row 1), id 'q_1': the image lacks rows for class_3"]
 
 
@@ -153,7 +153,7 @@ def test_cloud38_own_size_bounds_each_patch_by_its_own_size(tmp_path):
     sub = tmp_path / "sub.csv"
     sub.write_text("id,EncodedPixels\npatch_1_1_by_1_LC08_a,4000 200\n")
     assert validate_submission(sub, "cloud38") == []  # within 384x384
-    (problem,) = validate_written(sub, adapter, [patch])
+    (problem,) = adapter.check_written(sub, [patch]).problems
     assert "past the image's 4096 pixels (image 64x64, column-major)" in problem
 
 

@@ -10,7 +10,8 @@ from segkit.cli import main
 from segkit.data.competitions.base import make_adapter
 from segkit.errors import DataError
 from segkit.evaluate import tgs_iou_from_counts, tgs_score
-from segkit.submission import validate_submission, write_rows
+from segkit.data.competitions.base import validate_submission
+from segkit.submission import write_rows
 
 
 @pytest.fixture(scope="module")

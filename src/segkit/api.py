@@ -464,7 +464,6 @@ class Run:
         each test image's size, and the ids of `sample` (default: the competition's sample submission or test
         list under data.root). `path` defaults to the last written submission."""
         from segkit.data.competitions.base import make_adapter
-        from segkit.submission import validate_written
 
         path = Path(path) if path is not None else (self.submission or self.submission_path)
         if not path.is_file():
@@ -475,26 +474,8 @@ class Run:
         adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
         samples = adapter.test_samples()
         sample = sample if sample is not None else adapter.sample_submission_path()
-        problems = validate_written(path, adapter, samples, sample)
-        if sample is None:  # no sample file (38-Cloud): the ids must still be the test images under data.root
-            problems += _id_problems(path, adapter.submission_format, [s.id for s in samples], cfg.data.root)
-        return problems
-
-
-def _id_problems(path: Path, fmt, test_ids: list[str], root: str) -> list[str]:
-    """A submission's image ids against the test images: which have no row, which are not test images."""
-    from segkit.submission import read_sample
-
-    images = {fmt.image_of(i) for i in read_sample(path).ids}
-    missing = [i for i in test_ids if i not in images]
-    extra = sorted(images - set(test_ids))
-    out = []
-    if missing:
-        out.append(f"{path}: {len(missing)} of the {len(test_ids)} test images under {root} have no row "
-                   f"(first: {missing[0]}); predict every test image")
-    if extra:
-        out.append(f"{path}: {len(extra)} ids are not test images under {root} (first: {extra[0]})")
-    return out
+        # no sample file (38-Cloud): the ids must still be the test images under data.root
+        return adapter.check_written(path, samples, sample).problems
 
 
 # --- without a run ---------------------------------------------------------------------------------------
@@ -509,9 +490,10 @@ def write_submission(config: ConfigLike, path: str | Path | None = None, *, quie
 def validate(path: str | Path, competition: str, sample: str | Path | None = None) -> list[str]:
     """The problems of a submission CSV for `competition` (empty when valid), checked against its declared
     format and, given `sample`, the ids of the sample submission (38-Cloud: the test patch list)."""
-    from segkit.submission import validate_submission
+    from segkit.data.competitions.base import format_for
+    from segkit.submission import validate as validate_file
 
-    return validate_submission(path, competition, sample)
+    return validate_file(path, format_for(competition), sample).problems
 
 
 def synth(name: str, out: str | Path, seed: int = 0, **options: Any) -> Path:

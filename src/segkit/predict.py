@@ -419,7 +419,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     from segkit.devices import plan_devices
     from segkit.models.registry import load_model
     from segkit.postprocess import apply_chain, load_chain
-    from segkit.submission import read_sample_ids, validate_written, write_rows
+    from segkit.submission import read_sample_ids, write_rows
 
     adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
     samples = adapter.test_samples()
@@ -489,7 +489,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
         sample_ids = read_sample_ids(sample)[1]
     with plan.scope():  # JAX: the distribution is read by every predict call
         write_rows(path, adapter.submission_format, rows(), sample_ids=sample_ids)
-    problems = validate_written(path, adapter, samples, sample)
+    problems = adapter.check_written(path, samples, sample).problems
     if problems:
         raise SubmissionError(f"{path}: the written submission fails validation:\n  " + "\n  ".join(problems[:10]))
     if not quiet:

@@ -4,8 +4,9 @@ that names every problem by file, line and id.
 Each adapter declares its competition's format once, as a `SubmissionFormat` class attribute
 (`submission_format`): header, pixel order, the (H, W) every RLE refers to, rows per image / per label / per
 object, and the form of an id. The writer (`SubmissionFormat.rows_for`, `write_rows`), the validator
-(`check_submission`, `segkit validate`) and predict (`Adapter.submission_size`, `validate_written`) all read
-that one declaration.
+(`validate`, behind `segkit validate`, `segkit predict`, `Run.validate` and `segkit submit`) and predict
+(`Adapter.submission_size`) all read that one declaration. A format is found by competition name on the
+adapter side (`segkit.data.competitions.base.format_for`), so this module never imports the adapters.
 """
 from __future__ import annotations
 
@@ -17,17 +18,13 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from segkit import rle
 from segkit.data.io import atomic_write
-from segkit.errors import ConfigError, RLEError, SubmissionError
-
-if TYPE_CHECKING:
-    from segkit.data.competitions.base import Adapter
-    from segkit.data.sample import Sample
+from segkit.errors import RLEError, SubmissionError
 
 MAX_PER_KIND = 20  # problems listed per kind before summarising the rest
 ROWS = ("image", "label", "object")
@@ -128,19 +125,6 @@ class SubmissionFormat:
                 yield image_id, text
         else:
             yield image_id, rle.encode(mask[..., 0], order=self.order, scheme=self.scheme)
-
-
-def format_for(competition: str | SubmissionFormat) -> SubmissionFormat:
-    """The submission format `competition` declares (a format is returned as it is)."""
-    if isinstance(competition, SubmissionFormat):
-        return competition
-    from segkit.data.competitions.base import adapter_class
-
-    try:
-        cls = adapter_class(competition)
-    except ConfigError as exc:
-        raise SubmissionError(str(exc).replace("data.competition: ", "")) from None
-    return cls.submission_format
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -345,9 +329,9 @@ class _Problems:
 
 
 @dataclass
-class Report:
-    """What the validator found: problems (the file is invalid when there is any), notes (worth knowing,
-    not wrong), and the number of data rows as a CSV reader counts them."""
+class SubmissionCheck:
+    """What validating one submission CSV found: problems (the file is invalid when there is any), notes
+    (worth knowing, not wrong), and the number of data rows as a CSV reader counts them."""
 
     path: Path
     competition: str
@@ -361,35 +345,50 @@ class Report:
         return not self.problems
 
 
-def validate_submission(path: str | os.PathLike, competition: str | SubmissionFormat,
-                        sample: str | os.PathLike | None = None,
-                        shapes: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
-    """The problems of a submission CSV (empty when valid); see `check_submission`."""
-    return check_submission(path, competition, sample, shapes).problems
+def validate(path: str | os.PathLike, fmt: SubmissionFormat, sample: str | os.PathLike | None = None,
+             test_ids: Sequence[str] | None = None, *, shapes: Mapping[str, tuple[int, int]] | None = None,
+             test_root: str | os.PathLike | None = None) -> SubmissionCheck:
+    """Check a submission CSV against its competition's declared format: the one validator behind
+    `segkit validate`, `segkit predict`, `Run.validate` and `segkit submit`.
+
+    sample: the competition's sample_submission.csv (38-Cloud: the test patch list); the ids must be its ids.
+    test_ids: the test images the submission must cover (when there is no sample file); every image id of
+        the file must be one of them, and each of them must have a row. `test_root` names where they are.
+    shapes: image id -> (H, W) every RLE of that image refers to (for formats that declare no fixed size).
+    """
+    check = _check_file(Path(path), fmt, sample, shapes)
+    if test_ids is not None:
+        check.problems += _id_problems(check.path, fmt, list(test_ids), test_root)
+    return check
 
 
-def validate_written(path: str | os.PathLike, adapter: "Adapter", samples: Sequence["Sample"],
-                     sample: str | os.PathLike | None = None) -> list[str]:
-    """The problems of a submission just written for `samples` by `adapter`: its declared format, each
-    image's runs bounded by the size the adapter encoded it at (exact even for per-image sizes)."""
-    fmt = adapter.submission_format
-    shapes = None
-    if fmt.shape is None or fmt.own_size:
-        shapes = {s.id: tuple(adapter.submission_size(s)) for s in samples}
-    return validate_submission(path, fmt, sample, shapes)
+def _id_problems(path: Path, fmt: SubmissionFormat, test_ids: list[str],
+                 root: str | os.PathLike | None) -> list[str]:
+    """A submission's image ids against the test images: which have no row, which are not test images."""
+    try:
+        images = {fmt.image_of(i) for i in read_sample(path).ids}
+    except SubmissionError:  # an empty file: its problem is already listed
+        return []
+    missing = [i for i in test_ids if i not in images]
+    extra = sorted(images - set(test_ids))
+    under = f" under {root}" if root is not None else ""
+    out = []
+    if missing:
+        out.append(f"{path}: {len(missing)} of the {len(test_ids)} test images{under} have no row "
+                   f"(first: {missing[0]}); predict every test image")
+    if extra:
+        out.append(f"{path}: {len(extra)} ids are not test images{under} (first: {extra[0]})")
+    return out
 
 
-def check_submission(path: str | os.PathLike, competition: str | SubmissionFormat,
-                     sample: str | os.PathLike | None = None,
-                     shapes: Mapping[str, tuple[int, int]] | None = None) -> Report:
-    """Check a submission CSV against its competition's declared format (and its sample_submission.csv, or
-    for 38-Cloud the test patch list, when given): CSV syntax as pandas reads it, header, field count, ids
+def _check_file(path: Path, fmt: SubmissionFormat, sample: str | os.PathLike | None,
+                shapes: Mapping[str, tuple[int, int]] | None) -> SubmissionCheck:
+    """Check a submission CSV against a declared format (and its sample_submission.csv, or for 38-Cloud the
+    test patch list, when given): CSV syntax as pandas reads it, header, field count, ids
     (exact, no spaces around them, the declared form), duplicates, every RLE valid for the image size (from
     `shapes`, image id -> (H, W), when given), labels complete, objects of one image disjoint, ids equal to
     the sample's. Rows in another order than the sample are a note: Kaggle matches rows by id.
     Every problem names the file, the line (and row) and the id."""
-    path = Path(path)
-    fmt = format_for(competition)
     problems = _Problems(path)
     notes: list[str] = []
     header_text = ",".join(fmt.header)
@@ -489,7 +488,7 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
 
     if not header_seen:
         problems.add("header", f"{path}: the file is empty; expected the header {header_text}")
-        return Report(path, fmt.name, problems.result(), notes, 0)
+        return SubmissionCheck(path, fmt.name, problems.result(), notes, 0)
     if fmt.rows == "label":
         for image, seen in labels_seen.items():
             missing = [lab for lab in fmt.labels if lab not in seen]
@@ -504,7 +503,7 @@ def check_submission(path: str | os.PathLike, competition: str | SubmissionForma
         _compare_with_sample(path, read_sample(sample, fmt), fmt, order, first_row, problems, notes)
     if row == 0:
         problems.add("rows", f"{path}: the file has a header but no rows")
-    return Report(path, fmt.name, problems.result(), notes, row)
+    return SubmissionCheck(path, fmt.name, problems.result(), notes, row)
 
 
 def _check_header(path: Path, line: int, got: tuple[str, ...], fmt: SubmissionFormat, problems: _Problems) -> None:

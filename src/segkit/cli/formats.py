@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _validate(args) -> int:
     """Print one line per problem (then INVALID, exit 1) or notes and a one-line summary (exit 0)."""
-    from segkit.submission import check_submission
+    from segkit.data.competitions.base import format_for
+    from segkit.submission import validate
 
-    report = check_submission(args.submission, args.competition, args.sample)
+    report = validate(args.submission, format_for(args.competition), args.sample)
     for line in report.problems:
         print(line)
     for line in report.notes:

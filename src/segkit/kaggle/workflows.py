@@ -517,10 +517,11 @@ def submissions(competition: str, *, cfg: ConfigLike | None = None,
 def validate_or_refuse(path: str | Path, fmt: str, sample: str | Path | None = None, what: str | None = None) -> str:
     """SubmissionError listing the first problems when `path` is not a valid `fmt` submission; else a line
     saying it is valid."""
-    from segkit.submission import validate_submission
+    from segkit.data.competitions.base import format_for
+    from segkit.submission import validate
 
     what = what or str(path)
-    problems = validate_submission(path, fmt, sample)
+    problems = validate(path, format_for(fmt), sample).problems
     if problems:
         listed = "\n  ".join(problems[:20])
         raise SubmissionError(f"{what} is not a valid {fmt} submission; not submitted:\n  {listed}")

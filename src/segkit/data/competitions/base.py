@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from segkit.data.sample import Sample
 from segkit.config import check_kwargs
-from segkit.errors import ConfigError, DataError, unknown_name
-
-if TYPE_CHECKING:
-    from segkit.submission import SubmissionFormat
+from segkit.errors import ConfigError, DataError, SubmissionError, unknown_name
+from segkit.submission import SubmissionCheck, SubmissionFormat, validate
 
 
 class Adapter:
@@ -97,6 +96,18 @@ class Adapter:
         if fmt.shape is not None and not fmt.own_size:
             return fmt.shape
         return self.stored_size(sample)
+
+    def check_written(self, path: str | os.PathLike, samples: Sequence[Sample],
+                      sample: str | os.PathLike | None = None) -> SubmissionCheck:
+        """Validate a submission written for `samples` (`segkit predict`, `Run.validate`): the declared format,
+        each image's runs bounded by the size this adapter encodes it at (exact even for per-image sizes), and
+        the ids of `sample` or, without a sample file, the samples' ids (the test images under data.root)."""
+        fmt = self.submission_format
+        shapes = None
+        if fmt.shape is None or fmt.own_size:
+            shapes = {s.id: tuple(self.submission_size(s)) for s in samples}
+        test_ids = [s.id for s in samples] if sample is None else None
+        return validate(path, fmt, sample, test_ids, shapes=shapes, test_root=self.root)
 
     def stored_size(self, sample: Sample) -> tuple[int, int]:
         """(H, W) of the sample's stored image, from its header (no pixels read)."""
@@ -206,6 +217,31 @@ def adapter_class(name: str) -> type[Adapter]:
     if name not in _ADAPTERS:
         raise unknown_name("data.competition", "competition", name, sorted(_MODULES))
     return _ADAPTERS[name]
+
+
+def format_for(competition: str | SubmissionFormat) -> SubmissionFormat:
+    """The submission format `competition` declares (a format is returned as it is)."""
+    if isinstance(competition, SubmissionFormat):
+        return competition
+    try:
+        cls = adapter_class(competition)
+    except ConfigError as exc:
+        raise SubmissionError(str(exc).replace("data.competition: ", "")) from None
+    return cls.submission_format
+
+
+def check_submission(path: str | os.PathLike, competition: str | SubmissionFormat,
+                     sample: str | os.PathLike | None = None,
+                     shapes: Mapping[str, tuple[int, int]] | None = None) -> SubmissionCheck:
+    """`segkit.submission.validate` for a competition given by name (`segkit validate`, `segkit submit`)."""
+    return validate(path, format_for(competition), sample, shapes=shapes)
+
+
+def validate_submission(path: str | os.PathLike, competition: str | SubmissionFormat,
+                        sample: str | os.PathLike | None = None,
+                        shapes: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
+    """The problems of a submission CSV for a competition given by name (empty when valid)."""
+    return check_submission(path, competition, sample, shapes).problems
 
 
 def make_adapter(name: str, root: str | Path, options: dict | None = None) -> Adapter:
