@@ -22,7 +22,7 @@ import pytest
 
 from segkit.cli import main
 from segkit.data.cache import Cache, file_signature, fingerprint
-from segkit.data.io import atomic_write, sweep_stale, temp_prefix
+from segkit.storage import atomic_write, sweep_stale, temp_prefix
 from segkit.data.synth.cloud38 import generate
 from segkit.errors import DataError
 

@@ -344,10 +344,7 @@ class Run:
     @property
     def adapter(self):
         """The competition adapter over data.root (reads samples, images, masks; knows the submission format)."""
-        from segkit.data.competitions.base import make_adapter
-
-        cfg = self.config
-        return make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+        return self.config.adapter()
 
     def iter_images(self, split: str = "test", limit: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
         """Yield (id, raw image (H, W, bands)) of the competition's `split` ("test" or "train"), one at a time,
@@ -420,7 +417,7 @@ class Run:
                  batch_size: int | None = None) -> Ensemble:
         """The fold × model × TTA ensemble `segkit predict` uses (default TTA and models from the config),
         as an object whose `predict(images)` maps raw numpy images to probabilities."""
-        from segkit.data.competitions.base import adapter_class, make_adapter
+        from segkit.data.competitions.base import adapter_class
         from segkit.models.registry import load_model
         from segkit.predict import resolve_tta
         from segkit.oof import ensemble_members
@@ -433,7 +430,7 @@ class Run:
         members = {m.tag: m for m in ensemble_members(cfg)}  # predict.weights (or tuned) and positive-only roles
         loaded = [load_model(p) for p in paths]
         try:  # the data is not needed to predict arrays (e.g. a run attached as a Kaggle input)
-            adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+            adapter = cfg.adapter()
             classes, normalise = list(adapter.classes), adapter.normalise
         except DataError:
             n_out = int(loaded[0].outputs[0].shape[-1])  # the mask output (first of two with a head)
@@ -463,15 +460,13 @@ class Run:
         """The problems of a submission for this run's competition (empty when valid): the declared format,
         each test image's size, and the ids of `sample` (default: the competition's sample submission or test
         list under data.root). `path` defaults to the last written submission."""
-        from segkit.data.competitions.base import make_adapter
-
         path = Path(path) if path is not None else (self.submission or self.submission_path)
         if not path.is_file():
             from segkit.errors import SubmissionError
 
             raise SubmissionError(f"{path}: submission not found; write it with Run.write_submission()")
         cfg = self.config
-        adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+        adapter = cfg.adapter()
         samples = adapter.test_samples()
         sample = sample if sample is not None else adapter.sample_submission_path()
         # no sample file (38-Cloud): the ids must still be the test images under data.root

@@ -4,22 +4,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import inspect
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from segkit.errors import ConfigError, did_you_mean, unknown_name
+from segkit.errors import ConfigError, check_kwargs, did_you_mean, unknown_name  # noqa: F401 (check_kwargs re-exported)
 from segkit.modelspec import ModelSpec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
+
+    from segkit.data.competitions.base import Adapter
 
 BUILTIN_CONFIGS = "configs"  # folder of built-in configs inside the segkit package
 
@@ -371,6 +372,12 @@ class Config(_Checked):
     def submission_dir(self) -> Path:
         return Path(self.output.submissions_dir) / self.name
 
+    def adapter(self) -> "Adapter":
+        """The competition's adapter for this config's data (competition, root and options)."""
+        from segkit.data.competitions.base import make_adapter
+
+        return make_adapter(self.data.competition, self.data.root, self.data.options)
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what config.yaml holds); model specs as written."""
         return {f.name: [spec.to_dict() for spec in self.models] if f.name == "models"
@@ -629,18 +636,6 @@ def check_ensemble_roles(cfg: "Config", indices: Any, what: str = "") -> None:
         raise ConfigError(f"{key}: every {what}model trains on non-empty masks only and none has a classification "
                           "head, so nothing can gate empty images; keep one model normal (models.<i>.positive_only: "
                           "false) or give one classifier: true")
-
-
-def check_kwargs(func: Callable, kwargs: dict, where: str, skip: tuple[str, ...] = ("self",)) -> None:
-    """Raise ConfigError naming the key (and the closest valid one) for any keyword `func` does not take."""
-    params = inspect.signature(func).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n in params if n not in skip]
-    for key in kwargs:
-        if key not in valid:
-            hint = did_you_mean(key, valid, cutoff=0.5, show=lambda close: f"{where}.{close}")
-            raise ConfigError(f"{where}.{key}: unknown key{hint} (valid: {', '.join(valid) or 'none'})")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -42,10 +42,9 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
 
 def evaluate_scenes(cfg: Config, submission: Path):
     """Score the submission on the test scenes with the official 38-Cloud scene metrics."""
-    from segkit.data.competitions.base import make_adapter
     from segkit.scene_eval import evaluate_submission
 
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     return evaluate_submission(submission, adapter.scene_gt_dir(), out_dir=RunDir.of(cfg).evaluation,
                                patch_size=cfg.data.image_size[0])
 

@@ -1,4 +1,7 @@
 """The kit's own exceptions: errors a user can cause, printed by the CLI without a traceback."""
+from __future__ import annotations
+
+from typing import Callable
 
 
 class SegkitError(Exception):
@@ -31,6 +34,20 @@ class KaggleError(SegkitError):
 
 class StorageError(SegkitError):
     """A file or folder cannot be written: disk full, read-only file system, a file where a folder should be."""
+
+
+def check_kwargs(func: Callable, kwargs: dict, where: str, skip: tuple[str, ...] = ("self",)) -> None:
+    """Raise ConfigError naming the key (and the closest valid one) for any keyword `func` does not take."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n in params if n not in skip]
+    for key in kwargs:
+        if key not in valid:
+            hint = did_you_mean(key, valid, cutoff=0.5, show=lambda close: f"{where}.{close}")
+            raise ConfigError(f"{where}.{key}: unknown key{hint} (valid: {', '.join(valid) or 'none'})")
 
 
 def did_you_mean(name: object, known, cutoff: float = 0.6, show=str) -> str:

@@ -157,7 +157,7 @@ def png_bytes(fig) -> bytes:
 
 
 def _save(fig, path: str | Path) -> Path:
-    from segkit.data.io import atomic_write
+    from segkit.storage import atomic_write
 
     path = Path(path)
     with atomic_write(path, "wb") as fh:

@@ -415,13 +415,12 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     import cv2
 
     from segkit.data.cache import prepare
-    from segkit.data.competitions.base import make_adapter
     from segkit.devices import plan_devices
     from segkit.models.registry import load_model
     from segkit.postprocess import apply_chain, load_chain
     from segkit.submission import read_sample_ids, write_rows
 
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     samples = adapter.test_samples()
     if not samples:
         from segkit.errors import DataError

@@ -100,14 +100,13 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     write them as the run's pseudo-label round (images and masks cached like the training set, ids.csv,
     report.json); returns the report (kept images overall and per class)."""
     from segkit.data.cache import prepare
-    from segkit.data.competitions.base import make_adapter
-    from segkit.data.io import temp_prefix
+    from segkit.storage import temp_prefix
     from segkit.errors import DataError
     from segkit.models.registry import load_model
     from segkit.predict import resolve_tta
 
     pc = cfg.pseudo
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     samples = adapter.test_samples()
     if not samples:
         raise DataError(f"{cfg.data.root}: no test samples found for {cfg.data.competition}")

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from segkit.data.competitions import cloud38 as fmt
-from segkit.data.io import atomic_write, write_image
+from segkit.data.io import write_image
+from segkit.storage import atomic_write
 from segkit.errors import DataError, RLEError, SubmissionError
 
 METRICS = ("precision", "recall", "specificity", "jaccard", "accuracy")

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from segkit import rle
-from segkit.data.io import atomic_write
+from segkit.storage import atomic_write
 from segkit.errors import RLEError, SubmissionError
 
 MAX_PER_KIND = 20  # problems listed per kind before summarising the rest

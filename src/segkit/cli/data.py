@@ -86,11 +86,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """segkit prepare CONFIG [k=v ...]: build (or reuse) the train and test caches at data.image_size."""
     from segkit.config import load_config
     from segkit.data.cache import prepare
-    from segkit.data.competitions.base import make_adapter
 
     cfg = load_config(args.config, args.overrides)
     quiet = bool(getattr(args, "quiet", False))
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     h, w = cfg.data.image_size
     jobs = []
     if args.split in ("train", "both"):

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from segkit.data.io import atomic_dir, storage_error
+from segkit.storage import atomic_dir, storage_error
 from segkit.data.sample import Sample
 from segkit.errors import DataError, StorageError
 

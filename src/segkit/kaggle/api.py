@@ -423,7 +423,7 @@ class KaggleClient:
             self._call(f"download {name}", download, url, target, context="download")
             written.append(target)
         if log_text:
-            from segkit.data.io import atomic_write
+            from segkit.storage import atomic_write
 
             target = out_dir / f"{split_kernel(kernel)[1]}.log"
             with atomic_write(target) as fh:
@@ -712,7 +712,7 @@ def download(url: str, target: Path) -> None:
 def save_response(resp, target: Path, url: str | None = None) -> None:
     """Write a streamed HTTP response's body to target atomically, refusing error statuses, HTML error pages
     and short bodies."""
-    from segkit.data.io import atomic_write
+    from segkit.storage import atomic_write
 
     url = url or getattr(resp, "url", "")
     resp.raise_for_status()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import segkit
 from segkit.config import Config
-from segkit.data.io import atomic_write
+from segkit.storage import atomic_write
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.config import KaggleConfig, kaggle_config
 from segkit.kaggle.credentials import secret_values

@@ -207,7 +207,7 @@ def download_wheels(out_dir: str | Path, image: str | Path | None = None, python
                     progress: Callable[[str], None] | None = print) -> list[Path]:
     """`pip download` the wheels (no dependencies: the image has those) of segkit's requirements missing from
     the image's package list into out_dir, with a manifest the kernel recognises; the wheel files."""
-    from segkit.data.io import atomic_write
+    from segkit.storage import atomic_write
 
     say = progress or (lambda _: None)
     out = Path(out_dir)

@@ -94,7 +94,7 @@ def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
 def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
     """Link every fold of every model found in the input into the scratch run folder (copying the split and
     any tuned post-processing); TrainingError naming the missing folds."""
-    from segkit.data.io import atomic_write
+    from segkit.storage import atomic_write
 
     wanted = ensembled_tags(cfg)
     found = find_fold_dirs(dirs.input, cfg.name, model_tags(cfg))

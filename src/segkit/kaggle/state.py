@@ -45,7 +45,7 @@ class StateFile:
         return self._write(key, {**fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, replace=False)
 
     def _write(self, key: str, fields: dict[str, Any], replace: bool) -> dict[str, Any]:
-        from segkit.data.io import atomic_write
+        from segkit.storage import atomic_write
 
         data = self._load()
         records = data.setdefault(self.section, {})

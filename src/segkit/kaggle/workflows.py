@@ -278,7 +278,7 @@ def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, own
 def kernel_failed(exc: KernelFailed, kaggle: KaggleClient, log_dir: str | Path | None,
                   say: Callable[[str], None], hint: str = "") -> KaggleError:
     """The error for a failed kernel: its log fetched, the tail printed and the whole saved in log_dir."""
-    from segkit.data.io import atomic_write
+    from segkit.storage import atomic_write
     from segkit.kaggle.api import log_tail, split_kernel
 
     try:
@@ -343,7 +343,7 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
     with tempfile.TemporaryDirectory(prefix="segkit-sample-") as tmp:
         got = client.download_data_file(competition, name, Path(tmp) / Path(name).name)
         if got.suffix.lower() == ".zip":
-            from segkit.data.io import atomic_write
+            from segkit.storage import atomic_write
 
             try:
                 with zipfile.ZipFile(got) as zf:
@@ -358,7 +358,7 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
         else:
             import shutil
 
-            from segkit.data.io import atomic_write
+            from segkit.storage import atomic_write
 
             target = folder / got.name
             with atomic_write(target, "wb") as fh, open(got, "rb") as src:

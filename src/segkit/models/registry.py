@@ -6,8 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from segkit.config import check_kwargs
-from segkit.errors import TrainingError, unknown_name
+from segkit.errors import TrainingError, check_kwargs, unknown_name
 from segkit.modelspec import ModelSpec
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by the architecture modules segkit.models imports

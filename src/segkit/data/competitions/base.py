@@ -10,8 +10,7 @@ from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from segkit.data.sample import Sample
-from segkit.config import check_kwargs
-from segkit.errors import ConfigError, DataError, SubmissionError, unknown_name
+from segkit.errors import ConfigError, DataError, SubmissionError, check_kwargs, unknown_name
 from segkit.submission import SubmissionCheck, SubmissionFormat, validate
 
 

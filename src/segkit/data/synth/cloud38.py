@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.competitions import cloud38 as fmt
-from segkit.data.io import atomic_write, write_tiff
+from segkit.data.io import write_tiff
+from segkit.storage import atomic_write
 from segkit.data.synth.shapes import progress, run_generator
 from segkit.errors import ConfigError
 

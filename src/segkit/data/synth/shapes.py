@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from segkit.data.io import atomic_dir, atomic_write
+from segkit.storage import atomic_dir, atomic_write
 from segkit.errors import ConfigError, DataError
 
 T = TypeVar("T")
