@@ -136,3 +136,17 @@ def test_bad_parameters(params, shape, match):
 def test_folder_that_is_not_a_preset(tmp_path):
     with pytest.raises(ConfigError, match="no config.json"):
         build_model({"name": "encoder_unet", "preset": str(tmp_path)}, (64, 64, 4), 1)
+
+
+def test_unknown_backbone_and_choice_say_did_you_mean_through_the_one_helper():
+    from segkit.models.encoders import BACKBONES, random_backbone
+    from segkit.models.layers import check_choice
+
+    with pytest.raises(ConfigError) as err:
+        random_backbone("resnet43", (32, 32, 3))
+    assert str(err.value) == (f"backbone: unknown backbone 'resnet43'; did you mean 'resnet34'? "
+                              f"(known: {', '.join(BACKBONES)})")
+    with pytest.raises(ConfigError) as err:
+        check_choice("bilinaer", ("transpose", "bilinear"), "upsampling")
+    assert str(err.value) == "upsampling: unknown value 'bilinaer'; did you mean 'bilinear'? (valid: transpose, bilinear)"
+    check_choice("bilinear", ("transpose", "bilinear"), "upsampling")  # a valid value passes

@@ -18,7 +18,7 @@ from segkit.cli import main
 from segkit.config import config_from_dict
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.bundle import build_kernel, parse_folds
-from segkit.kaggle.config import adapter_for, kaggle_config
+from segkit.kaggle.config import adapter_for, adapter_name_for, kaggle_config
 from segkit.kaggle.metadata import validate_metadata
 
 KAGGLE = {"owner": "someone", "title": "Cloud Net Folds", "competition": "some-seg-comp",
@@ -69,13 +69,14 @@ def test_bad_kaggle_values_are_refused(kaggle, message):
 
 
 def test_competition_slug_maps_to_its_format():
-    assert adapter_for("carvana-image-masking-challenge") == "carvana"
-    assert adapter_for("airbus-ship-detection") == "airbus"
-    assert adapter_for("anything", fmt="cloud38") == "cloud38"
-    assert adapter_for("some-seg-comp", cfg=make_cfg()) == "cloud38"
-    assert adapter_for("cloud38") == "cloud38"
+    assert adapter_for is adapter_name_for  # the older name still works
+    assert adapter_name_for("carvana-image-masking-challenge") == "carvana"
+    assert adapter_name_for("airbus-ship-detection") == "airbus"
+    assert adapter_name_for("anything", fmt="cloud38") == "cloud38"
+    assert adapter_name_for("some-seg-comp", cfg=make_cfg()) == "cloud38"
+    assert adapter_name_for("cloud38") == "cloud38"
     with pytest.raises(ConfigError, match="pass --format"):
-        adapter_for("unknown-comp")
+        adapter_name_for("unknown-comp")
 
 
 # --- build -----------------------------------------------------------------------------------

@@ -174,10 +174,10 @@ def test_malformed_input_is_named(tmp_path):
 
 
 def test_kaggle_slugs_name_the_adapters():
-    from segkit.kaggle.config import adapter_for
+    from segkit.kaggle.config import adapter_name_for
 
-    assert adapter_for("severstal-steel-defect-detection") == "severstal"
-    assert adapter_for("tgs-salt-identification-challenge") == "tgs"
+    assert adapter_name_for("severstal-steel-defect-detection") == "severstal"
+    assert adapter_name_for("tgs-salt-identification-challenge") == "tgs"
 
 
 def test_an_image_of_the_wrong_size_is_blamed_not_its_rle(tmp_path):

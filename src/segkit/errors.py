@@ -59,9 +59,11 @@ def did_you_mean(name: object, known, cutoff: float = 0.6, show=str) -> str:
     return f"; did you mean '{show(close[0])}'?" if close else ""
 
 
-def unknown_name(where: str, what: str, name: object, known, cutoff: float = 0.6) -> ConfigError:
+def unknown_name(where: str, what: str, name: object, known, cutoff: float = 0.6,
+                 listed: str = "known") -> ConfigError:
     """The one error for a name that is not among the known ones: where it was given, the closest known name
-    and the full list, e.g. "predict.tta: unknown augmentation 'hfilp'; did you mean 'hflip'? (known: …)"."""
+    and the full list, e.g. "predict.tta: unknown augmentation 'hfilp'; did you mean 'hflip'? (known: …)"
+    (`listed` is the word before the list)."""
     known = list(known)
     return ConfigError(f"{where}: unknown {what} '{name}'{did_you_mean(name, known, cutoff)} "
-                       f"(known: {', '.join(str(k) for k in known)})")
+                       f"({listed}: {', '.join(str(k) for k in known)})")

@@ -151,6 +151,28 @@ class KaggleClient:
         with self.api.build_kaggle_client() as kaggle:
             yield kaggle
 
+    def _rpc(self, what: str, request: Callable[[Any], Any], *, context: str, save_to: Path | None = None,
+             missing_ok: bool = False, executed: Callable[[], Any] | None = None) -> Any:
+        """One kagglesdk request, `request(kaggle)` on a fresh authenticated client, through `_call`'s retries
+        and error translation. `save_to`: the answer is a download, streamed to that file (returned);
+        `missing_ok`: a 404 answer is None."""
+        import requests
+
+        def call():
+            try:
+                with self.sdk() as kaggle:
+                    resp = request(kaggle)
+                    if save_to is None:
+                        return resp
+                    save_response(resp, save_to)
+                    return save_to
+            except requests.HTTPError as exc:
+                if missing_ok and _http_details(exc)[0] == 404:
+                    return None
+                raise
+
+        return self._call(what, call, context=context, executed=executed)
+
     # --- retries and error translation ------------------------------------------------------
 
     def _call(self, what: str, fn: Callable, *args, context: str = "",
@@ -246,23 +268,14 @@ class KaggleClient:
 
     def current_version(self, kernel: str) -> int:
         """The kernel's current version number on Kaggle; 0 when it does not exist (yet)."""
-        import requests
         from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
         owner, slug = split_kernel(kernel)
         req = ApiGetKernelRequest()
         req.user_name, req.kernel_slug = owner, slug
 
-        def call():
-            try:
-                with self.sdk() as kaggle:
-                    return kaggle.kernels.kernels_api_client.get_kernel(req)
-            except requests.HTTPError as exc:
-                if _http_details(exc)[0] == 404:
-                    return None
-                raise
-
-        resp = self._call(f"version of {kernel}", call, context="kernel")
+        resp = self._rpc(f"version of {kernel}", lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel(req),
+                         context="kernel", missing_ok=True)
         if resp is None or resp.metadata is None:
             return 0
         return int(resp.metadata.current_version_number or 0)
@@ -275,11 +288,9 @@ class KaggleClient:
         req = ApiGetKernelSessionStatusRequest()
         req.user_name, req.kernel_slug = owner, slug
 
-        def call():
-            with self.sdk() as kaggle:
-                return kaggle.kernels.kernels_api_client.get_kernel_session_status(req)
-
-        resp = self._call(f"status of {kernel}", call, context="kernel")
+        resp = self._rpc(f"status of {kernel}",
+                         lambda kaggle: kaggle.kernels.kernels_api_client.get_kernel_session_status(req),
+                         context="kernel")
         state = getattr(resp.status, "name", str(resp.status))
         return KernelStatus(state, resp.failure_message or "")
 
@@ -363,12 +374,9 @@ class KaggleClient:
             req.user_name, req.kernel_slug = owner, slug
             if token:
                 req.page_token = token
-
-            def call():
-                with self.sdk() as kaggle:
-                    return kaggle.kernels.kernels_api_client.list_kernel_session_output(req)
-
-            resp = self._call(f"output of {kernel}", call, context="kernel")
+            resp = self._rpc(f"output of {kernel}",
+                             lambda kaggle, req=req: kaggle.kernels.kernels_api_client.list_kernel_session_output(req),
+                             context="kernel")
             files += [(f.file_name, f.url) for f in resp.files or [] if f.file_name and f.url]
             log_text = log_text or (resp.log or "")
             token = resp.next_page_token
@@ -383,11 +391,10 @@ class KaggleClient:
         req = ApiListKernelSessionOutputRequest()
         req.user_name, req.kernel_slug = owner, slug
 
-        def call():
-            with self.sdk() as kaggle:
-                return kaggle.kernels.kernels_api_client.list_kernel_session_output(req)
-
-        return render_log(self._call(f"log of {kernel}", call, context="kernel").log or "")
+        resp = self._rpc(f"log of {kernel}",
+                         lambda kaggle: kaggle.kernels.kernels_api_client.list_kernel_session_output(req),
+                         context="kernel")
+        return render_log(resp.log or "")
 
     def output_file(self, kernel: str, name: str, target: str | Path, version: int | None = None) -> Path:
         """Download one output file of kernel version `version` (default: the latest run) to target."""
@@ -398,15 +405,10 @@ class KaggleClient:
         req.owner_slug, req.kernel_slug, req.file_path = owner, slug, name
         if version:
             req.version_number = int(version)
-        target = Path(target)
-
-        def call():
-            with self.sdk() as kaggle:
-                save_response(kaggle.kernels.kernels_api_client.download_kernel_output(req), target)
-            return target
-
         which = f" version {version}" if version else ""
-        return self._call(f"output {name} of {kernel}{which}", call, context="output")
+        return self._rpc(f"output {name} of {kernel}{which}",
+                         lambda kaggle: kaggle.kernels.kernels_api_client.download_kernel_output(req),
+                         context="output", save_to=Path(target))
 
     def output(self, kernel: str, out_dir: str | Path, pattern: str | None = None) -> list[Path]:
         """Download the kernel's output files (and its log) into out_dir, checking each arrived whole and is
@@ -444,12 +446,9 @@ class KaggleClient:
             req.competition_name = competition
             if token:
                 req.page_token = token
-
-            def call():
-                with self.sdk() as kaggle:
-                    return kaggle.competitions.competition_api_client.list_data_files(req)
-
-            resp = self._call(f"data files of {competition}", call, context="submit")
+            resp = self._rpc(f"data files of {competition}",
+                             lambda kaggle, req=req: kaggle.competitions.competition_api_client.list_data_files(req),
+                             context="submit")
             names += [f.name for f in resp.files or [] if f.name]
             token = resp.next_page_token
             if not token:
@@ -461,14 +460,9 @@ class KaggleClient:
 
         req = ApiDownloadDataFileRequest()
         req.competition_name, req.file_name = competition, name
-        target = Path(target)
-
-        def call():
-            with self.sdk() as kaggle:
-                save_response(kaggle.competitions.competition_api_client.download_data_file(req), target)
-            return target
-
-        return self._call(f"download {name} of {competition}", call, context="submit")
+        return self._rpc(f"download {name} of {competition}",
+                         lambda kaggle: kaggle.competitions.competition_api_client.download_data_file(req),
+                         context="submit", save_to=Path(target))
 
     def submit(self, competition: str, path: str | Path, message: str, before: set[int] | None = None) -> int:
         """Upload a submission file (StartSubmissionUpload, PUT the bytes, CreateSubmission); its ref.
@@ -491,12 +485,9 @@ class KaggleClient:
         start.content_length = len(data)
         start.last_modified_epoch_seconds = int(path.stat().st_mtime)
 
-        def call_start():
-            with self.sdk() as kaggle:
-                return kaggle.competitions.competition_api_client.start_submission_upload(start)
-
         what = f"submit to {competition}"
-        upload = self._call(what, call_start, context="submit")
+        upload = self._rpc(what, lambda kaggle: kaggle.competitions.competition_api_client
+                           .start_submission_upload(start), context="submit")
         if not upload.create_url or not upload.token:
             raise KaggleError(f"{what}: Kaggle gave no upload address")
 
@@ -512,12 +503,9 @@ class KaggleClient:
         create.blob_file_tokens = upload.token
         create.submission_description = message
 
-        def call_create():
-            with self.sdk() as kaggle:
-                return kaggle.competitions.competition_api_client.create_submission(create)
-
-        resp = self._call(what, call_create, context="submit",
-                          executed=lambda: self.find_submission(competition, before, message, path.name))
+        resp = self._rpc(what, lambda kaggle: kaggle.competitions.competition_api_client.create_submission(create),
+                         context="submit",
+                         executed=lambda: self.find_submission(competition, before, message, path.name))
         return resp if isinstance(resp, int) else self._submitted(what, resp)
 
     def submit_code(self, competition: str, kernel: str, version: int | None, file_name: str, message: str,
@@ -534,15 +522,11 @@ class KaggleClient:
         req.file_name = file_name
         req.submission_description = message
 
-        def call():
-            with self.sdk() as kaggle:
-                return kaggle.competitions.competition_api_client.create_code_submission(req)
-
         if before is None:
             before = {s.ref for s in self.submissions(competition)}
         what = f"submit {kernel} to {competition}"
-        resp = self._call(what, call, context="submit",
-                          executed=lambda: self.find_submission(competition, before, message))
+        resp = self._rpc(what, lambda kaggle: kaggle.competitions.competition_api_client.create_code_submission(req),
+                         context="submit", executed=lambda: self.find_submission(competition, before, message))
         return resp if isinstance(resp, int) else self._submitted(what, resp)
 
     def find_submission(self, competition: str, before: set[int], message: str,
@@ -570,11 +554,9 @@ class KaggleClient:
         req.competition_name = competition
         req.page = 1
 
-        def call():
-            with self.sdk() as kaggle:
-                return kaggle.competitions.competition_api_client.list_submissions(req)
-
-        resp = self._call(f"submissions of {competition}", call, context="submit")
+        resp = self._rpc(f"submissions of {competition}",
+                         lambda kaggle: kaggle.competitions.competition_api_client.list_submissions(req),
+                         context="submit")
         return [
             Submission(
                 ref=int(s.ref or 0), status=getattr(s.status, "name", str(s.status)),

@@ -135,8 +135,8 @@ def check_source(key: str, src: str, lo: int, hi: int) -> None:
         raise ConfigError(f"kaggle.model_sources: '{src}': the last part must be a version number")
 
 
-def adapter_for(competition: str, fmt: str | None = None, cfg: Any = None) -> str:
-    """The segkit adapter (submission format) for a Kaggle competition slug: `fmt` if given, the config's
+def adapter_name_for(competition: str, fmt: str | None = None, cfg: Any = None) -> str:
+    """The name of the segkit adapter (and submission format) for a Kaggle competition slug: `fmt` if given, the config's
     data.competition when the config names this competition, a known slug, or an adapter name itself."""
     if fmt:
         return fmt
@@ -155,3 +155,6 @@ def adapter_for(competition: str, fmt: str | None = None, cfg: Any = None) -> st
         f"competition '{competition}': cannot tell its submission format; pass --format ADAPTER "
         f"(known slugs: {', '.join(sorted(KNOWN_COMPETITIONS))})"
     )
+
+
+adapter_for = adapter_name_for  # the older name, kept for callers outside the package

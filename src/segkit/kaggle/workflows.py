@@ -22,7 +22,7 @@ from segkit.config import Config, load_config
 from segkit.errors import KaggleError, SubmissionError
 from segkit.kaggle.api import KaggleClient, KernelFailed, KernelStatus, PushResult, Submission
 from segkit.kaggle.bundle import BUILD_DIR, BuiltKernel
-from segkit.kaggle.config import KaggleConfig, adapter_for, kaggle_config
+from segkit.kaggle.config import KaggleConfig, adapter_name_for, kaggle_config
 
 ConfigLike = Union[Config, str, Path]
 Progress = Union[Callable[[str], None], None]
@@ -406,7 +406,7 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     competition = competition or kc.competition
     if not competition:
         raise KaggleError("submit: no competition; pass --competition SLUG or set kaggle.competition")
-    fmt = adapter_for(competition, fmt, cfg)
+    fmt = adapter_name_for(competition, fmt, cfg)
     code = bool(kernel or kc.code_competition)
     if not code:
         if not path:

@@ -17,7 +17,6 @@ applied.
 """
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any, Sequence
 
@@ -25,7 +24,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, did_you_mean, unknown_name
 from segkit.models.layers import (Normalisation, check_choice, check_input_shape, conv_block, model_input,
                                   segmentation_model, upsample)
 from segkit.models.registry import register_model
@@ -89,9 +88,7 @@ def random_backbone(name: str, image_shape: Sequence[int]):
     if name in _EFFICIENTNET:
         width, depth = _EFFICIENTNET[name]
         return efficientnet_backbone(width, depth, input_shape=tuple(image_shape), **_EFFICIENTNET_BASE)
-    close = difflib.get_close_matches(str(name), BACKBONES, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"backbone: unknown backbone '{name}'{hint} (known: {', '.join(BACKBONES)})")
+    raise unknown_name("backbone", "backbone", name, BACKBONES)
 
 
 def efficientnet_backbone(width: float, depth: float, **kwargs: Any):
@@ -117,8 +114,7 @@ def load_preset_backbone(preset: str):
     elif "://" not in str(preset):
         known = sorted(hub.models.Backbone.presets)
         if preset not in known:
-            close = difflib.get_close_matches(str(preset), known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(preset, known)
             raise ConfigError(f"preset: '{preset}' is neither a local preset directory nor a KerasHub preset{hint}")
     try:
         return hub.models.Backbone.from_preset(preset)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, unknown_name
 
 UPSAMPLING = ("transpose", "bilinear")
 ACTIVATIONS = ("sigmoid", "softmax")
@@ -96,11 +96,7 @@ def conv_block(x, filters: int, name: str, batch_norm: bool = True, dropout: flo
 def check_choice(value: str, choices: Sequence[str], key: str) -> None:
     """ConfigError naming `key` when `value` is not one of `choices`."""
     if value not in choices:
-        import difflib
-
-        close = difflib.get_close_matches(str(value), list(choices), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{key}: unknown value '{value}'{hint} (valid: {', '.join(choices)})")
+        raise unknown_name(key, "value", value, choices, listed="valid")
 
 
 def check_input_shape(input_shape: Sequence[int], depth: int, where: str) -> tuple[int, int, int]:

@@ -131,12 +131,9 @@ class Adapter:
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """The competition's metric for one class over a stack of masks (N, H, W); higher is better.
         Post-processing is tuned per class on it. Default: mean Dice per image, empty/empty = 1."""
-        t = truth.reshape(len(truth), -1).astype(bool)
-        p = pred.reshape(len(pred), -1).astype(bool)
-        inter = (t & p).sum(1)
-        total = t.sum(1) + p.sum(1)
-        dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
-        return float(dice.mean())
+        from segkit.evaluate import dice_per_image
+
+        return float(dice_per_image(truth, pred).mean())
 
     @classmethod
     def metric_name(cls) -> str:
@@ -176,8 +173,9 @@ def fraction_option(value: object, key: str = "data.options.empty_fraction") -> 
 
 def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
     """Mean Dice over images (last axis) from per-image counts; 1 where both masks are empty."""
-    total = np.asarray(pred_area, dtype=np.float64) + true_area
-    return np.where(total == 0, 1.0, 2.0 * np.asarray(inter) / np.maximum(total, 1)).mean(axis=-1)
+    from segkit.evaluate import dice_of_counts
+
+    return dice_of_counts(inter, pred_area, true_area).mean(axis=-1)
 
 
 _ADAPTERS: dict[str, type[Adapter]] = {}
