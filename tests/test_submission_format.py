@@ -177,3 +177,22 @@ def test_short_rle_fast_path_agrees_with_the_full_parser():
             except RLEError as exc:
                 results.append(str(exc))
         assert results[0] == results[1], text
+
+
+def test_validate_checks_the_test_ids_when_there_is_no_sample(tmp_path):
+    """`submission.validate` with test_ids (what predict and Run.validate give without a sample file): each
+    test image needs a row and every row must be a test image; an empty file lists its own problem only."""
+    from segkit.submission import validate
+
+    fmt = format_for("cloud38")
+    sub = tmp_path / "sub.csv"
+    write_rows(sub, fmt, [("patch_1", ""), ("stray", "")])
+    check = validate(sub, fmt, test_ids=["patch_1", "patch_2"], test_root=tmp_path)
+    assert check.problems == [
+        f"{sub}: 1 of the 2 test images under {tmp_path} have no row (first: patch_2); predict every test image",
+        f"{sub}: 1 ids are not test images under {tmp_path} (first: stray)"]
+    assert validate(sub, fmt, test_ids=["patch_1", "stray"]).ok
+    assert validate(sub, fmt).ok  # without test ids only the format is checked
+    sub.write_text("")
+    (problem,) = validate(sub, fmt, test_ids=["patch_1"]).problems
+    assert "the file is empty" in problem
