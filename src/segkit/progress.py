@@ -14,7 +14,7 @@ LOG_EVERY_S = 30.0  # seconds between two progress lines in a log
 def progress(items: Iterable[T], desc: str, total: int | None = None, quiet: bool = False, unit: str = "it",
              stream: TextIO | None = None) -> Iterator[T]:
     """`items`, reporting progress on `stream` (stderr): a bar where one can redraw itself, else a line
-    "desc: i/total unit" at most every LOG_EVERY_S seconds and one at the end; nothing when quiet."""
+    "desc: i/total unit" at most every LOG_EVERY_S seconds and one when the loop ends; nothing when quiet."""
     stream = stream or sys.stderr
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -35,7 +35,7 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def _lines(items: Iterable[T], desc: str, total: int | None, unit: str, stream: TextIO) -> Iterator[T]:
-    start = last = time.monotonic()
+    last = time.monotonic()
     done = 0
     of = f"/{total}" if total is not None else ""
     for item in items:
@@ -45,5 +45,4 @@ def _lines(items: Iterable[T], desc: str, total: int | None, unit: str, stream: 
         if now - last >= LOG_EVERY_S:
             print(f"{desc}: {done}{of} {unit}", file=stream, flush=True)
             last = now
-    if time.monotonic() - start >= LOG_EVERY_S:  # a quick loop needs no line at all
-        print(f"{desc}: {done}{of} {unit} done", file=stream, flush=True)
+    print(f"{desc}: {done}{of} {unit} done", file=stream, flush=True)
