@@ -129,3 +129,117 @@ def test_format_steps_shows_the_evidence_and_warns_near_all_empty():
     assert "dropped: CV gain -0.0100 ≤ 0" in text and "all empty" in text and "trivial baseline" in text
     assert "warning: the final score is within noise" in text and "rule: RULE" in text
     assert " 17 " in text
+
+
+MODEL = "models=[{name: unet, tag: unet, depth: 2, base_filters: 4}]"
+
+
+@pytest.fixture(scope="module")
+def airbus_run(tmp_path_factory):
+    """A real synthetic Airbus run folder (60 images, 32 px, 3 folds) whose OOF is written by hand: ship images
+    predicted right (0.97) with a soft wake (0.45) around the ships, ship-free images with one 3×3 false blob
+    at 0.97 and nothing around it. → (base, overrides, run data)."""
+    from scipy import ndimage
+
+    from segkit.data.io import atomic_save_npy
+    from segkit.data.synth import generate
+    from segkit.runs import RunDir, open_run_data
+
+    base = tmp_path_factory.mktemp("cvrun")
+    generate("airbus", base / "data", seed=4, image_size=32, n_train=60, n_test=2, ship_free=0.6, quiet=True)
+    args = [f"data.root={base / 'data'}", "data.image_size=32", f"data.cache_dir={base / 'cache'}",
+            "data.options.empty_fraction=1.0", f"output.runs_dir={base / 'runs'}",
+            f"output.submissions_dir={base / 'subs'}", "train.folds=3", "postprocess.min_area_grid=[0]",
+            "postprocess.gate_topk_grid=[0.001,0.05]", MODEL]
+    cfg = load_config("airbus", args)
+    run = open_run_data(cfg, quiet=True)
+    masks = np.asarray(run.cache.masks[..., 0]) > 0
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 0.1, masks.shape).astype(np.float32)
+    for i, m in enumerate(masks):
+        if m.any():
+            probs[i][ndimage.binary_dilation(m, iterations=1) & ~m] = 0.45
+            probs[i][m] = 0.97
+        else:
+            y, x = rng.integers(2, 28, 2)
+            probs[i, y:y + 3, x:x + 3] = 0.97
+    rd = RunDir.of(cfg)
+    for k in range(3):
+        fold = rd.fold("unet", k)
+        fold.path.mkdir(parents=True)
+        idx = np.flatnonzero(run.folds == k)
+        atomic_save_npy(fold.oof, probs[idx][..., None].astype(np.float16))
+        atomic_save_npy(fold.oof_index, idx.astype(np.int64))
+        fold.write_json(fold.done, {"epochs": 1, "best": 0.0})
+    return base, args, run
+
+
+def test_cli_and_notebook_api_give_the_same_chain_and_show_the_evidence(airbus_run, capsys):
+    import segkit as sk
+    from segkit.cli import main
+
+    base, args, run = airbus_run
+    pp = base / "runs" / "airbus" / "postprocess.json"
+    assert main(["tune", "airbus", *args]) == 0
+    out = capsys.readouterr().out
+    from_cli = json.loads(pp.read_text())
+    pp.unlink()
+    from_api = sk.Run("airbus", args, quiet=True).tune()
+    assert json.loads(pp.read_text()) == from_api
+    for key in ("classes", "steps", "baseline", "crossval"):
+        assert from_api[key] == from_cli[key], key
+
+    steps = {s["step"]: s for s in from_cli["steps"]}
+    assert steps["gate"]["kept"] == [True] and from_cli["classes"][0]["gate"] is not None
+    assert steps["gate"]["cv_gain"] > steps["gate"]["cv_se"] and steps["gate"]["tried"][0] > 0
+    assert steps["min area"]["kept"] == [False] and "not searched" in steps["min area"]["reason"][0]
+    assert from_cli["crossval"]["folds"] == "the run's 3 training folds"
+    assert from_cli["crossval"]["within_noise_of_empty"] is False
+    assert 0 < from_cli["baseline"]["oof_score"] < from_cli["oof_score_tuned"]
+    assert "CV gain ± SE" in out and "[tune] all empty" in out and "[tune] rule: A post-processing step" in out
+    assert "kept: CV gain" in out
+
+    # the report shows the same evidence: Δ, OOF-tuned gain, CV gain ± SE, the decision, the baseline
+    assert main(["report", "--worst", "0", "airbus", *args]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("+ gate"))
+    assert f"{steps['gate']['cv_gain']:+.4f} ± {steps['gate']['cv_se']:.4f}" in line and "kept" in line
+    assert "all empty (trivial baseline)" in out and "+ plain (0.5)" not in out  # the ensemble row says it
+    assert "note: rule: A post-processing step" in out
+
+
+def test_a_postprocess_file_from_before_cross_validation_still_loads(airbus_run, capsys):
+    """A version 2 file without decisions, baseline or crossval (as segkit wrote it before): predict's chain
+    and the report read it; the report marks steps without gain and no CV columns."""
+    from segkit.cli import main
+    from segkit.postprocess import load_chain
+
+    base, args, run = airbus_run
+    pp = base / "runs" / "airbus" / "postprocess.json"
+    saved = pp.read_text() if pp.is_file() else None
+    old = {"version": 2, "metric": "F2", "oof_score_default": 0.4, "oof_score_tuned": 0.9,
+           "classes": [{"name": "ship", "threshold": 0.4, "min_area": 0, "gate": None, "top_threshold": 0.9,
+                        "top_k": 1, "oof_score_default": 0.4, "oof_score_tuned": 0.9}],
+           "steps": [{"step": "plain (0.5)", "oof_score": 0.4, "per_class": [0.4], "params": {}},
+                     {"step": "threshold", "oof_score": 0.6, "per_class": [0.6], "params": {"ship": {"threshold": 0.6}}},
+                     {"step": "min area", "oof_score": 0.6, "per_class": [0.6],
+                      "params": {"ship": {"threshold": 0.6, "min_area": 0}}},
+                     {"step": "gate", "oof_score": 0.6, "per_class": [0.6], "params": {"ship": {"gate": None}}},
+                     {"step": "triplet", "oof_score": 0.9, "per_class": [0.9],
+                      "params": {"ship": {"threshold": 0.4, "min_area": 0, "top_threshold": 0.9, "top_k": 1}}}]}
+    try:
+        pp.write_text(json.dumps(old))
+        chain = load_chain(load_config("airbus", args), ["ship"])
+        assert chain.classes[0].threshold == 0.4 and chain.classes[0].top_threshold == 0.9
+        assert main(["report", "--worst", "0", "airbus", *args]) == 0
+        out = capsys.readouterr().out
+        rows = {x.strip().split("  ")[0]: x for x in out.splitlines() if x.strip().startswith("+ ")}
+        assert "+0.2000" in rows["+ threshold"] and "replaced by triplet: threshold=0.4" in rows["+ threshold"]
+        assert "no gain: kept neutral" in rows["+ gate"]
+        assert "± " not in rows["+ threshold"]
+        from segkit.postprocess import format_steps
+
+        assert "[tune] threshold" in format_steps(old)
+    finally:
+        if saved is not None:
+            pp.write_text(saved)
