@@ -167,6 +167,9 @@ class ClassTables:
         area removed (areas in OOF pixels)."""
         key = (float(threshold), tuple(int(a) for a in areas))
         if key not in self._cache:
+            for (t, have), stats in list(self._cache.items()):  # a pass that covered these areas already
+                if t == key[0] and set(key[1]) <= set(have):
+                    return stats[[have.index(a) for a in key[1]]]
             self._cache[key] = self._pass(float(threshold), np.asarray(key[1], dtype=np.int64))
         return self._cache[key]
 
