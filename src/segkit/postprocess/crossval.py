@@ -52,6 +52,7 @@ class StepRecord:
     kept: bool = False
     reason: str = ""
     state: State = field(default_factory=State)  # the chain on all OOF after this step (before it when dropped)
+    candidate: State | None = None  # the step tuned on all OOF on top of the chain before it (kept or not)
 
     @property
     def cv_gain(self) -> float | None:
@@ -197,7 +198,7 @@ def crossval_chain(tab: ClassTables, folds: np.ndarray | None, ctx: Context, fol
             continue
         tried: list[int] = []
         cand = run_step(step, tab, full, ctx, max_cuts(tab.n), tried)
-        rec.tried = int(sum(tried))
+        rec.tried, rec.candidate = int(sum(tried)), cand
         rec.oof_gain = chain_score(tab, cand) - chain_score(tab, full)
         cands = [run_step(step, tr, s, ctx, max_cuts(tr.n)) for tr, s in zip(train, per_fold)]
         rec.fold_gains = [chain_score(te, c) - chain_score(te, s) for te, c, s in zip(test, cands, per_fold)]

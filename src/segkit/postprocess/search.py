@@ -259,6 +259,10 @@ class TableView:
     def stats(self, threshold: float, areas: Sequence[int]) -> np.ndarray:
         return self.parent.stats(threshold, areas)[:, self.idx]
 
+    def subset(self, idx: np.ndarray) -> "TableView":
+        """A subset of this subset (positions in it)."""
+        return TableView(self.parent, self.idx[np.asarray(idx, dtype=np.int64)])
+
     score = ClassTables.score
     top_keep = ClassTables.top_keep
 

@@ -7,7 +7,7 @@ step is saved under `steps` and printed as a table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,6 +83,40 @@ def _counts_agree(adapter, scorer: Scorer, tab: ClassTables, truth: np.ndarray, 
     return abs(fast - exact) <= 1e-6
 
 
+class Units(NamedTuple):
+    """Submission pixels ↔ OOF pixels for one class's tables: `scale` (area → OOF pixels), `unscale` (OOF min
+    area → the grid's submission value), the top-k gate's fractions and their k in OOF pixels."""
+
+    scale: Any
+    unscale: dict[int, int]
+    fractions: list[float]
+    ks: list[int]
+
+
+def class_tables(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+                 sub_pixels: int) -> tuple[ClassTables, Context, Units]:
+    """The per-image statistics of one class's OOF (per-image scores when the adapter's count form does not
+    match its metric), the search context of the config's grids, and the pixel units (what `tune_class_cv`
+    and the benchmarks that score held-out images next to the OOF build on)."""
+    pc = cfg.postprocess
+    hw = int(np.prod(oof.probs.shape[1:]))
+    fractions = list(pc.gate_topk_grid)
+    ks = [max(1, round(f * hw)) for f in fractions]
+    top_k = max(1, round(pc.top_k * area_scale))
+    scale = lambda area: int(round(area * area_scale))  # noqa: E731 - submission pixels → OOF pixels
+    areas = sorted({scale(a) for a in pc.min_area_grid})
+    unscale = {scale(a): int(a) for a in sorted(pc.min_area_grid, reverse=True)}
+    unscale.setdefault(0, 0)
+    scorer = Scorer(adapter, truth)
+    tab = ClassTables(oof.probs, truth, scorer, pc.threshold_grid, top_k, ks, oof.gate_probs, oof.label)
+    if scorer.counts and not _counts_agree(adapter, scorer, tab, truth, oof.probs):  # then per-image scores
+        scorer = Scorer(adapter, truth, counts=False)
+        tab = ClassTables(oof.probs, truth, scorer, pc.threshold_grid, top_k, ks, oof.gate_probs, oof.label)
+    ctx = Context(pc.threshold_grid, areas, pc.top_threshold_grid, _gate_kinds(cfg, oof.label is not None),
+                  pc.gate_cut_grid, pc.triplet)
+    return tab, ctx, Units(scale, unscale, fractions, ks)
+
+
 @dataclass
 class ClassTuning:
     """One class tuned: its postprocess.json row, [(OOF score, params) after each step of STEP_NAMES], the
@@ -111,20 +145,8 @@ def tune_class_cv(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_s
     improves the OOF), then tuned on all OOF with the kept steps. A dropped step stays neutral and its row in
     `steps` repeats the score before it."""
     pc = cfg.postprocess
-    hw = int(np.prod(oof.probs.shape[1:]))
-    fractions = list(pc.gate_topk_grid)
-    ks = [max(1, round(f * hw)) for f in fractions]
-    top_k = max(1, round(pc.top_k * area_scale))
-    scale = lambda area: int(round(area * area_scale))  # noqa: E731 - submission pixels → OOF pixels
-    areas = sorted({scale(a) for a in pc.min_area_grid})
-    unscale = {scale(a): int(a) for a in sorted(pc.min_area_grid, reverse=True)}
-    unscale.setdefault(0, 0)
-
-    scorer = Scorer(adapter, truth)
-    tab = ClassTables(oof.probs, truth, scorer, pc.threshold_grid, top_k, ks, oof.gate_probs, oof.label)
-    if scorer.counts and not _counts_agree(adapter, scorer, tab, truth, oof.probs):  # then per-image scores
-        scorer = Scorer(adapter, truth, counts=False)
-        tab = ClassTables(oof.probs, truth, scorer, pc.threshold_grid, top_k, ks, oof.gate_probs, oof.label)
+    tab, ctx, units = class_tables(adapter, truth, oof, cfg, area_scale, sub_pixels)
+    scorer, scale, unscale, fractions, ks = tab.scorer, units.scale, units.unscale, units.fractions, units.ks
     plain = tab.score(0.5, 0)
     empty = float(scorer.reduce(scorer.empty))
 
@@ -137,8 +159,6 @@ def tune_class_cv(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_s
         steps.append((score, {"threshold": row["threshold"], "min_area": row["min_area"]}))
         return ClassTuning(row, steps, None, empty)
 
-    ctx = Context(pc.threshold_grid, areas, pc.top_threshold_grid, _gate_kinds(cfg, oof.label is not None),
-                  pc.gate_cut_grid, pc.triplet)
     chosen, source = choose_folds(folds, tab.n, cfg.seed)
     cv = crossval_chain(tab, chosen, ctx, source, None if pc.crossval else in_sample_rule)
     # the score after each step of the final chain: a dropped step leaves the chain (and score) unchanged
