@@ -1,8 +1,12 @@
 """Tune the post-processing chain on OOF predictions, class by class, and save it as postprocess.json v2.
 
-Steps in chain order, each kept only when it improves the OOF score (else neutral: no gate, no top threshold):
-"plain (0.5)" (threshold 0.5, no min area) → "threshold" → "min area" → "gate" → "triplet". The score after each
-step is saved under `steps` and printed as a table.
+Steps in chain order: "plain (0.5)" (threshold 0.5, no min area) → "threshold" → "min area" → "gate" →
+"triplet". Each is judged by cross-validation over the run's folds (segkit.postprocess.crossval: tuned on the
+other folds, scored on the held-out one) and kept only when its CV gain is > 0 and > 1 SE, else neutral (no
+gate, no top threshold, threshold 0.5, min area 0); the chain in force is tuned on all OOF with the kept steps.
+The OOF score after each step, with the OOF-tuned gain, the CV gain ± SE, the values tried and the decision,
+is saved under `steps` (older files without the evidence still load) and printed as a table, beside the
+all-empty baseline.
 """
 from __future__ import annotations
 
