@@ -393,8 +393,9 @@ def step_rows(pp: dict[str, Any], ensemble: float | None = None) -> list[Row]:
                     and abs(score - ensemble) < 5e-5):
                 before = score
                 continue
+            plain = s.get("step") == f"plain ({PLAIN})"  # the starting point: nothing of it to replace
             row = Row("step", f"+ {s.get('step', '?')}", score, [_float(v) for v in s.get("per_class") or []],
-                      _step_note(s, before, final, later[j + 1:]))
+                      _step_note(s, before, {} if plain else final, later[j + 1:]))
             row.delta = None if score is None or before is None else score - before
             row.oof_gain, row.cv_gain, row.cv_se = (_float(s.get("oof_gain")), _float(s.get("cv_gain")),
                                                     _float(s.get("cv_se")))

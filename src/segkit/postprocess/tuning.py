@@ -276,7 +276,7 @@ def crossval_summary(cfg: Config, tuned: list[ClassTuning]) -> dict[str, Any]:
         over = final - base
         cv.update(cv_score=float(final.mean()), cv_score_plain=float(plain.mean()), cv_score_empty=float(base.mean()),
                   cv_gain_over_empty=float(over.mean()), cv_se_over_empty=standard_error(over))
-        cv["within_noise_of_empty"] = bool(over.mean() <= standard_error(over))
+        cv["within_noise_of_empty"] = bool(over.mean() <= standard_error(over) + 1e-9)
     out["crossval"] = cv
     return out
 
