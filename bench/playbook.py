@@ -178,7 +178,7 @@ def summarise_heldout(name: str, per_class: list[dict], n: int, m: int, source: 
         f"scored on {m} held-out images nothing trained or tuned on")
     log(f"[{name}] {'step':<10} {'OOF-tuned gain':>14} {'CV gain ± SE':>18} {'kept':>5} {'held-out gain':>13}   "
         f"| without the rule: {'OOF gain':>8} {'held-out gain':>13}")
-    steps, agree, judged = [], 0, 0
+    steps, agree, judged, decided = [], 0, 0, 0
     for j, step in enumerate(s["step"] for s in per_class[0]["cv"]["steps"]):
         cv = [pc["cv"]["steps"][j] for pc in per_class]
         oof = [pc["oof"]["steps"][j] for pc in per_class]
@@ -193,6 +193,7 @@ def summarise_heldout(name: str, per_class: list[dict], n: int, m: int, source: 
             same = (abs(row["cv_gain"]) < 1e-9 and abs(row["heldout_gain"]) < 1e-9) or \
                 np.sign(row["cv_gain"]) == np.sign(row["heldout_gain"])
             agree += bool(same)
+            decided += bool((row["kept"] > 0) == (row["heldout_gain"] > 1e-9))
             cv_text = f"{row['cv_gain']:+.4f} ± {row['cv_se']:.4f}"
         else:
             cv_text = "not searched"
@@ -205,8 +206,10 @@ def summarise_heldout(name: str, per_class: list[dict], n: int, m: int, source: 
     log(f"[{name}] held-out score: all-empty {final['empty']:.4f}, plain 0.5 {final['plain']:.4f}, chain kept by "
         f"the rule {final['cv_chain']:.4f} ({final['cv_chain'] - final['plain']:+.4f}), chain of every OOF gain "
         f"{final['oof_chain']:.4f} ({final['oof_chain'] - final['plain']:+.4f})")
-    log(f"[{name}] the CV gain agrees in sign with the held-out gain for {agree} of {judged} searched steps")
-    return {"steps": steps, "final": final, "agree": agree, "judged": judged, "n_oof": n, "n_heldout": m}
+    log(f"[{name}] the CV gain agrees in sign with the held-out gain for {agree} of {judged} searched steps; the "
+        f"decision (kept ⇔ held-out gain > 0) for {decided} of {judged}")
+    return {"steps": steps, "final": final, "agree": agree, "judged": judged, "decided": decided, "n_oof": n,
+            "n_heldout": m}
 
 
 def step_scores(result: dict) -> dict[str, float]:
@@ -447,7 +450,7 @@ def main() -> None:
         if summary[section].get("heldout"):
             h = summary[section]["heldout"]
             checks.append((f"{section}: CV gains agree in sign with the held-out gains", h["agree"] == h["judged"],
-                           f"{h['agree']}/{h['judged']} steps; held-out: plain {h['final']['plain']:.4f}, kept chain "
+                           f"{h['agree']}/{h['judged']} steps (decisions {h['decided']}/{h['judged']}); held-out: plain {h['final']['plain']:.4f}, kept chain "
                            f"{h['final']['cv_chain']:.4f}, chain of every OOF gain {h['final']['oof_chain']:.4f}, "
                            f"all-empty {h['final']['empty']:.4f}"))
         if section == "speed":
