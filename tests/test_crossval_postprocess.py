@@ -243,3 +243,11 @@ def test_a_postprocess_file_from_before_cross_validation_still_loads(airbus_run,
     finally:
         if saved is not None:
             pp.write_text(saved)
+
+
+def test_the_crossval_key_refuses_bad_values():
+    from segkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"postprocess\.crossval: expected true or false"):
+        load_config(None, ["postprocess.crossval=maybe"])
+    assert load_config(None, []).postprocess.crossval is True
