@@ -93,6 +93,9 @@ def test_tuned_weights_drop_the_noisy_model(oof_run):
     result = tune_weights(cfg, run, quiet=True)
     assert result["weights"]["noisy"] == 0 and result["weights"]["good"] > 0
     assert result["oof_score"] == pytest.approx(1.0) and result["oof_score_equal"] < 1.0
+    # judged like a post-processing step: chosen on one fold, it also beats equal weights on the other
+    assert result["kept"] and result["cv_gain"] > result["cv_se"] and len(result["cv_fold_gains"]) == 2
+    assert result["tuned_weights"] == result["weights"] and "training folds" in result["folds"]
     assert RunDir.of(cfg).read_weights()["weights"] == result["weights"]
     got = load_oof_class(cfg, len(run.samples), 0)  # the tuned weights in force: the good model alone
     np.testing.assert_allclose(got.probs, oof["good"][..., 0], atol=1e-3)

@@ -117,7 +117,8 @@ def test_train_ends_with_the_ablation_table(trained):
     tail = log[log.index("[report] clouds: OOF score per stage"):]
     rows = table_rows(tail)
     assert {"unet fold 0", "unet fold 1", "unet (all folds)", "ensemble (0.5)"} <= set(rows)
-    for step in pp["steps"]:
+    assert "+ plain (0.5)" not in rows  # the ensemble row at 0.5 says it (the report used to repeat it)
+    for step in pp["steps"][1:]:
         assert rows[f"+ {step['step']}"][0] == f"{step['oof_score']:.4f}"
     assert not (base / "runs" / "clouds" / "report.html").exists()  # the page only with `segkit report`
 
@@ -145,10 +146,14 @@ def test_report_renders_self_contained_with_the_runs_numbers(run):
     printed = table_rows(out)
     classes = [c["name"] for c in pp["classes"]]
     assert html_rows["stage"][:len(classes) + 1] == ["score", *classes]
-    for step in pp["steps"]:
+    for step in pp["steps"][1:]:  # "plain (0.5)" is the ensemble row
         want = [f"{step['oof_score']:.4f}", *(f"{v:.4f}" for v in step["per_class"])]
         assert html_rows[f"+ {step['step']}"][:len(want)] == want
         assert printed[f"+ {step['step']}"][:len(want)] == want
+        if step.get("cv_gain") is not None:
+            cv = f"{step['cv_gain']:+.4f} ± {step['cv_se']:.4f}"
+            assert cv in html_rows[f"+ {step['step']}"] and f"{step['oof_gain']:+.4f}" in html_rows[f"+ {step['step']}"]
+    assert html_rows["all empty (trivial baseline)"][0] == f"{pp['baseline']['oof_score']:.4f}"
     for c in pp["classes"]:  # tuned parameters per class
         assert html_rows[c["name"]][:2] == [f"{c['threshold']:g}", str(c["min_area"])]
     assert "chain re-applied" not in out  # the chain applied again to the OOF gives postprocess.json's score
@@ -169,7 +174,7 @@ def test_report_renders_self_contained_with_the_runs_numbers(run):
     want = [f"{np.mean(per):.4f}", *(f"{v:.4f}" for v in per)]
     assert html_rows["unet (all folds)"][:len(want)] == want
     assert html_rows["ensemble (0.5)"][:len(want)] == want
-    assert html_rows["+ plain (0.5)"][:len(want)] == want
+    assert f"{pp['steps'][0]['oof_score']:.4f}" == want[0] and "+ plain (0.5)" not in html_rows
 
 
 def test_report_from_a_version_1_postprocess_file(run):

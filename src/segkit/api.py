@@ -376,8 +376,9 @@ class Run:
         return self
 
     def tune(self) -> dict[str, Any]:
-        """Tune the per-class threshold and minimum area on the OOF predictions; returns postprocess.json's
-        content (per class: threshold, min_area, OOF scores before and after)."""
+        """Tune the post-processing chain on the OOF predictions exactly as `segkit tune` does (each step kept
+        only when its cross-validated gain is > 0 and > 1 SE); returns postprocess.json's content (per class
+        the chain, per step the OOF score, OOF-tuned gain, CV gain ± SE and decision, the all-empty baseline)."""
         from segkit.pipeline import tune
 
         return tune(self.config, quiet=self.quiet)

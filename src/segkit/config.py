@@ -219,6 +219,9 @@ class PostprocessConfig(_Checked):
     triplet: bool = True  # bottom threshold + min area + top threshold that top_k pixels must pass
     top_threshold_grid: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(10, 20)])
     top_k: int = 1  # submission pixels that must pass the top threshold
+    # keep a step only when its cross-validated gain (tuned on the other folds, scored on the held-out one) is
+    # > 0 and > 1 SE; false: keep every step that improves the OOF it is tuned on (overfits; for comparison)
+    crossval: bool = True
 
     def check(self) -> None:
         _probability(self._key("threshold"), self.threshold)

@@ -206,7 +206,12 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
     `load_oof_class` find them: every combination over WEIGHT_GRID (a coordinate search beyond FULL_GRID_TAGS
     tags) scored by the competition metric averaged over classes, each class at its best threshold of
     postprocess.threshold_grid, on at most MEMORY_BUDGET of OOF per class (a seeded subsample of the images).
-    Equal weights win ties. Returns what was saved."""
+    Equal weights win ties. The choice is judged like a post-processing step (segkit.postprocess.crossval):
+    for each fold, weights and thresholds chosen on the other folds are scored on it against equal weights;
+    the tuned weights are kept only when that cross-validated gain is > 0 and > 1 SE, else equal weights
+    are saved (with `postprocess.crossval: false`: whenever they raise the OOF score). Returns what was saved."""
+    from segkit.postprocess.crossval import choose_folds, judge, standard_error  # postprocess imports this module
+
     run = run or open_run_data(cfg, quiet=quiet)
     members = ensemble_members(cfg, tuned=False)
     tags = [m.tag for m in members]
@@ -221,33 +226,81 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
     for c in range(len(run.adapter.classes)):
         stack = np.stack([_tag_class(cfg, t, n, c, rows, np.float16)[0] for t in tags])
         per_class.append((np.ascontiguousarray(masks[rows, ..., c]), stack))
+    run_folds = np.asarray(run.folds)[rows] if getattr(run, "folds", None) is not None else None
+    folds, source = choose_folds(run_folds, len(rows), cfg.seed)
+    ids = [] if folds is None else sorted(int(k) for k in np.unique(folds))
+    subsets = {"all": np.arange(len(rows))}
+    for k in ids:
+        subsets[("train", k)] = np.flatnonzero(folds != k)
+        subsets[("test", k)] = np.flatnonzero(folds == k)
+    cache: dict[tuple[float, ...], dict[Any, np.ndarray]] = {}
 
-    def score(weights: Sequence[float]) -> float:
-        wv = np.asarray(weights, np.float32) / np.float32(sum(weights))
-        total = 0.0
-        for truth, stack in per_class:
-            probs = np.tensordot(wv, stack, axes=1)
-            total += max(run.adapter.score_class(truth, (probs > t).astype(np.uint8)) for t in grid)
-        return total / len(per_class)
+    def table(weights: Sequence[float]) -> dict[Any, np.ndarray]:
+        """Per subset of images: the score (classes, thresholds) of these weights."""
+        key = tuple(round(float(v) / sum(weights), 9) for v in weights)
+        if key not in cache:
+            wv = np.asarray(weights, np.float32) / np.float32(sum(weights))
+            out = {s: np.zeros((len(per_class), len(grid))) for s in subsets}
+            for c, (truth, stack) in enumerate(per_class):
+                probs = np.tensordot(wv, stack, axes=1)
+                for j, t in enumerate(grid):
+                    pred = (probs > t).astype(np.uint8)
+                    for s, idx in subsets.items():
+                        out[s][c, j] = run.adapter.score_class(truth[idx], pred[idx])
+            cache[key] = out
+        return cache[key]
 
+    def best(subset: Any) -> tuple[tuple[float, ...], float, int]:
+        def score(weights: Sequence[float]) -> float:
+            return float(table(weights)[subset].max(axis=1).mean())
+
+        if len(tags) <= FULL_GRID_TAGS:
+            cands = weight_candidates(len(tags), roles)
+            scores = [score(cand) for cand in cands]
+            i = int(np.argmax(scores))  # the first maximum: equal weights come first
+            return cands[i], float(scores[i]), len(cands)
+        return _coordinate_search(score, len(tags), roles)
+
+    equal_w = (1.0,) * len(tags)
     if len(tags) == 1:
-        best, best_score, tried = (1.0,), None, 0
-    elif len(tags) <= FULL_GRID_TAGS:
-        cands = weight_candidates(len(tags), roles)
-        scores = [score(cand) for cand in cands]
-        i = int(np.argmax(scores))  # the first maximum: equal weights come first
-        best, best_score, tried = cands[i], float(scores[i]), len(cands)
+        result = {"weights": {tags[0]: 1.0}, "oof_score": None, "oof_score_equal": None, "candidates": 0,
+                  "images": int(len(rows)), "metric": run.adapter.metric_name()}
+        RunDir.of(cfg).write_weights(result)
+        if not quiet:
+            print(f"[tune] ensemble weights {tags[0]}: 1 (one model)", flush=True)
+        return result
+    tuned, tuned_score, tried = best("all")
+    equal = float(table(equal_w)["all"].max(axis=1).mean())
+    gains = []
+    for k in ids:
+        chosen = best(("train", k))[0]
+
+        def held_out(weights: Sequence[float]) -> float:
+            t = table(weights)
+            at = t[("train", k)].argmax(axis=1)  # each class's threshold chosen on the other folds
+            return float(t[("test", k)][np.arange(len(per_class)), at].mean())
+
+        gains.append(held_out(chosen) - held_out(equal_w))
+    if cfg.postprocess.crossval:
+        kept, reason = judge(gains) if ids else (False, source)
     else:
-        best, best_score, tried = _coordinate_search(score, len(tags), roles)
-    equal = score((1.0,) * len(tags)) if len(tags) > 1 else None
-    result = {"weights": dict(zip(tags, (float(v) for v in best))), "oof_score": best_score,
-              "oof_score_equal": equal, "candidates": tried, "images": int(len(rows)),
-              "metric": run.adapter.metric_name()}
+        kept, reason = tuned_score > equal + 1e-12, "postprocess.crossval: false: kept when it raises the OOF"
+    final = tuned if kept else equal_w
+    result = {"weights": dict(zip(tags, (float(v) for v in final))),
+              "oof_score": tuned_score if kept else equal, "oof_score_equal": equal, "candidates": tried,
+              "images": int(len(rows)), "metric": run.adapter.metric_name(),
+              "tuned_weights": dict(zip(tags, (float(v) for v in tuned))), "oof_score_tuned": tuned_score,
+              "oof_gain": tuned_score - equal, "cv_gain": float(np.mean(gains)) if gains else None,
+              "cv_se": standard_error(gains) if gains else None, "cv_fold_gains": [float(g) for g in gains],
+              "folds": source, "kept": bool(kept), "reason": reason}
     RunDir.of(cfg).write_weights(result)
     if not quiet:
-        shown = ", ".join(f"{t}: {v:g}" for t, v in result["weights"].items())
-        gain = f": OOF {equal:.4f} (equal) -> {best_score:.4f}" if equal is not None else ""
-        print(f"[tune] ensemble weights {shown} ({tried} candidates on {len(rows)} images){gain}", flush=True)
+        shown = ", ".join(f"{t}: {v:g}" for t, v in result["tuned_weights"].items())
+        cv = (f"; CV gain {result['cv_gain']:+.4f} ± {result['cv_se']:.4f}" if gains else "")
+        decision = "kept" if kept else "dropped, equal weights in force"
+        print(f"[tune] ensemble weights {shown} ({tried} candidates on {len(rows)} images): OOF {equal:.4f} "
+              f"(equal) -> {tuned_score:.4f} (OOF-tuned gain {tuned_score - equal:+.4f}){cv}: {decision} "
+              f"({reason})", flush=True)
     return result
 
 

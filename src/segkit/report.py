@@ -39,11 +39,21 @@ _PARAM_SKIP = ("name", "oof_score_default", "oof_score_tuned")
 class Row:
     """One line of the ablation table: a stage and its OOF score (mean over classes and per class)."""
 
-    section: str  # fold | model | ensemble | step | averaging | pseudo
+    section: str  # baseline | fold | model | ensemble | step | averaging | pseudo
     label: str
     score: float | None
     per_class: list[float | None] = field(default_factory=list)
     note: str = ""
+    delta: float | None = None  # gain over the row before it in the chain (ensemble over model, step over step)
+    oof_gain: float | None = None  # a step's gain tuned and scored on all OOF (kept or not)
+    cv_gain: float | None = None  # a step's cross-validated gain (tuned on the other folds) ...
+    cv_se: float | None = None  # ... and its standard error over folds
+
+    def cells(self, n_classes: int) -> list[str]:
+        """The row's table cells: stage, score, per class, Δ, OOF-tuned gain, CV gain ± SE, note."""
+        cv = "" if self.cv_gain is None else f"{self.cv_gain:+.4f} ± {self.cv_se or 0.0:.4f}"
+        return [self.label, _num(self.score), *(_num(v) for v in _pad(self.per_class, n_classes)),
+                _signed(self.delta), _signed(self.oof_gain), cv, self.note]
 
 
 @dataclass
@@ -84,11 +94,13 @@ class Report:
     curves: list[Curve] = field(default_factory=list)
     gallery: list[GalleryItem] = field(default_factory=list)
 
+    def head(self) -> list[str]:
+        return ["stage", "score", *self.classes, "Δ", "OOF-tuned gain", "CV gain ± SE", "note"]
+
     def table(self) -> str:
         """The ablation table and the tuned parameters as plain text."""
-        head = ["stage", "score", *self.classes, "note"]
-        body = [[r.label, _num(r.score), *(_num(v) for v in _pad(r.per_class, len(self.classes))), r.note]
-                for r in self.rows]
+        head = self.head()
+        body = [r.cells(len(self.classes)) for r in self.rows]
         lines = [f"[report] {self.name}: OOF score per stage, mean over {len(self.classes)} "
                  f"class{'es' if len(self.classes) != 1 else ''} (folds, models and ensemble at threshold {PLAIN}; "
                  f"metric: {self.metric.rstrip('.') or 'the competition metric'})"]
@@ -114,9 +126,7 @@ class Report:
             f"Folds, models and the ensemble at threshold {PLAIN}; then each post-processing step in chain order "
             f"({e(self.postprocess_file)} version {self.postprocess_version}).</p>",
             "<h2>Ablation on out-of-fold predictions</h2>",
-            _html_table(["stage", "score", *self.classes, "note"],
-                        [[r.label, _num(r.score), *(_num(v) for v in _pad(r.per_class, len(self.classes))), r.note]
-                         for r in self.rows], [r.section for r in self.rows]),
+            _html_table(self.head(), [r.cells(len(self.classes)) for r in self.rows], [r.section for r in self.rows]),
         ]
         if self.params:
             keys = _param_keys(self.params)
@@ -194,8 +204,15 @@ def build_report(cfg: Config, run: RunData | None = None, curves: bool = True, w
             chained.append(float(adapter.score_class(truth, pred)))
             per_image[:, c] = [adapter.score_class(truth[i:i + 1], pred[i:i + 1]) for i in range(n)]
         del oof
-    report.rows.append(Row("ensemble", _ensemble_label(cfg), float(np.mean(plain)), plain, _ensemble_note(cfg)))
-    report.rows += step_rows(pp)
+    models = [r.score for r in report.rows if r.section == "model" and r.score is not None]
+    ensemble = Row("ensemble", _ensemble_label(cfg), float(np.mean(plain)), plain, _ensemble_note(cfg))
+    if len(models) > 1:
+        ensemble.delta = ensemble.score - max(models)
+        ensemble.note = "; ".join(x for x in (ensemble.note, "Δ: over the best model") if x)
+    report.rows.append(ensemble)
+    report.rows += step_rows(pp, ensemble.score)
+    report.rows[:0] = baseline_rows(pp)
+    report.notes += crossval_notes(pp)
     report.rows += averaging_rows(cfg)
     report.rows += pseudo_rows(cfg, pp)
 
@@ -359,23 +376,31 @@ def _ensemble_note(cfg: Config) -> str:
     return "; ".join(bits)
 
 
-def step_rows(pp: dict[str, Any]) -> list[Row]:
-    """The post-processing steps in chain order as postprocess.json records them: its `steps` (version 2), else
-    (version 1) the plain threshold and the tuned threshold + minimum area."""
+def step_rows(pp: dict[str, Any], ensemble: float | None = None) -> list[Row]:
+    """The post-processing steps in chain order as postprocess.json records them: its `steps` (version 2) with
+    Δ over the step before, and where recorded the OOF-tuned gain, the CV gain ± SE and the decision; else
+    (version 1) the plain threshold and the tuned threshold + minimum area. The "plain (0.5)" step repeats the
+    ensemble row (`ensemble`, its score) and is left out when it does."""
     steps = pp.get("steps")
     if isinstance(steps, list) and steps:
         rows: list[Row] = []
-        for s in steps:
-            if not isinstance(s, dict):
-                continue
+        final = {str(c.get("name", i)): c for i, c in enumerate(pp.get("classes") or [])}
+        before = ensemble
+        later = [s for s in steps if isinstance(s, dict)]
+        for j, s in enumerate(later):
             score = _float(s.get("oof_score"))
-            before = rows[-1].score if rows else None
-            if before is not None and score is not None and score <= before + 1e-12:
-                note = "no gain: kept neutral"
-            else:
-                note = _step_params(s.get("params"))
-            rows.append(Row("step", f"+ {s.get('step', '?')}", score, [_float(v) for v in s.get("per_class") or []],
-                            note))
+            if (j == 0 and s.get("step") == f"plain ({PLAIN})" and ensemble is not None and score is not None
+                    and abs(score - ensemble) < 5e-5):
+                before = score
+                continue
+            plain = s.get("step") == f"plain ({PLAIN})"  # the starting point: nothing of it to replace
+            row = Row("step", f"+ {s.get('step', '?')}", score, [_float(v) for v in s.get("per_class") or []],
+                      _step_note(s, before, {} if plain else final, later[j + 1:]))
+            row.delta = None if score is None or before is None else score - before
+            row.oof_gain, row.cv_gain, row.cv_se = (_float(s.get("oof_gain")), _float(s.get("cv_gain")),
+                                                    _float(s.get("cv_se")))
+            rows.append(row)
+            before = score
         return rows
     cls = pp["classes"]
     return [
@@ -386,14 +411,79 @@ def step_rows(pp: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _step_params(params: Any) -> str:
-    """A step's parameters per class, once when every class has the same."""
+def _step_note(step: dict[str, Any], before: float | None, final: dict[str, dict[str, Any]],
+               later: list[dict[str, Any]]) -> str:
+    """A step's decision (kept/dropped and why, values tried) and the parameters it settled on, each marked
+    when a later step replaced it."""
+    kept = step.get("kept")
+    score = _float(step.get("oof_score"))
+    if isinstance(kept, list) and kept:
+        reasons = step.get("reason") or [""] * len(kept)
+        tried = step.get("tried") or []
+        names = list(final) or [str(i) for i in range(len(kept))]
+        if len(set(kept)) == 1 and len(set(reasons)) == 1:
+            decision = ("kept: " if kept[0] else "dropped: ") + str(reasons[0])
+        else:
+            decision = "; ".join(f"{n} {'kept' if k else 'dropped'}" for n, k in zip(names, kept))
+        if any(tried):
+            decision += f" ({'/'.join(str(t) for t in tried)} values tried)"
+        if not any(kept):
+            return decision
+        return f"{decision}; {_step_params(step.get('params'), final, later)}"
+    if before is not None and score is not None and score <= before + 1e-12:
+        return "no gain: kept neutral"
+    return _step_params(step.get("params"), final, later)
+
+
+def _step_params(params: Any, final: dict[str, dict[str, Any]] | None = None,
+                 later: Sequence[dict[str, Any]] = ()) -> str:
+    """A step's parameters per class, once when every class has the same; a value a later step replaced is
+    marked with what is in force in the end and which step set it."""
     if not isinstance(params, dict) or not params:
         return ""
-    shown = {name: _param(p) for name, p in params.items()}
+    shown = {}
+    for name, p in params.items():
+        text = _param(p)
+        if isinstance(p, dict) and final and name in final:
+            changed = [k for k, v in p.items() if k in final[name] and final[name][k] != v]
+            if changed:
+                by = next((str(s.get("step")) for s in reversed(list(later)) if _sets(s, name, changed, final[name])),
+                          "a later step")
+                text += " (replaced by " + by + ": " + " ".join(f"{k}={_param(final[name][k])}" for k in changed) + ")"
+        shown[name] = text
     if len(set(shown.values())) == 1:
         return f"{next(iter(shown.values()))} (every class)"
     return "; ".join(f"{name}: {v}" for name, v in shown.items())
+
+
+def _sets(step: dict[str, Any], name: str, keys: Sequence[str], final: dict[str, Any]) -> bool:
+    """Whether `step` (kept for class `name`, or a file without decisions) set one of `keys` to its final value."""
+    params = step.get("params")
+    mine = params.get(name) if isinstance(params, dict) else None
+    if not isinstance(mine, dict):
+        return False
+    kept = step.get("kept")
+    names = list(params)
+    if isinstance(kept, list) and name in names and names.index(name) < len(kept) and not kept[names.index(name)]:
+        return False
+    return any(k in mine and mine[k] == final.get(k) for k in keys)
+
+
+def baseline_rows(pp: dict[str, Any]) -> list[Row]:
+    """The trivial baseline, all-empty masks (per class), when postprocess.json records it."""
+    base = pp.get("baseline")
+    if not isinstance(base, dict) or _float(base.get("oof_score")) is None:
+        return []
+    return [Row("baseline", "all empty (trivial baseline)", _float(base["oof_score"]),
+                [_float(v) for v in base.get("per_class") or []], "every mask empty")]
+
+
+def crossval_notes(pp: dict[str, Any]) -> list[str]:
+    """The rule the steps were judged by, the folds, and a warning when the cross-validated final score is
+    within one standard error of all-empty masks."""
+    from segkit.postprocess.tuning import summary_lines
+
+    return summary_lines(pp)
 
 
 def _step_class_score(pp: dict[str, Any], c: int) -> float | None:
@@ -583,6 +673,10 @@ def _scalar(v: Any) -> bool:
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _signed(v: float | None) -> str:
+    return "" if v is None else f"{v:+.4f}"
 
 
 def _param(v: Any) -> str:

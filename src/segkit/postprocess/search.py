@@ -77,6 +77,16 @@ class Scorer:
         """Score with the rows where `keep` (..., N) is False replaced by the empty prediction's."""
         return self.reduce(np.where(keep[..., None], stats, self.empty))
 
+    def subset(self, idx: np.ndarray) -> "Scorer":
+        """The same metric over the images `idx` only (cross-validation scores folds with it)."""
+        out = object.__new__(Scorer)
+        out.adapter, out.fn, out.counts = self.adapter, self.fn, self.counts
+        out.truth = self.truth  # image() is only called on the full tables
+        out.empty = self.empty[idx]
+        if self.counts:
+            out.tsum = self.tsum[idx]
+        return out
+
 
 def _workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
@@ -157,6 +167,9 @@ class ClassTables:
         area removed (areas in OOF pixels)."""
         key = (float(threshold), tuple(int(a) for a in areas))
         if key not in self._cache:
+            for (t, have), stats in list(self._cache.items()):  # a pass that covered these areas already
+                if t == key[0] and set(key[1]) <= set(have):
+                    return stats[[have.index(a) for a in key[1]]]
             self._cache[key] = self._pass(float(threshold), np.asarray(key[1], dtype=np.int64))
         return self._cache[key]
 
@@ -221,23 +234,61 @@ class ClassTables:
             return np.ones(self.n, dtype=bool)
         return self.kth > top_threshold
 
+    def subset(self, idx: np.ndarray) -> "TableView":
+        """The tables of the images `idx` only, sharing this object's cached statistics (so a fold's search
+        costs no new pass over the pixels)."""
+        return TableView(self, np.asarray(idx, dtype=np.int64))
+
+
+class TableView:
+    """A subset of a ClassTables' images, with the interface the searches use: statistics are computed (and
+    cached) over every image by the parent and sliced."""
+
+    def __init__(self, parent: ClassTables, idx: np.ndarray) -> None:
+        self.parent, self.idx = parent, idx
+        self.n = len(idx)
+        self.scorer = parent.scorer.subset(idx)
+        self.thresholds, self.top_k, self.topk_ks = parent.thresholds, parent.top_k, parent.topk_ks
+        self.topk_means = parent.topk_means[:, idx]
+        self.kth = parent.kth[idx]
+        self.label = None if parent.label is None else parent.label[idx]
+
+    def area_above(self, threshold: float) -> np.ndarray:
+        return self.parent.area_above(threshold)[self.idx]
+
+    def stats(self, threshold: float, areas: Sequence[int]) -> np.ndarray:
+        return self.parent.stats(threshold, areas)[:, self.idx]
+
+    def subset(self, idx: np.ndarray) -> "TableView":
+        """A subset of this subset (positions in it)."""
+        return TableView(self.parent, self.idx[np.asarray(idx, dtype=np.int64)])
+
+    score = ClassTables.score
+    top_keep = ClassTables.top_keep
+
 
 # --- the searches, one per step ---------------------------------------------------------------------------
 
-def search_threshold(tab: ClassTables, grid: Sequence[float]) -> tuple[float, float]:
-    """Step "threshold": the best pixel threshold of the grid, no minimum area → (score, threshold)."""
+def search_threshold(tab: ClassTables, grid: Sequence[float], tried: list[int] | None = None,
+                     ) -> tuple[float, float]:
+    """Step "threshold": the best pixel threshold of the grid, no minimum area → (score, threshold). The number
+    of candidates scored is appended to `tried` when given."""
     best = (-math.inf, 0.5)
-    for t in sorted(set(float(x) for x in grid), key=lambda t: (abs(t - 0.5), t)):  # ties go to the nearest 0.5
+    values = sorted(set(float(x) for x in grid), key=lambda t: (abs(t - 0.5), t))  # ties go to the nearest 0.5
+    for t in values:
         s = tab.score(t, 0)
         if s > best[0] + _TIE:
             best = (s, t)
+    if tried is not None:
+        tried.append(len(values))
     return best
 
 
 def coarse_to_fine(grid: Sequence[float], current: float, evaluate: Callable[[float], tuple[float, Any]],
-                   n_coarse: int = 6) -> tuple[float, float, Any]:
+                   n_coarse: int = 6, tried: list[int] | None = None) -> tuple[float, float, Any]:
     """Maximise evaluate(b) over a sorted grid: every stride-th value plus `current` (evaluated first, so it
-    wins ties), then the values between the best one and its coarse neighbours → (score, b, extra)."""
+    wins ties), then the values between the best one and its coarse neighbours → (score, b, extra). The number
+    of grid values evaluated is appended to `tried` when given."""
     grid = sorted(set(float(x) for x in grid) | {float(current)})
     stride = max(1, math.ceil(len(grid) / n_coarse))
     seen: dict[float, tuple[float, Any]] = {}
@@ -254,13 +305,16 @@ def coarse_to_fine(grid: Sequence[float], current: float, evaluate: Callable[[fl
             seen[b] = evaluate(b)
             if seen[b][0] > seen[best_b][0] + _TIE:
                 best_b = b
+    if tried is not None:
+        tried.append(len(seen))
     return seen[best_b][0], best_b, seen[best_b][1]
 
 
 def search_min_area(tab: ClassTables, grid: Sequence[float], areas: Sequence[int], threshold: float,
-                    ) -> tuple[float, float, int]:
+                    tried: list[int] | None = None) -> tuple[float, float, int]:
     """Step "min area": threshold and minimum component area (OOF pixels) jointly, coarse-to-fine over the
-    threshold from the tuned one → (score, threshold, area). Area 0 at the current threshold is a candidate."""
+    threshold from the tuned one → (score, threshold, area). Area 0 at the current threshold is a candidate.
+    The number of (threshold, area) candidates scored is appended to `tried` when given."""
     areas = sorted({0} | {int(a) for a in areas})
 
     def evaluate(b: float) -> tuple[float, int]:
@@ -268,27 +322,32 @@ def search_min_area(tab: ClassTables, grid: Sequence[float], areas: Sequence[int
         j = int(np.argmax(scores))
         return float(scores[j]), areas[j]
 
-    score, b, area = coarse_to_fine(grid, threshold, evaluate)
+    visited: list[int] = []
+    score, b, area = coarse_to_fine(grid, threshold, evaluate, tried=visited)
+    if tried is not None:
+        tried.append(visited[0] * len(areas))
     return score, b, area
 
 
-def gate_cuts(scores: np.ndarray, grid: Sequence[float] | None = None) -> np.ndarray:
+def gate_cuts(scores: np.ndarray, grid: Sequence[float] | None = None, max_cuts: int = _MAX_CUTS) -> np.ndarray:
     """Cut candidates for an image-level score (kept when score > cut): the given grid, else midpoints
-    between consecutive distinct OOF scores (at most _MAX_CUTS, by quantile) plus the largest score (every
+    between consecutive distinct OOF scores (at most `max_cuts`, by quantile) plus the largest score (every
     image declared empty)."""
     if grid is not None:
         return np.asarray(sorted(set(float(c) for c in grid)), dtype=np.float64)
     u = np.unique(scores)
     mids = (u[:-1] + u[1:]) / 2
-    if len(mids) > _MAX_CUTS - 1:
-        mids = mids[np.unique(np.linspace(0, len(mids) - 1, _MAX_CUTS - 1).round().astype(int))]
+    if len(mids) > max_cuts - 1:
+        mids = mids[np.unique(np.linspace(0, len(mids) - 1, max(1, max_cuts - 1)).round().astype(int))]
     return np.concatenate([mids, u[-1:]])
 
 
 def search_gate(tab: ClassTables, threshold: float, area: int, kinds: Sequence[str],
-                cut_grid: Sequence[float] | None = None) -> tuple[float, dict[str, Any] | None, np.ndarray]:
-    """Step "gate": among the gate kinds (topk for each k, area above the threshold, label) and their cuts,
-    the one that scores best, or None when no gate beats no gate → (score, gate in OOF units, keep (N,))."""
+                cut_grid: Sequence[float] | None = None, max_cuts: int = _MAX_CUTS,
+                tried: list[int] | None = None) -> tuple[float, dict[str, Any] | None, np.ndarray]:
+    """Step "gate": among the gate kinds (topk for each k, area above the threshold, label) and their cuts
+    (at most `max_cuts` per score), the one that scores best, or None when no gate beats no gate → (score,
+    gate in OOF units, keep (N,)). The number of (gate, cut) candidates is appended to `tried` when given."""
     stats = tab.stats(threshold, [area])[0]
     best_score = float(tab.scorer.reduce(stats))
     best: tuple[dict[str, Any] | None, np.ndarray] = (None, np.ones(tab.n, dtype=bool))
@@ -300,23 +359,28 @@ def search_gate(tab: ClassTables, threshold: float, area: int, kinds: Sequence[s
                            None))
     if "label" in kinds and tab.label is not None:
         candidates.append(({"kind": "label", "k": None}, tab.label, cut_grid))
+    n_tried = 0
     for gate, s, grid in candidates:
-        cuts = gate_cuts(s, grid)
+        cuts = gate_cuts(s, grid, max_cuts)
+        n_tried += len(cuts)
         keep = s[None, :] > cuts[:, None]  # (M, N)
         scores = tab.scorer.switched(stats[None], keep)
         j = int(np.argmax(scores))
         if scores[j] > best_score + _TIE:
             best_score = float(scores[j])
             best = ({**gate, "cut": float(cuts[j])}, keep[j])
+    if tried is not None:
+        tried.append(n_tried)
     return best_score, best[0], best[1]
 
 
 def search_triplet(tab: ClassTables, grid: Sequence[float], areas: Sequence[int], tops: Sequence[float],
-                   threshold: float, keep: np.ndarray | None = None,
+                   threshold: float, keep: np.ndarray | None = None, tried: list[int] | None = None,
                    ) -> tuple[float, float, int, float | None]:
     """Step "triplet": bottom threshold, minimum area and top threshold jointly, the gate (`keep`) held:
     coarse-to-fine over the bottom threshold from the current one, every area × top threshold (and no top
-    threshold) at each → (score, bottom, area, top or None). The current parameters are a candidate."""
+    threshold) at each → (score, bottom, area, top or None). The current parameters are a candidate. The
+    number of (bottom, area, top) candidates is appended to `tried` when given."""
     areas = sorted({0} | {int(a) for a in areas})
     tops_all: list[float | None] = [None] + sorted({float(t) for t in tops})
     gate = np.ones(tab.n, dtype=bool) if keep is None else keep
@@ -328,5 +392,8 @@ def search_triplet(tab: ClassTables, grid: Sequence[float], areas: Sequence[int]
         a, t = np.unravel_index(int(np.argmax(scores)), scores.shape)
         return float(scores[a, t]), (areas[a], tops_all[t])
 
-    score, b, (area, top) = coarse_to_fine(grid, threshold, evaluate)
+    visited: list[int] = []
+    score, b, (area, top) = coarse_to_fine(grid, threshold, evaluate, tried=visited)
+    if tried is not None:
+        tried.append(visited[0] * len(areas) * len(tops_all))
     return score, b, area, top
