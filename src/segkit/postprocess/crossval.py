@@ -2,8 +2,10 @@
 
 For each fold k the step is tuned on the OOF of the other folds and applied to fold k; the step's
 cross-validated (CV) gain is the mean over folds of (fold k's score after the step − before it), both chains
-tuned on the other folds, with its standard error std/√K. A step is kept only when its CV gain is > 0 and
-> 1 SE (`RULE`); else it stays neutral. Steps are judged in chain order, each on top of the steps kept before
+tuned on the other folds, with its standard error: the larger of std/√K over the K folds and a paired
+bootstrap over the held-out images (each image scored with the chain its own fold tuned; `BOOTSTRAP` resamples),
+since K values alone (2-3 folds) can make the SE small by chance. A step is kept only when its CV gain is > 0
+and > 1 SE (`RULE`); else it stays neutral. Steps are judged in chain order, each on top of the steps kept before
 it, and the chain in force is tuned on all OOF with the kept steps only. Every fold search reuses the
 statistics the full tables computed once (`ClassTables.subset`), so cross-validation costs no new pass over
 the pixels.
@@ -16,17 +18,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from segkit.postprocess.search import (ClassTables, search_gate, search_min_area, search_threshold,
+from segkit.postprocess.search import (ClassTables, TableView, search_gate, search_min_area, search_threshold,
                                        search_triplet)
 
 STEPS = ("threshold", "min area", "gate", "triplet")
 RULE = ("A post-processing step is kept only if it also helps on images it was not tuned on: for each fold it "
         "is tuned on the other folds' out-of-fold predictions and scored on that fold, and the mean gain over "
-        "folds must be positive by more than one standard error. Otherwise the step stays neutral (threshold "
+        "folds must be positive by more than one standard error (over the folds or over the images, whichever "
+        "is larger). Otherwise the step stays neutral (threshold "
         "0.5, no min area, no gate, no triplet): the 'OOF gain', tuned and scored on the same images, always "
         "looks at least as good and is what overfits.")
 MIN_FOLD_IMAGES = 3  # a held-out fold with fewer images cannot judge a step
 RANDOM_FOLDS = 5  # folds of the seeded random split used when the run's folds cannot be used
+BOOTSTRAP = 200  # resamples of the held-out images for the paired bootstrap SE of a step's gain
 
 
 @dataclass
@@ -48,6 +52,7 @@ class StepRecord:
     step: str
     oof_gain: float = 0.0
     fold_gains: list[float] = field(default_factory=list)
+    boot_se: float = 0.0  # paired bootstrap SE of the gain over the held-out images
     tried: int = 0
     kept: bool = False
     reason: str = ""
@@ -60,7 +65,7 @@ class StepRecord:
 
     @property
     def cv_se(self) -> float | None:
-        return standard_error(self.fold_gains) if self.fold_gains else None
+        return max(standard_error(self.fold_gains), self.boot_se) if self.fold_gains else None
 
 
 @dataclass
@@ -95,11 +100,12 @@ def standard_error(values: Sequence[float]) -> float:
     return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def judge(gains: Sequence[float]) -> tuple[bool, str]:
-    """The rule: kept when the mean gain is > 0 and > 1 SE → (kept, reason)."""
+def judge(gains: Sequence[float], se_floor: float = 0.0) -> tuple[bool, str]:
+    """The rule: kept when the mean gain is > 0 and > 1 SE (the folds' SE, or `se_floor` — the paired
+    bootstrap SE over images — when larger) → (kept, reason)."""
     if not len(gains):
         return False, "cannot be judged out of sample (too few images)"
-    mean, se = float(np.mean(gains)), standard_error(gains)
+    mean, se = float(np.mean(gains)), max(standard_error(gains), se_floor)
     if mean <= 0:
         return False, f"CV gain {mean:+.4f} ≤ 0"
     if mean <= se:
@@ -143,6 +149,31 @@ def keep_images(tab, state: State) -> np.ndarray:
             score = tab.label
         keep &= score > float(g["cut"])
     return keep
+
+
+def image_stats(tab, state: State) -> np.ndarray:
+    """Per-image statistics (N, S) of the chain `state` on the tables' images (declared-empty rows replaced)."""
+    stats = tab.stats(state.threshold, [state.area])[0]
+    return np.where(keep_images(tab, state)[:, None], stats, tab.scorer.empty)
+
+
+def paired_bootstrap_se(tab, tests: Sequence, before: Sequence[State], after: Sequence[State],
+                        seed: int = 0) -> float:
+    """SE of (score after − score before) over the pooled held-out images, each fold's images under that
+    fold's chains, by resampling the images `BOOTSTRAP` times (works for any metric of per-image statistics)."""
+    if not tests:
+        return 0.0
+    idx = np.concatenate([te.idx for te in tests])
+    a = np.concatenate([image_stats(te, s) for te, s in zip(tests, after)])
+    b = np.concatenate([image_stats(te, s) for te, s in zip(tests, before)])
+    if np.array_equal(a, b):
+        return 0.0
+    root = tab.parent if isinstance(tab, TableView) else tab  # the held-out views index the root's images
+    scorer = root.scorer.subset(idx)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(idx), size=(BOOTSTRAP, len(idx)))
+    diffs = [float(scorer.subset(p).reduce(a[p]) - scorer.subset(p).reduce(b[p])) for p in picks]
+    return float(np.std(diffs, ddof=1))
 
 
 def chain_score(tab, state: State) -> float:
@@ -202,7 +233,8 @@ def crossval_chain(tab: ClassTables, folds: np.ndarray | None, ctx: Context, fol
         rec.oof_gain = chain_score(tab, cand) - chain_score(tab, full)
         cands = [run_step(step, tr, s, ctx, max_cuts(tr.n)) for tr, s in zip(train, per_fold)]
         rec.fold_gains = [chain_score(te, c) - chain_score(te, s) for te, c, s in zip(test, cands, per_fold)]
-        rec.kept, rec.reason = (keep_rule or (lambda g, _: judge(g)))(rec.fold_gains, rec.oof_gain)
+        rec.boot_se = paired_bootstrap_se(tab, test, per_fold, cands)
+        rec.kept, rec.reason = (keep_rule or (lambda g, _: judge(g, rec.boot_se)))(rec.fold_gains, rec.oof_gain)
         if rec.kept:
             full, per_fold = cand, cands
         rec.state = full
