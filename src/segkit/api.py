@@ -191,7 +191,7 @@ class Ensemble:
             sizes = [im.shape[:2] for im in chunk]
             batch = _Batch(np.stack([resize_image(np.asarray(im), self.image_size) for im in chunk]))
             out = next(predict_ensemble(self.models, batch, np.arange(len(chunk)), self._normalise_fn, self.tta,
-                                        len(chunk), quiet=True, scales=self.scales, weights=None,
+                                        len(chunk), quiet=True, scales=self.scales, weights=self.weights,
                                         positive_only=self.positive_only))
             for i, size in enumerate(sizes):
                 p = _to_size(out.probs[i], size)

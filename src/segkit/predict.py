@@ -438,7 +438,7 @@ def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> 
     chain = load_chain(cfg, adapter.classes)
     tta = resolve_tta(cfg, adapter)
     ensemble = dict(scales=cfg.predict.scales, weights=[members[f.tag].weight for f in folds],
-                    positive_only=None)
+                    positive_only=[members[f.tag].positive_only for f in folds])
     tiling = cfg.predict.tiling
     if tiling is None:
         cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
