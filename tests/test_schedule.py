@@ -203,3 +203,20 @@ def test_late_loss_recompiles_and_only_validated_epochs_have_val_columns(base):
     assert history["val_loss"].notna().tolist() == [False, False, True, True]
     model = load_model(fold / "best.keras")
     assert "lovasz" in json.dumps(keras.saving.serialize_keras_object(model.loss))
+
+
+@pytest.mark.parametrize("kaggle, expected", [
+    ({}, 12 * 3600 - 0.15 * 12 * 3600),  # Kaggle's 12 h session less 15 %
+    ({"enable_tpu": True, "enable_gpu": False}, 9 * 3600 - 0.15 * 9 * 3600),
+    ({"session_timeout_seconds": 3600}, 1800),  # 30 minutes of margin
+])
+def test_kaggle_training_kernels_default_to_the_session_limit_less_a_margin(tmp_path, kaggle, expected):
+    from segkit.kaggle.runtime import KernelDirs, kernel_config
+
+    (tmp_path / "input" / "data").mkdir(parents=True)
+    raw = {"name": "k", "data": {"competition": "cloud38"}, "kaggle": {"data_dir": "data", **kaggle}}
+    dirs = KernelDirs(tmp_path / "input", tmp_path / "working", tmp_path / "scratch")
+    cfg, _ = kernel_config(raw, "train", 0, dirs)
+    assert parse_duration(cfg.train.time_budget) == pytest.approx(expected)
+    cfg, _ = kernel_config({**raw, "train": {"time_budget": "2h"}}, "train", 0, dirs)
+    assert cfg.train.time_budget == "2h"  # a budget the config gives stays

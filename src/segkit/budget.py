@@ -20,6 +20,8 @@ from segkit.errors import ConfigError
 
 RESERVE = 0.05  # share of the budget kept for OOF predictions and tuning
 CLOCK: Callable[[], float] = time.monotonic  # the budget's clock (tests replace it)
+# Kaggle's session limits (seconds): 12 h for CPU / GPU kernels, 9 h for TPU kernels
+KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S = 12 * 3600, 9 * 3600
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
 
 
@@ -45,6 +47,13 @@ def parse_duration(value: Any, where: str = "train.time_budget") -> float | None
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ConfigError(f"{where}: must be a duration > 0, got {value!r}")
     return seconds
+
+
+def kaggle_budget(session_s: float) -> float:
+    """The training budget of a Kaggle kernel with a `session_s` limit: the limit less a margin for reading the
+    data, writing the cache, the OOF predictions and the outputs (the larger of 30 minutes and 15 %, at most
+    half the session)."""
+    return session_s - min(max(1800.0, 0.15 * session_s), 0.5 * session_s)
 
 
 def format_duration(seconds: float) -> str:
