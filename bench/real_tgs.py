@@ -184,10 +184,15 @@ def train_segkit(root: Path, args, workdir: Path, budget: float | None = None):
     """The built-in `tgs` recipe on `root` through segkit.Run: (run, seconds of fit)."""
     import segkit as sk
 
+    model = dict(sk.load_config("tgs").models[0], depth=args.depth, base_filters=args.base)  # the recipe's spec
+    if args.model:
+        import yaml
+
+        model.update(yaml.safe_load("{" + args.model + "}"))
     settings = {
         "name": "real_tgs",
         "data": {"root": str(root), "image_size": [args.image_size] * 2, "cache_dir": str(workdir / "cache")},
-        "models": [{"name": "unet", "tag": "unet", "depth": args.depth, "base_filters": args.base}],
+        "models": [model],
         "train": {"folds": args.folds, "verbose": 0, **({} if budget else {"epochs": args.epochs})},
         "output": {"runs_dir": str(workdir / "runs"), "submissions_dir": str(workdir / "submissions")},
     }
@@ -211,6 +216,8 @@ def main() -> None:
                     help="segkit's train.time_budget as a multiple of the kernel's measured training time (0: off: "
                          "--folds x --epochs)")
     ap.add_argument("--set", action="append", default=[], help="an extra segkit override key=value (experiments)")
+    ap.add_argument("--model", default="", help="extra U-Net settings for segkit, e.g. 'batch_norm: true' "
+                                                 "(experiments)")
     ap.add_argument("--skip-plain", action="store_true", help="train segkit only (development; no time ratio)")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "segkit_real_tgs")
     ap.add_argument("--verbose", action="store_true", help="segkit's own progress output")
@@ -259,7 +266,8 @@ def main() -> None:
     saved = run.dir / "plan.json"
     planned = json.loads(saved.read_text()) if saved.is_file() else None
     epochs = f"{planned['plan']['epochs']} planned in a {tc.time_budget:.0f} s budget" if planned else tc.epochs
-    name = f"segkit tgs ({tc.folds} folds x {epochs} epochs{', ' + ' '.join(args.set) if args.set else ''})"
+    extra = " ".join([*args.set, *([args.model] if args.model else [])])
+    name = f"segkit tgs ({tc.folds} folds x {epochs} epochs{', ' + extra if extra else ''})"
     if planned:
         print(f"segkit: training loop {planned['spent_s']:.0f} s of the {seg_s:.0f} s fit (then OOF and tuning)")
     rows.append((name, tgs_score(y_ho, p > 0.5), seg_s))
