@@ -72,7 +72,29 @@ def test_plan_fits_the_budget_and_caps_at_train_epochs():
     assert make_plan(100, 10, 2, 50).epochs == 4  # 95 s usable / (10 s × 2 folds)
     assert make_plan(100, 10, 2, 3).epochs == 3
     assert make_plan(10, 60, 4, 50).epochs == 1  # at least one epoch per fold
-    assert make_plan(100, 10, 2, 50, overhead_s=25).epochs == 3
+    assert make_plan(100, 10, 2, 50, compile_s=12.5).epochs == 3  # (95 - 2 × 12.5) / 20
+    # 0.6 of 10 epochs at 1 s, 4 late-loss epochs at 3 s, two compilations of 1 s: 6 + 12 + 2 = 20 s
+    assert make_plan(20, 1, 1, 50, reserve=0, compile_s=1, late_s=3, late_from=0.6).epochs == 10  # 11: 7+12+2
+
+
+def test_planner_times_the_first_late_loss_epoch_and_plans_again():
+    clock, saved = ManualClock(), {}
+    planner = Planner(200 / 0.95, 1, 100, lambda: saved.get("data"), lambda d: saved.update(data=d), clock=clock,
+                      late_from=0.5)
+    for epoch, seconds in enumerate([12.0, 2.0]):  # 10 s of compiling, then 2 s an epoch
+        clock.t += seconds
+        planner.on_epoch(seconds, epoch)
+    assert planner.epochs() == 90  # 2 × 10 s compiling + 90 × 2 s = 200
+    for epoch in range(2, 45):
+        clock.t += 2
+        planner.on_epoch(2.0, epoch)
+    assert planner.epochs() == 90 and planner.plan.late_s is None
+    clock.t += 16
+    planner.on_epoch(16.0, 45)  # the first late-loss epoch: 10 s compiling + 6 s
+    assert planner.plan.late_s == 6.0
+    # 44 epochs would fit now (22 × 2 + 22 × 6 + 20 = 196 s), but this fold has run 46 already
+    assert planner.epochs() == 46
+    assert make_plan(200 / 0.95, 2.0, 1, 100, late_from=0.5, compile_s=10, late_s=6.0).epochs == 44
 
 
 def test_planner_plans_from_the_first_epoch_refines_from_the_second_and_a_resumed_run_keeps_it():

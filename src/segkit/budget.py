@@ -74,10 +74,13 @@ class Plan:
     epochs: int  # planned epochs per fold × model
     max_epochs: int  # train.epochs, the most the plan gives
     refined: bool = False  # re-planned from the second epoch (the first one includes compiling the model)
+    late_s: float | None = None  # seconds of an epoch with train.late_loss, once timed (else epoch_s)
+    late_from: float | None = None  # train.late_loss_from when there is a late loss
+    compile_s: float = 0.0  # what compiling the model adds to its first epoch (once per loss and fold)
 
     def describe(self) -> str:
         """One line for the log."""
-        need = self.epochs * self.units * self.epoch_s
+        need = self.cost(self.epochs)
         return (f"time budget {format_duration(self.budget_s)}: {self.epochs} epochs × {self.units} fold(s) × "
                 f"model(s) of {self.epoch_s:.1f} s ≈ {format_duration(need)} "
                 f"({'from the second epoch' if self.refined else 'from the first epoch, compiling included'})"
@@ -89,16 +92,29 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
         return cls(**{k: data[k] for k in ("budget_s", "epoch_s", "units", "epochs", "max_epochs")},
-                   refined=bool(data.get("refined", True)))
+                   refined=bool(data.get("refined", True)), late_s=data.get("late_s"),
+                   late_from=data.get("late_from"), compile_s=float(data.get("compile_s", 0.0)))
+
+    def cost(self, epochs: int) -> float:
+        """Seconds of `epochs` epochs for every fold × model, compiling included."""
+        from segkit.schedule import loss_switch_epoch
+
+        early = loss_switch_epoch(epochs, self.late_from) if self.late_from is not None else epochs
+        compiles = 1 + (early < epochs)
+        late = self.late_s if self.late_s is not None else self.epoch_s
+        return self.units * (early * self.epoch_s + (epochs - early) * late + compiles * self.compile_s)
 
 
 def make_plan(budget_s: float, epoch_s: float, units: int, max_epochs: int, reserve: float = RESERVE,
-              overhead_s: float = 0.0) -> Plan:
-    """Epochs per fold × model so that overhead_s + units × epochs × epoch_s fits in the budget less the reserve
-    (at least 1, at most max_epochs)."""
-    usable = budget_s * (1 - reserve) - overhead_s
-    fit = int(max(usable, 0) // max(epoch_s * units, 1e-9))
-    return Plan(float(budget_s), float(epoch_s), int(units), max(1, min(fit, int(max_epochs))), int(max_epochs))
+              compile_s: float = 0.0, late_s: float | None = None, late_from: float | None = None,
+              refined: bool = False) -> Plan:
+    """The most epochs per fold × model (at least 1, at most max_epochs) whose cost (Plan.cost: epochs of
+    `epoch_s`, the late-loss ones of `late_s`, and compiling) fits in the budget less the reserve."""
+    plan = Plan(float(budget_s), float(epoch_s), int(units), 1, int(max_epochs), refined, late_s, late_from,
+                float(compile_s))
+    usable = budget_s * (1 - reserve)
+    plan.epochs = max([1, *(e for e in range(1, int(max_epochs) + 1) if plan.cost(e) <= usable)])
+    return plan
 
 
 class BudgetClock:
@@ -145,13 +161,13 @@ class Planner:
 
     def __init__(self, budget_s: float, units: int, max_epochs: int, read: Callable[[], dict | None],
                  write: Callable[[dict], None], clock: Callable[[], float] | None = None,
-                 say: Callable[[str], None] | None = None, compiles: int = 1) -> None:
+                 say: Callable[[str], None] | None = None, late_from: float | None = None) -> None:
         saved = read() or {}
         self.plan = Plan.from_dict(saved["plan"]) if saved.get("plan") else None
         self.units, self.max_epochs = int(units), int(max_epochs)
         self.clock = BudgetClock(budget_s, float(saved.get("spent_s", 0.0)), clock)
         self._write, self._say = write, say
-        self.compiles = int(compiles)  # model compilations per fold × model (2 with train.late_loss)
+        self.late_from = late_from  # train.late_loss_from when train.late_loss is set
         if self.plan is not None and say:
             say(f"kept from the run folder: {self.plan.describe()}")
 
@@ -165,18 +181,26 @@ class Planner:
 
     def on_epoch(self, seconds: float, epoch: int) -> None:
         """After every epoch: plan from the first one timed, and save the plan with the seconds spent."""
-        if self.plan is None:
-            self.plan = make_plan(self.clock.budget_s, seconds, self.units, self.max_epochs)
-            if self._say:
-                self._say(self.plan.describe())
-        elif not self.plan.refined:  # the first epoch included compiling: plan again from the second
-            compiling = max(self.plan.epoch_s - seconds, 0.0)  # what the first epoch took more
-            plan = make_plan(self.clock.budget_s, seconds, self.units, self.max_epochs,
-                             overhead_s=compiling * self.units * self.compiles)
-            plan.refined = True
-            if self._say and plan.epochs != self.plan.epochs:
-                self._say(f"second epoch {seconds:.1f} s: {plan.describe()}")
-            self.plan = plan
+        from segkit.schedule import loss_switch_epoch
+
+        plan, what = self.plan, ""
+        if plan is None:
+            plan = make_plan(self.clock.budget_s, seconds, self.units, self.max_epochs, late_from=self.late_from)
+            what = "first epoch"
+        elif not plan.refined:  # the first epoch included compiling: plan again from the second
+            plan = make_plan(plan.budget_s, seconds, self.units, self.max_epochs, late_from=self.late_from,
+                             compile_s=max(plan.epoch_s - seconds, 0.0), refined=True)
+            what = f"second epoch {seconds:.1f} s"
+        elif (plan.late_from is not None and plan.late_s is None
+              and epoch == loss_switch_epoch(plan.epochs, plan.late_from)):  # the first late-loss epoch
+            late = max(seconds - plan.compile_s, plan.epoch_s * 0.5)
+            plan = make_plan(plan.budget_s, plan.epoch_s, self.units, self.max_epochs, late_from=plan.late_from,
+                             compile_s=plan.compile_s, late_s=late, refined=True)
+            plan.epochs = max(plan.epochs, epoch + 1)  # the epochs this fold already ran
+            what = f"first late-loss epoch {late:.1f} s"
+        if what and self._say and (self.plan is None or plan.epochs != self.plan.epochs):
+            self._say(f"{what}: {plan.describe()}" if self.plan else plan.describe())
+        self.plan = plan
         self._write({"plan": self.plan.to_dict(), "spent_s": self.clock.spent()})
 
     def guard(self) -> BudgetGuard:

@@ -96,7 +96,7 @@ def make_planner(cfg: Config, rd: RunDir, units: int, quiet: bool = False) -> Pl
         return None
     say = None if quiet else (lambda text: print(f"[train] {text}", flush=True))
     return Planner(budget, units, cfg.train.epochs, rd.read_plan, rd.write_plan, say=say,
-                   compiles=2 if cfg.train.late_loss else 1)
+                   late_from=cfg.train.late_loss_from if cfg.train.late_loss else None)
 
 
 def planned_epochs(cfg: Config, rd: RunDir) -> int:
