@@ -62,6 +62,7 @@ def test_bad_durations_name_the_key(bad):
     ("train.late_loss_from=1.0", "train.late_loss_from"),
     ("train.val_every=0", "train.val_every"),
     ("train.late_los=lovasz", "unknown config key"),
+    ("train.late_loss=lovaz", "train.late_loss: unknown loss 'lovaz'; did you mean 'lovasz'"),
 ])
 def test_schedule_keys_refuse_typos_and_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -192,6 +192,12 @@ class TrainConfig(_Checked):
         _at_least(self._key("warmup_epochs"), self.warmup_epochs, 0)
         if self.late_loss is not None:
             _not_empty(self._key("late_loss"), self.late_loss.strip())
+            from segkit.losses import parse  # keras: only when a late loss is set
+
+            try:
+                parse(self.late_loss)
+            except ConfigError as exc:  # its message names train.loss
+                raise ConfigError(str(exc).replace("train.loss", self._key("late_loss"), 1)) from None
         if not 0 < self.late_loss_from < 1:
             raise ConfigError(f"{self._key('late_loss_from')}: must be a share of the epochs in (0, 1) (when "
                               f"train.late_loss takes over), got {self.late_loss_from!r}")
