@@ -265,9 +265,10 @@ def main() -> None:
     p = ens.predict(x_ho)[..., 0]
     saved = run.dir / "plan.json"
     planned = json.loads(saved.read_text()) if saved.is_file() else None
-    epochs = f"{planned['plan']['epochs']} planned in a {tc.time_budget:.0f} s budget" if planned else tc.epochs
+    epochs = f"{planned['plan']['epochs']} epochs of a {tc.time_budget:.0f} s budget" if planned \
+        else f"{tc.epochs} epochs"
     extra = " ".join([*args.set, *([args.model] if args.model else [])])
-    name = f"segkit tgs ({tc.folds} folds x {epochs} epochs{', ' + extra if extra else ''})"
+    name = f"segkit tgs ({tc.folds} folds x {epochs}{', ' + extra if extra else ''})"
     if planned:
         print(f"segkit: training loop {planned['spent_s']:.0f} s of the {seg_s:.0f} s fit (then OOF and tuning)")
     rows.append((name, tgs_score(y_ho, p > 0.5), seg_s))
