@@ -142,6 +142,17 @@ class TrainConfig(_Checked):
     pseudo: str | None = None
     # train every model (unless its spec says `positive_only: false`) on the images with a non-empty mask only
     positive_only: bool = False
+    # learning rate (segkit.schedule): plateau (ReduceLROnPlateau), cosine (down to 1 % at the last planned epoch)
+    # or constant; warmup_epochs: linear warm-up from 1 % over that many (possibly fractional) epochs
+    lr_schedule: str = "plateau"
+    warmup_epochs: float = 0.0
+    # a second loss for the last part of training (e.g. lovasz after bce, as TGS top solutions did), from
+    # late_loss_from (a share of the epochs); null: train.loss throughout
+    late_loss: str | None = None
+    late_loss_from: float = 0.6
+    val_every: int = 1  # validate every N epochs (and always the last)
+    # wall-clock budget for training every fold × model: seconds or "30m" / "1h30m" (segkit.budget); null: off
+    time_budget: Any = None
 
     def check(self) -> None:
         _at_least(self._key("folds"), self.folds, 2)
@@ -171,6 +182,30 @@ class TrainConfig(_Checked):
         if self.verbose is not None and self.verbose not in (0, 1, 2):
             raise ConfigError(f"{self._key('verbose')}: must be 0, 1 or 2 (as Keras fit), got {self.verbose!r}")
         self._check_averaging()
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """lr_schedule one of segkit.schedule.SCHEDULES; warmup ≥ 0; late_loss_from in (0, 1); val_every ≥ 1;
+        time_budget a duration (kept as given, parsed by segkit.budget)."""
+        from segkit.budget import parse_duration
+        from segkit.schedule import SCHEDULES
+
+        if self.lr_schedule not in SCHEDULES:
+            raise unknown_name(self._key("lr_schedule"), "learning-rate schedule", self.lr_schedule, SCHEDULES)
+        _at_least(self._key("warmup_epochs"), self.warmup_epochs, 0)
+        if self.late_loss is not None:
+            _not_empty(self._key("late_loss"), self.late_loss.strip())
+            from segkit.losses import parse  # keras: only when a late loss is set
+
+            try:
+                parse(self.late_loss)
+            except ConfigError as exc:  # its message names train.loss
+                raise ConfigError(str(exc).replace("train.loss", self._key("late_loss"), 1)) from None
+        if not 0 < self.late_loss_from < 1:
+            raise ConfigError(f"{self._key('late_loss_from')}: must be a share of the epochs in (0, 1) (when "
+                              f"train.late_loss takes over), got {self.late_loss_from!r}")
+        _at_least(self._key("val_every"), self.val_every, 1)
+        parse_duration(self.time_budget, self._key("time_budget"))
 
     def _check_averaging(self) -> None:
         """train.ema in (0, 1); train.swa one of {last: N} / {best: K} (N, K ≥ 1) with optional bn_batches ≥ 0;

@@ -4,6 +4,7 @@
                 folds.csv            the fold split (id, group, stratum, fold)
                 postprocess.json     thresholds / minimum areas tuned on the out-of-fold predictions
                 weights.json         ensemble weights per model tag tuned on OOF (predict.tune_weights)
+                plan.json            the time budget's epoch plan and the seconds spent (train.time_budget)
                 metrics.json plots/ evaluation/   reports (the demo)
                 report.html          the ablation report (segkit report): tables and plots in one page
                 <tag>/fold_<k>/      best.keras, last.keras (resume point), state.json, history.csv,
@@ -38,6 +39,7 @@ _FOLDS = "folds.csv"
 _POSTPROCESS = "postprocess.json"
 _WEIGHTS = "weights.json"
 _METRICS = "metrics.json"
+_PLAN = "plan.json"
 _REPORT = "report.html"
 _FOLD_PREFIX = "fold_"
 _BEST, _LAST = "best.keras", "last.keras"
@@ -442,6 +444,23 @@ class RunDir:
 
         save_config(cfg, self.config)
 
+    @property
+    def plan(self) -> Path:
+        return self.path / _PLAN
+
+    def read_plan(self) -> dict[str, Any] | None:
+        """The time budget's saved plan and seconds spent (segkit.budget), or None before the first epoch."""
+        if not self.plan.is_file():
+            return None
+        return _read_json(self.plan, f"delete {self.plan} to plan the budget again", need=("spent_s",))
+
+    def write_plan(self, data: dict[str, Any]) -> None:
+        """Save the time budget's plan and seconds spent atomically."""
+        from segkit.data.io import atomic_write
+
+        with atomic_write(self.plan) as fh:
+            json.dump(data, fh, indent=2)
+
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Save a run report as metrics.json, atomically."""
         from segkit.data.io import atomic_write
@@ -624,7 +643,9 @@ TRAIN_WEIGHT_KEYS = ("folds", "loss", "metrics", "learning_rate", "batch_size", 
 DATA_WEIGHT_KEYS = ("competition", "options", "image_size", "max_train_samples")
 # Weight-shaping train keys added after runs already existed: in the fingerprint only when set away from their
 # default, so folds trained before a key existed stay valid.
-TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ("pseudo", "ema", "swa", "positive_only", "augment_on_device")
+TRAIN_WEIGHT_KEYS_IF_SET: tuple[str, ...] = ("pseudo", "ema", "swa", "positive_only", "augment_on_device",
+                                             "lr_schedule", "warmup_epochs", "late_loss", "late_loss_from",
+                                             "val_every", "time_budget")
 
 
 def weight_settings(cfg: Config, tag: str | None = None) -> dict[str, Any]:

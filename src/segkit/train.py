@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from segkit.averaging import Averager, make_averager, optimizer_options
+from segkit.budget import Planner
 from segkit.config import Config
 from segkit.modelspec import ModelSpec
 from segkit.data import device_augment
@@ -21,6 +22,7 @@ from segkit.data.io import atomic_save_npy, atomic_write
 from segkit.devices import DevicePlan, plan_devices
 from segkit.errors import ConfigError, TrainingError
 from segkit.predict import predict_ensemble, resolve_tta
+from segkit.schedule import LrSchedule, loss_switch_epoch, validates
 from segkit.runs import RESTART_HINT, FoldDir, RunData, RunDir, changed_keys, fold_fingerprint, model_tags, \
     open_run_data, pseudo_round_of
 
@@ -72,6 +74,7 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
         print(f"[train] devices: {plan.describe(cfg.train.batch_size)}", flush=True)
         if plan.note:
             print(f"[train] note: {plan.note}", flush=True)
+    planner = make_planner(cfg, rd, len(tags) * len(wanted), quiet=quiet)
     for spec, tag in zip(cfg.models, tags):
         for k in wanted:
             fold = rd.fold(tag, k)
@@ -79,10 +82,28 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
                 if not quiet:
                     print(f"[{tag} fold {k}] already trained, skipping")
                 continue
-            train_fold(cfg, run, spec, tag, k, fingerprints[tag], quiet=quiet, plan=plan)
+            train_fold(cfg, run, spec, tag, k, fingerprints[tag], quiet=quiet, plan=plan, planner=planner)
     if not quiet:
         print_fold_table(rd, tags, wanted)
     return rd.path
+
+
+def make_planner(cfg: Config, rd: RunDir, units: int, quiet: bool = False) -> Planner | None:
+    """The time budget's planner (segkit.budget) when train.time_budget is set, with the plan a resumed run saved."""
+    from segkit.budget import parse_duration
+
+    budget = parse_duration(cfg.train.time_budget, "train.time_budget")
+    if budget is None:
+        return None
+    say = None if quiet else (lambda text: print(f"[train] {text}", flush=True))
+    return Planner(budget, units, cfg.train.epochs, rd.read_plan, rd.write_plan, say=say,
+                   late_from=cfg.train.late_loss_from if cfg.train.late_loss else None)
+
+
+def planned_epochs(cfg: Config, rd: RunDir) -> int:
+    """The epochs a fold of this run trains: the time budget's saved plan, else train.epochs."""
+    saved = rd.read_plan() if cfg.train.time_budget is not None else None
+    return int(saved["plan"]["epochs"]) if saved and saved.get("plan") else cfg.train.epochs
 
 
 def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict], skip_fold: int | None = None) -> None:
@@ -90,6 +111,7 @@ def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict], s
     the config, with the ways out; folds that record no settings (older segkit) are trusted, and `skip_fold`
     (about to be retrained) is not looked at."""
     changes: dict[str, list[str]] = {}
+    epochs = planned_epochs(cfg, rd)
     for tag, new in fingerprints.items():
         for k in range(cfg.train.folds):
             if k == skip_fold:
@@ -97,7 +119,7 @@ def check_trained_with(cfg: Config, rd: RunDir, fingerprints: dict[str, dict], s
             fold = rd.fold(tag, k)
             old = fold.read_fingerprint()
             found = changed_keys(old, new) if old is not None else []
-            found += _epoch_change(fold, cfg.train.epochs)
+            found += _epoch_change(fold, epochs)
             for change in found:
                 changes.setdefault(change, []).append(str(fold.path.relative_to(rd.path)))
     if changes:
@@ -129,7 +151,7 @@ def _epoch_change(fold: FoldDir, epochs: int) -> list[str]:
 
 
 def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fingerprint: dict, quiet: bool = False,
-               plan: DevicePlan | None = None) -> None:
+               plan: DevicePlan | None = None, planner: Planner | None = None) -> None:
     """Train one model on one fold (resuming from its last finished epoch) and write its OOF predictions.
 
     `plan` (segkit.devices; made from cfg.train when None) gives the devices, precision and XLA setting: the
@@ -170,7 +192,8 @@ def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fin
     val_ds = SegmentationDataset(run.cache, fit_val_idx, batch, augment=None, shuffle=False, seed=0,
                                  pad_to=plan.batch_multiple(training=False), **common)
     with plan.scope():  # variables on every device; fit splits each batch across them
-        model, keeper, averager = _fit_fold(cfg, run, spec, tag, k, fold, state, plan, train_ds, val_ds, quiet)
+        model, keeper, averager = _fit_fold(cfg, run, spec, tag, k, fold, state, plan, train_ds, val_ds, quiet,
+                                            planner)
         averaging = averager.finish(model, keeper.best) if averager else None  # best.keras: the averaged weights
     best = (load_model(fold.best, fix=f"retrain the fold: {fold.restart_hint()}") if fold.best.is_file()
             else model)
@@ -188,7 +211,7 @@ def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fin
 
 
 def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold: FoldDir, state: dict | None,
-              plan: DevicePlan, train_ds, val_ds, quiet: bool):
+              plan: DevicePlan, train_ds, val_ds, quiet: bool, planner: Planner | None = None):
     """Build (or load, to resume) and compile the fold's model and fit it: (model, epoch keeper, averager)."""
     from segkit.losses import compile_args, get_loss
     from segkit.metrics import get_metrics
@@ -196,6 +219,14 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
 
     tc = cfg.train
     n_classes = len(run.adapter.classes)
+
+    def compile_with(model, loss: str, optimizer) -> None:
+        model.compile(optimizer=optimizer,
+                      **compile_args(get_loss(loss, n_classes),
+                                     get_metrics(tc.metrics, n_classes, activation=spec.activation),
+                                     classifier_weight=spec.classifier_weight if has_classifier(model) else None),
+                      jit_compile=plan.jit_compile)
+
     if state:
         try:
             model = load_model(fold.last, raw_input=True, fix=f"retrain the fold: {fold.restart_hint()}",
@@ -209,13 +240,7 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
         h, w = cfg.data.image_size
         model = build_model(spec, (h, w, run.adapter.bands), n_classes, where=f"models.{cfg.models.index(spec)}",
                             normalisation=run.adapter.input_normalisation(run.cache.images.dtype))
-        model.compile(
-            optimizer=keras.optimizers.Adam(tc.learning_rate, **optimizer_options(tc)),  # + train.ema
-            **compile_args(get_loss(tc.loss, n_classes),
-                           get_metrics(tc.metrics, n_classes, activation=spec.activation),
-                           classifier_weight=spec.classifier_weight if has_classifier(model) else None),
-            jit_compile=plan.jit_compile,
-        )
+        compile_with(model, tc.loss, keras.optimizers.Adam(tc.learning_rate, **optimizer_options(tc)))  # + train.ema
     if tc.augment_on_device:  # flips / rot90 / brightness-contrast inside the train step; not in the checkpoint
         dtype = run.cache.images.dtype
         device_augment.attach(model, tc.augment, seed=cfg.seed + 1000 * k,
@@ -231,7 +256,8 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
                              bn_batches=lambda n: _input_batches(train_ds, tc.epochs, n))  # train.ema / train.swa
     keeper = EpochKeeper(fold, monitor, mode, early, reduce, state, averaging=averager)
     initial_epoch = state["epoch"] if state else 0
-    if initial_epoch < tc.epochs and not (state or {}).get("stopped"):
+    total = planner.epochs() if planner else tc.epochs
+    if initial_epoch < total and not (state or {}).get("stopped"):
         train_ds.epoch = initial_epoch  # a resumed fold sees the augmentations it would have seen
         train_feed, feed_callbacks = train_ds.keras_feed()
         val_feed, _ = val_ds.keras_feed()
@@ -239,17 +265,47 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
             train_feed, val_feed = mask_to_both_outputs(train_feed), mask_to_both_outputs(val_feed)
         if not quiet:
             print(f"[{tag} fold {k}] compiling… (the first epoch includes it)", flush=True)
-        model.fit(
-            train_feed,
-            validation_data=val_feed,
-            epochs=tc.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=tc.steps_per_epoch,
-            shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
-            callbacks=[MaskMetricNames(), *feed_callbacks, *([averager] if averager else []), early, reduce, keeper],
-            verbose=fit_verbosity(tc.verbose, quiet),
-        )
+        steps = tc.steps_per_epoch or len(train_ds)
+        lr = LrSchedule(tc.learning_rate, tc.lr_schedule, tc.warmup_epochs, total, steps) \
+            if tc.lr_schedule != "plateau" or tc.warmup_epochs else None
+        callbacks = [MaskMetricNames(), *feed_callbacks, *([lr] if lr else []), *([averager] if averager else []),
+                     early, *([reduce] if tc.lr_schedule == "plateau" else []),
+                     *([planner.guard()] if planner else []), keeper]
+        fit = dict(x=train_feed, validation_data=val_feed, steps_per_epoch=tc.steps_per_epoch,
+                   shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
+                   callbacks=callbacks, verbose=fit_verbosity(tc.verbose, quiet))
+        fit_phases(model, fit, initial_epoch, tc, planner, lr,
+                   recompile=lambda loss: compile_with(model, loss, model.optimizer), loaded=bool(state))
     return model, keeper, averager
+
+
+def fit_phases(model, fit: dict, epoch: int, tc, planner: Planner | None, lr: LrSchedule | None,
+               recompile, loaded: bool = False) -> None:
+    """model.fit in segments: up to the time budget's plan (its first epoch alone, to time it), train.loss up
+    to the late-loss switch then train.late_loss (recompiled, same optimizer), validating every
+    train.val_every epochs and the last. The epoch keeper carries early stopping's state across segments."""
+    current = None if loaded and tc.late_loss else tc.loss  # a resumed late phase recompiles its loss
+    while True:
+        total = planner.epochs() if planner else tc.epochs
+        if epoch >= total:
+            return
+        switch = loss_switch_epoch(total, tc.late_loss_from) if tc.late_loss else total
+        loss = tc.late_loss if tc.late_loss and epoch >= switch else tc.loss
+        if loss != current:
+            if current is not None or loaded:
+                recompile(loss)
+            current = loss
+        end = switch if epoch < switch else total
+        timing = planner is not None and planner.timing()
+        if timing:
+            end = epoch + 1  # the budget's plan times this epoch, validation included
+        if lr:
+            lr.total_epochs = total
+        checked = [e + 1 for e in range(epoch, end) if timing or validates(e, total, tc.val_every)]
+        model.fit(epochs=end, initial_epoch=epoch, validation_freq=checked or [0], **fit)
+        if model.stop_training:
+            return
+        epoch = end
 
 
 def positive_only_split(run: RunData, spec: ModelSpec, train_idx: np.ndarray, val_idx: np.ndarray, tag: str,
@@ -434,6 +490,7 @@ class EpochKeeper(keras.callbacks.Callback):
             state["averaging"] = self.averaging.state()
         write_history_csv(self.fold.history, self.history)
         self.fold.write_json(self.fold.state, state)
+        self.state = state  # the next fit segment (segkit.train.fit_phases) restores early stopping from it
         if self.averaging:
             self.averaging.commit()  # files the written state no longer refers to
 
