@@ -40,14 +40,15 @@ $(OLDEST)/.installed: requirements-oldest.txt pyproject.toml
 test-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -m pytest -q -m "not slow and not jax" $(REPORT)
 
-# Mutation testing of the pure core (not in CI: about an hour on 2 cores): mutmut mutates rle.py, evaluate.py,
-# submission.py, tiling.py, runs.py and postprocess/ (see [tool.mutmut] in pyproject.toml) inside mutants/, runs
-# the tests that reach each mutant, and prints killed / total per module. mutmut is installed here, not in CI.
+# Mutation testing of the pure core, not in CI (the tests run once per mutant, ~5,200 of them): mutmut mutates
+# rle.py, evaluate.py, submission.py, tiling.py, runs.py and postprocess/ (see [tool.mutmut] in pyproject.toml)
+# inside mutants/, runs the tests that reach each mutant, and prints killed / total per module. mutmut is
+# installed by this target only.
 MUTMUT := mutmut==3.8.1
 mutate: $(STAMP)
 	$(BIN)/python -m pip install -q $(MUTMUT)
 	SEGKIT_FIXTURES=$(CURDIR)/../shared/fixtures CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 \
-		nice -n 15 $(BIN)/python -m mutmut run --max-children 2 || true
+		nice -n 15 $(BIN)/python -m mutmut run --max-children 2
 	$(BIN)/python bench/mutation_score.py
 
 bench: $(STAMP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", default="mutants", type=Path)
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants' names")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the listing quietly
     table = scores(args.mutants)
     if not table:
         print(f"no mutmut results under {args.mutants}/: run `make mutate` first", file=sys.stderr)
