@@ -226,7 +226,7 @@ def test_writer_quotes_only_what_needs_it_and_orders_by_the_sample(tmp_path):
     assert n == 4 and path.read_text() == "id,rle\na,2 1\na,4 1\nb,1 1\nc,\n"
     with pytest.raises(SubmissionError, match="the sample ids hold duplicates"):
         write_rows(path, PLAIN, [("a", "")], sample_ids=["a", "a"])
-    with pytest.raises(SubmissionError, match=r"rows of 'a' arrived after rows of later ids had been written"):
+    with pytest.raises(SubmissionError, match=r"rows of 'a' arrived after rows of later ids had been written; give each id's rows together"):
         write_rows(path, PLAIN, [("a", ""), ("b", ""), ("a", "")], sample_ids=["a", "b"])
     with pytest.raises(SubmissionError, match=r"2 sample ids got no row \(first: b, c\)"):
         write_rows(path, PLAIN, [("a", "")], sample_ids=["a", "b", "c"])
