@@ -185,3 +185,12 @@ def test_decode_orders_and_gaps():
     assert out.dtype == np.uint8 and out.all()
     np.testing.assert_array_equal(rle.decode("0 1 3 2", (2, 3), "C", scheme="relative"),
                                   [[1, 0, 0], [0, 1, 1]])
+
+
+def test_encode_instances_keeps_each_objects_runs_in_pixel_order():
+    """Many runs of two objects interleaved (row-major: columns alternate between them)."""
+    labels = np.tile(np.array([[1, 1, 2, 2]]), (1, 30))  # 60 runs: 1 at 0-1, 2 at 2-3, 1 at 4-5 ...
+    one, two = rle.encode_instances(labels, "C")
+    assert one == " ".join(f"{4 * k + 1} 2" for k in range(30))
+    assert two == " ".join(f"{4 * k + 3} 2" for k in range(30))
+    assert rle.encode_instances(np.zeros((0, 3), np.int64)) == []  # no pixels, no objects

@@ -220,7 +220,7 @@ def test_writer_quotes_only_what_needs_it_and_orders_by_the_sample(tmp_path):
     n = write_rows(path, PLAIN, [("c", "1 1"), ("a,b", None), ('q"', float("nan")), ("b", "")],
                    sample_ids=["c", "a,b", 'q"', "b"])
     assert n == 4
-    assert path.read_text() == 'id,rle\nc,1 1\n"a,b",\n"q""",\nb,\n'
+    assert path.read_bytes() == b'id,rle\nc,1 1\n"a,b",\n"q""",\nb,\n'  # LF line ends, quoted or not
     # out of order: spooled and written back in sample order, rows of one id together
     n = write_rows(path, PLAIN, [("c", ""), ("a", "2 1"), ("b", "1 1"), ("a", "4 1")], sample_ids=["a", "b", "c"])
     assert n == 4 and path.read_text() == "id,rle\na,2 1\na,4 1\nb,1 1\nc,\n"
@@ -230,4 +230,41 @@ def test_writer_quotes_only_what_needs_it_and_orders_by_the_sample(tmp_path):
         write_rows(path, PLAIN, [("a", ""), ("b", ""), ("a", "")], sample_ids=["a", "b"])
     with pytest.raises(SubmissionError, match=r"2 sample ids got no row \(first: b, c\)"):
         write_rows(path, PLAIN, [("a", "")], sample_ids=["a", "b", "c"])
+    with pytest.raises(SubmissionError, match=r"7 sample ids got no row \(first: b, c, d, e, f\)$"):
+        write_rows(path, PLAIN, [("a", "")], sample_ids=list("abcdefgh"))
     assert path.read_text() == "id,rle\na,2 1\na,4 1\nb,1 1\nc,\n"  # failures leave the last good file
+
+
+WIDE = SubmissionFormat(header=("ImageId", "EncodedPixels"), shape=(1, 100), rows="object", competition="toy")
+
+
+def test_each_overlapping_pair_is_named_once_with_the_row_it_overlaps(tmp_path):
+    # row 1 covers pixels 0-9; row 2 covers 2-4 and ends where row 3 starts: row 3 clashes with row 1 only
+    path = csv(tmp_path, "ImageId,EncodedPixels\nv,1 10\nv,3 3\nv,6 1\n")
+    assert validate_submission(path, WIDE) == [
+        f"{path}, line 3 (row 2), id 'v': its mask overlaps the mask of row 1 (line 2); masks of one image must "
+        f"not overlap",
+        f"{path}, line 4 (row 3), id 'v': its mask overlaps the mask of row 1 (line 2); masks of one image must "
+        f"not overlap"]
+    # row 2 clashes with row 1 twice (named once), then row 3 with row 1
+    path = csv(tmp_path, "ImageId,EncodedPixels\nv,1 10\nv,3 1 5 1\nv,7 1\n", "twice.csv")
+    assert [p.split(", id")[0] for p in validate_submission(path, WIDE)] == [
+        f"{path}, line 3 (row 2)", f"{path}, line 4 (row 3)"]
+
+
+def test_many_overlaps_are_summarised_under_their_kind(tmp_path):
+    rows = "".join(f"w,{k} 1\n" for k in range(1, MAX_PER_KIND + 3))
+    problems = validate_submission(csv(tmp_path, "ImageId,EncodedPixels\nw,1 100\n" + rows), WIDE)
+    assert len(problems) == MAX_PER_KIND + 1
+    assert problems[-1].endswith(": ... and 2 more problems of the kind 'overlap'")
+
+
+def test_rows_for_passes_the_order_and_scheme_to_every_row_kind():
+    mask = np.zeros((2, 3, 1), np.uint8)
+    mask[0, 1:, 0] = 1  # row-major pixels 1-2; column-major pixels 2 and 4
+    labelled = SubmissionFormat(header=("a", "b"), rows="label", labels=("x",), scheme="relative")
+    assert list(labelled.rows_for("i", np.zeros((2, 2, 1), np.uint8))) == [("i_x", "-1")]
+    assert list(labelled.rows_for("i", mask)) == [("i_x", "2 1 1 1")]  # F: 0-based start 2, gap 1
+    row_major = SubmissionFormat(header=("a", "b"), order="C", rows="object")
+    assert list(row_major.rows_for("i", mask)) == [("i", "2 2")]
+    assert list(OBJECTS.rows_for("i", np.pad(mask, ((0, 1), (0, 0), (0, 0))))) == [("i", "4 1 7 1")]
