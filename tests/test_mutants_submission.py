@@ -54,6 +54,7 @@ def test_label_ids_split_at_the_longest_declared_label():
     assert LABELS.split_label("img.jpg_c") == ("img.jpg", "c")
     assert LABELS.split_label("x_b_c_a") == ("x_b_c", "a")
     assert LABELS.split_label("_c") is None  # no image before the label
+    assert LABELS.split_label("x_c") == ("x", "c")  # a one-character image id
     assert LABELS.split_label("img.jpg_d") is None
     assert LABELS.split_label("img.jpgc") is None
     assert LABELS.image_of("img.jpg_b_c") == "img.jpg"
@@ -268,3 +269,12 @@ def test_rows_for_passes_the_order_and_scheme_to_every_row_kind():
     row_major = SubmissionFormat(header=("a", "b"), order="C", rows="object")
     assert list(row_major.rows_for("i", mask)) == [("i", "2 2")]
     assert list(OBJECTS.rows_for("i", np.pad(mask, ((0, 1), (0, 0), (0, 0))))) == [("i", "4 1 7 1")]
+
+
+def test_sample_problems_are_summarised_under_their_kind(tmp_path):
+    bad_rows = "".join(f'"s{i}"x,\n' for i in range(MAX_PER_KIND + 1))  # text after a closing quote
+    sample = csv(tmp_path, "ImageId,EncodedPixels\n" + bad_rows, "sample.csv")
+    problems = validate_submission(csv(tmp_path, "id,rle\n"), PLAIN, sample)
+    # 21 unreadable rows and the wrong header: 22 problems of the kind 'sample', 20 listed
+    assert problems[0].startswith(f"{sample}, line 2: not valid CSV")
+    assert problems[-1] == f"{tmp_path / 's.csv'}: ... and 2 more problems of the kind 'sample'"
