@@ -150,3 +150,13 @@ def test_airbus_overlapping_ship_masks_give_the_pixel_to_the_later_ship():
 
 def test_airbus_thresholds_are_the_rounded_grid():
     assert AIRBUS_THRESHOLDS[0] == 0.5 and AIRBUS_THRESHOLDS[-1] == 0.95 and len(AIRBUS_THRESHOLDS) == 10
+
+
+def test_one_pixel_ships_and_images_without_pixels():
+    truth = np.zeros((5, 5), np.int64)
+    truth[0, 0], truth[4, 4] = 1, 2  # two ships of one pixel each
+    pred = np.zeros((5, 5), np.int64)
+    pred[0, 0] = 1
+    assert airbus_f2_image(truth, truth) == 1.0
+    assert airbus_f2_image(truth, pred) == pytest.approx(5 / (5 + 4))  # TP 1, FN 1
+    assert iou_matrix(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)).shape == (0, 0)
