@@ -8,7 +8,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+# SEGKIT_FIXTURES: where the tests run from a copy of the repo (`make mutate` runs them inside mutants/)
+FIXTURES = Path(os.environ.get("SEGKIT_FIXTURES") or REPO.parent / "shared" / "fixtures")
 
 
 @pytest.fixture(scope="session")

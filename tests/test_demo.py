@@ -1,4 +1,4 @@
-"""The whole demo (about 3 minutes on 2 cores): behind the `slow` marker, run with `make test-all`."""
+"""The whole demo (about 3 minutes on 2 cores): `slow`, so run by `make test` and CI, not `make test-fast`."""
 import json
 
 import pytest
