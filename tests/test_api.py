@@ -133,8 +133,14 @@ def test_tune_returns_what_it_saves(trained):
     by_threshold = {t: jaccard(probs > t) for t in run.config.postprocess.threshold_grid}
     steps = {s["step"]: s for s in tuned["steps"]}
     assert tuned["oof_score_default"] == pytest.approx(jaccard(probs > 0.5), abs=1e-9)
-    assert steps["threshold"]["oof_score"] == pytest.approx(max(by_threshold.values()), abs=1e-9)
-    assert by_threshold[steps["threshold"]["params"]["cloud"]["threshold"]] == max(by_threshold.values())
+    best = max(by_threshold.values())
+    # the OOF-tuned gain is the best threshold's; the step is in force only when cross-validation kept it
+    assert tuned["oof_score_default"] + steps["threshold"]["oof_gain"] == pytest.approx(best, abs=1e-9)
+    in_force = steps["threshold"]["params"]["cloud"]["threshold"]
+    if steps["threshold"]["kept"] == [True]:
+        assert steps["threshold"]["oof_score"] == pytest.approx(best, abs=1e-9) and by_threshold[in_force] == best
+    else:
+        assert steps["threshold"]["oof_score"] == pytest.approx(jaccard(probs > 0.5), abs=1e-9) and in_force == 0.5
     assert len(set(by_threshold.values())) > 1  # the threshold matters on this OOF, else the check says nothing
     assert tuned["oof_score_tuned"] >= steps["threshold"]["oof_score"]  # later steps are kept only if better
 

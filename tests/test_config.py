@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from collections.abc import Mapping
 
 from segkit.cli import main
 from segkit.config import (AugmentConfig, Config, DataConfig, PostprocessConfig, TrainConfig, builtin_configs,
@@ -69,7 +70,7 @@ def assert_holds(cfg, written, where: str = "") -> None:
     if isinstance(written, dict):
         for key, value in written.items():
             here = f"{where}.{key}" if where else str(key)
-            assert_holds(cfg[key] if isinstance(cfg, dict) else getattr(cfg, key), value, here)
+            assert_holds(cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key), value, here)
     elif isinstance(written, list) and isinstance(cfg, list):
         assert len(cfg) == len(written), where
         for i, (c, w) in enumerate(zip(cfg, written)):

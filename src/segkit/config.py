@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from segkit.errors import ConfigError, check_kwargs, did_you_mean, unknown_name  # noqa: F401 (check_kwargs re-exported)
+from segkit.durations import parse_duration
 from segkit.modelspec import ModelSpec
+
+LR_SCHEDULES = ("plateau", "cosine", "constant")  # train.lr_schedule (segkit.schedule runs them)
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
@@ -185,13 +188,10 @@ class TrainConfig(_Checked):
         self._check_schedule()
 
     def _check_schedule(self) -> None:
-        """lr_schedule one of segkit.schedule.SCHEDULES; warmup ≥ 0; late_loss_from in (0, 1); val_every ≥ 1;
-        time_budget a duration (kept as given, parsed by segkit.budget)."""
-        from segkit.budget import parse_duration
-        from segkit.schedule import SCHEDULES
-
-        if self.lr_schedule not in SCHEDULES:
-            raise unknown_name(self._key("lr_schedule"), "learning-rate schedule", self.lr_schedule, SCHEDULES)
+        """lr_schedule one of LR_SCHEDULES; warmup ≥ 0; late_loss_from in (0, 1); val_every ≥ 1;
+        time_budget a duration (kept as given, parsed by segkit.durations)."""
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise unknown_name(self._key("lr_schedule"), "learning-rate schedule", self.lr_schedule, LR_SCHEDULES)
         _at_least(self._key("warmup_epochs"), self.warmup_epochs, 0)
         if self.late_loss is not None:
             _not_empty(self._key("late_loss"), self.late_loss.strip())

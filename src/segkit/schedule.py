@@ -9,7 +9,8 @@ import math
 
 import keras
 
-SCHEDULES = ("plateau", "cosine", "constant")
+from segkit.config import LR_SCHEDULES as SCHEDULES  # noqa: F401  (the allowed names live with the config)
+
 
 
 def lr_at(step: float, steps_per_epoch: int, total_epochs: int, base_lr: float, schedule: str,

@@ -90,7 +90,7 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
 
 def make_planner(cfg: Config, rd: RunDir, units: int, quiet: bool = False) -> Planner | None:
     """The time budget's planner (segkit.budget) when train.time_budget is set, with the plan a resumed run saved."""
-    from segkit.budget import parse_duration
+    from segkit.durations import parse_duration
 
     budget = parse_duration(cfg.train.time_budget, "train.time_budget")
     if budget is None:

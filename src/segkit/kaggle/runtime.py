@@ -86,7 +86,7 @@ def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
         cfg.output.runs_dir = str(dirs.working / "runs")
         cfg.train.train_folds = None if fold is None else [int(fold)]
         if cfg.train.time_budget is None:  # never past the session limit: the kernel would end with no output
-            from segkit.budget import KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S, kaggle_budget
+            from segkit.durations import KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S, kaggle_budget
 
             session = kc.session_timeout_seconds or (KAGGLE_TPU_SESSION_S if kc.enable_tpu else KAGGLE_SESSION_S)
             cfg.train.time_budget = round(kaggle_budget(session))

@@ -243,7 +243,8 @@ def step_records(cfg: Config, classes: list[dict[str, Any]], tuned: list[ClassTu
             if all(gains) and len({len(g) for g in gains}) == 1:
                 per_fold = np.mean(np.asarray(gains, dtype=np.float64), axis=0)
                 entry["cv_gain"] = float(per_fold.mean())
-                entry["cv_se"] = standard_error(per_fold)
+                boot = float(np.sqrt(np.mean([r.boot_se ** 2 for r in recs]) / len(recs)))  # SE of a class mean
+                entry["cv_se"] = max(standard_error(per_fold), boot)
             else:
                 entry["cv_gain"] = entry["cv_se"] = None
             entry["cv_gain_per_class"] = [r.cv_gain for r in recs]
