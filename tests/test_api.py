@@ -115,7 +115,28 @@ def test_tune_returns_what_it_saves(trained):
     tuned = run.tune()
     assert tuned == json.loads((run.dir / "postprocess.json").read_text()) == run.postprocess
     assert [c["name"] for c in tuned["classes"]] == ["cloud"]
-    assert tuned["oof_score_tuned"] >= tuned["oof_score_default"]
+    # the scores again from the OOF files and the cached masks: 38-Cloud's pooled Jaccard, TP / (TP + FP + FN)
+    from segkit.data.cache import Cache
+
+    cache = next(Cache.open(p) for p in (trained["tmp"] / "cache").iterdir() if "train" in p.name)
+    truth = np.asarray(cache.masks)[..., 0] > 0
+    probs = np.full(truth.shape, np.nan, np.float32)
+    for k in (0, 1):
+        fold = run.dir / "unet" / f"fold_{k}"
+        probs[np.load(fold / "oof_index.npy")] = np.load(fold / "oof.npy")[..., 0]
+    assert not np.isnan(probs).any()
+
+    def jaccard(pred):
+        union = np.count_nonzero(truth | pred)
+        return 1.0 if union == 0 else np.count_nonzero(truth & pred) / union
+
+    by_threshold = {t: jaccard(probs > t) for t in run.config.postprocess.threshold_grid}
+    steps = {s["step"]: s for s in tuned["steps"]}
+    assert tuned["oof_score_default"] == pytest.approx(jaccard(probs > 0.5), abs=1e-9)
+    assert steps["threshold"]["oof_score"] == pytest.approx(max(by_threshold.values()), abs=1e-9)
+    assert by_threshold[steps["threshold"]["params"]["cloud"]["threshold"]] == max(by_threshold.values())
+    assert len(set(by_threshold.values())) > 1  # the threshold matters on this OOF, else the check says nothing
+    assert tuned["oof_score_tuned"] >= steps["threshold"]["oof_score"]  # later steps are kept only if better
 
 
 def test_ensemble_predict_matches_the_written_submission(trained):

@@ -20,6 +20,7 @@ from segkit.averaging import (EmaAverager, SwaAverager, average_weight_files, op
                               reestimate_batchnorm, save_model, update_pool)
 from segkit.cli import main
 from segkit.config import TrainConfig, load_config
+from segkit.errors import ConfigError
 from segkit.runs import FoldDir, weight_settings
 
 TINY_MODEL = "models=[{name: unet, tag: unet, depth: 2, base_filters: 4}]"
@@ -242,8 +243,10 @@ def test_ema_and_swa_are_weight_settings_only_when_set():
     assert "train.ema" not in plain and "train.swa" not in plain  # runs trained before the keys stay valid
     assert weight_settings(load_config("demo", ["train.ema=0.99"]))["train.ema"] == 0.99
     assert weight_settings(load_config("demo", ["train.swa={best: 3}"]))["train.swa"] == {"best": 3}
-    with pytest.raises(Exception, match="average the weights one way"):
+    with pytest.raises(ConfigError) as err:
         load_config("demo", ["train.ema=0.9", "train.swa={last: 2}"])
+    assert str(err.value) == ("train.swa: train.ema is set too; average the weights one way (set train.ema=null or "
+                              "train.swa=null)")
 
 
 # --- tiny CLI runs -----------------------------------------------------------------------------------
@@ -365,6 +368,10 @@ def test_swa_run_averages_the_best_epochs(swa_run, base):
     rd = swa_run
     import pandas as pd
 
+    from segkit.data.cache import Cache
+
+    cache = next(Cache.open(p) for p in (base / "cache").iterdir() if "train" in p.name)
+
     for k in (0, 1):
         done = json.loads((rd / "unet" / f"fold_{k}" / "done.json").read_text())
         avg = done["averaging"]
@@ -372,7 +379,13 @@ def test_swa_run_averages_the_best_epochs(swa_run, base):
         best2 = sorted(int(e) for e in h.sort_values(["val_dice", "epoch"], ascending=[False, True])["epoch"][:2])
         assert avg["kind"] == "swa" and avg["best"] == 2 and avg["epochs"] == best2
         assert avg["val_raw"] == pytest.approx(h["val_dice"].max()) and avg["bn_batches"] >= 1
-        assert 0.0 <= avg["val_averaged"] <= 1.0
+        # the recorded value is the averaged best.keras's validation Dice (whole set, threshold 0.5), recomputed
+        model = keras.models.load_model(rd / "unet" / f"fold_{k}" / "best.keras")
+        idx = np.load(rd / "unet" / f"fold_{k}" / "oof_index.npy")
+        pred = np.asarray(model.predict_on_batch(np.asarray(cache.images[idx]).astype(np.float32))) > 0.5
+        truth = np.asarray(cache.masks[idx]) > 0
+        dice = 2 * np.count_nonzero(pred & truth) / (np.count_nonzero(pred) + np.count_nonzero(truth))
+        assert avg["val_averaged"] == pytest.approx(dice, abs=1e-4)
         state = json.loads((rd / "unet" / f"fold_{k}" / "state.json").read_text())
         assert [e["epoch"] for e in state["averaging"]["pool"]] == best2
     check_predict_uses_averaged(rd, base, "swa")

@@ -26,7 +26,9 @@ RAW = {
     "models": [{"name": "unet", "tag": "unet", "depth": 2, "base_filters": 4}],
     "train": {"folds": 2, "epochs": 1, "batch_size": 8, "workers": 1, "verbose": 0,
               "early_stopping_patience": 1, "reduce_lr_patience": 1},
-    "postprocess": {"threshold_grid": [0.3, 0.5], "min_area_grid": [0]},
+    # no gate, no triplet: a 1-epoch model's probabilities sit near 0.5 and a tuned gate drops every test
+    # image, which would leave the kernel's and a local submission equal only in being empty
+    "postprocess": {"threshold_grid": [0.3, 0.5], "min_area_grid": [0], "gate": "none", "triplet": False},
     "predict": {"tta": ["identity", "hflip"], "batch_size": 16},
     "kaggle": {"owner": "someone", "slug": "segkit-ktest", "dataset_sources": ["someone/cloud38-synth"]},
 }
@@ -94,6 +96,34 @@ def test_inference_kernel_writes_a_valid_submission(kernel_runs, capsys):
     assert len(rows) == len(test_ids)
     assert (base / "work_infer" / "postprocess.json").is_file()  # tuned on the two folds' OOF
     assert "submission written and validated" in runs["infer"]
+
+
+def test_inference_kernel_submission_is_a_local_predict_of_the_same_run(kernel_runs, tmp_path):
+    """The two fold kernels' outputs put together in a local run folder, tuned and predicted with the local
+    `segkit tune` / `segkit predict`: the same post-processing and the very same submission, row by row."""
+    import json
+
+    from segkit.config import save_config
+
+    base, _ = kernel_runs
+    for k in (0, 1):
+        shutil.copytree(base / f"work{k}" / "runs" / "ktest" / "unet" / f"fold_{k}",
+                        tmp_path / "runs" / "ktest" / "unet" / f"fold_{k}")
+    cfg = config_from_dict({**RAW, "data": {**RAW["data"], "root": str(base / "input" / "cloud38-synth"),
+                                            "cache_dir": str(tmp_path / "cache")},
+                            "output": {"runs_dir": str(tmp_path / "runs"), "submissions_dir": str(tmp_path / "subs")}})
+    save_config(cfg, tmp_path / "ktest.yaml")
+    assert main(["-q", "tune", str(tmp_path / "ktest.yaml")]) == 0
+    assert main(["-q", "predict", str(tmp_path / "ktest.yaml")]) == 0
+    kernel = json.loads((base / "work_infer" / "postprocess.json").read_text())
+    local = json.loads((tmp_path / "runs" / "ktest" / "postprocess.json").read_text())
+    assert kernel["classes"] == local["classes"]
+    mine = pd.read_csv(tmp_path / "subs" / "ktest" / "submission.csv", keep_default_na=False)
+    theirs = pd.read_csv(base / "work_infer" / "submission.csv", keep_default_na=False)
+    assert list(mine["id"]) == list(theirs["id"])
+    different = [i for i, a, b in zip(mine["id"], mine["EncodedPixels"], theirs["EncodedPixels"]) if a != b]
+    assert not different, f"{len(different)} of {len(mine)} rows differ, e.g. {different[:3]}"
+    assert (mine["EncodedPixels"] != "").any()  # some clouds predicted, else the comparison says little
 
 
 def make_fold(root: Path, name: str, tag: str, k: int, done: bool = True) -> Path:

@@ -149,3 +149,188 @@ def test_tune_chooses_weights_then_tunes_the_chain_on_their_mix(trained, capsys)
     assert "[tune] ensemble weights full: " in out
     assert [m.weight for m in ensemble_members(cfg)] == [saved["weights"]["full"], saved["weights"]["pos"]]
     assert rd.postprocess.is_file() and result["classes"]
+
+
+# --- config → prediction, checked against numpy ----------------------------------------------------------
+# The run's four checkpoints (full × 2 folds, pos × 2 folds: different weights) are run by hand with keras on
+# the raw images, TTA and scales done in numpy/cv2, mixed with the weights, gated on the normal models only, and
+# compared with what `segkit predict` writes and what the notebook Ensemble returns. Each config key is also
+# shown to change the expected masks, so a predict that ignored it would fail.
+
+TTA_NAMES = ("identity", "hflip")
+SCALES = (0.75, 1.0)
+WEIGHTS = {"full": 1.0, "pos": 3.0}
+AMBIGUOUS = 2e-6  # pixels this close to the threshold may go either way (float32 sums in another order)
+
+
+def _any_size(model):
+    """The checkpoint's network rebuilt with an input of any height and width, same weights."""
+    config = model.get_config()
+    first = config["layers"][0]["config"]
+    first["batch_shape"] = [None, None, None, first["batch_shape"][-1]]
+    net = model.__class__.from_config(config)
+    net.set_weights(model.get_weights())
+    return net
+
+
+def _by_hand(nets, images, scales):
+    """Per model (M, N, H, W): the mean over TTA_NAMES × scales of its ship probability, at the images' size."""
+    import cv2
+
+    n, h, w = images.shape[:3]
+    out = np.zeros((len(nets), n, h, w), np.float64)
+    for m, net in enumerate(nets):
+        for s in scales:
+            sh, sw = int(h * s), int(w * s)
+            assert (sh % 4, sw % 4) == (0, 0)  # a depth-2 U-Net takes multiples of 4: no rounding to mirror
+            x = images if s == 1 else np.stack([cv2.resize(im, (sw, sh), interpolation=cv2.INTER_LINEAR)
+                                                 for im in images])
+            part = np.zeros((n, sh, sw), np.float32)
+            for name in TTA_NAMES:
+                flip = (lambda a: a[:, :, ::-1]) if name == "hflip" else (lambda a: a)
+                part += flip(np.asarray(net.predict_on_batch(flip(x)))[..., 0])
+            if s != 1:
+                part = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in part])
+            out[m] += part
+    return out / (len(TTA_NAMES) * len(scales))
+
+
+def _mix(per_model, weights, gate_members):
+    """(probs, gate probs): the weighted mean of the models, and of the `gate_members` only."""
+    w = np.asarray(weights, np.float64)[:, None, None, None]
+    g = w * np.asarray(gate_members, bool)[:, None, None, None]
+    return (w * per_model).sum(0) / w.sum(), (g * per_model).sum(0) / g.sum()
+
+
+def _pick_chain(right, variants):
+    """A threshold (the median of the right probabilities) and an area gate cut that one image's gate decision
+    turns on: with the gate on the normal models it passes and with every model it fails, or the reverse."""
+    probs, gate = right
+    threshold = float(np.median(probs))
+    area_gate = (gate > threshold).sum(axis=(1, 2))
+    area_all = (probs > threshold).sum(axis=(1, 2))
+    i = int(np.argmax(np.abs(area_gate - area_all)))
+    low, high = sorted((int(area_gate[i]), int(area_all[i])))
+    counts = [((g > threshold).sum(axis=(1, 2)), (np.abs(g - threshold) < AMBIGUOUS).sum(axis=(1, 2)))
+              for _, g in [right, *variants]]
+    # the cut nearest the middle at which no image's gate decision rests on its ambiguous pixels
+    for cut in sorted(np.arange(low, high) + 0.5, key=lambda c: abs(c - (low + high) / 2)):
+        if all((np.abs(area - cut) > ambiguous).all() for area, ambiguous in counts):
+            break
+    else:
+        pytest.fail(f"no clear gate cut between {low} and {high}")
+    return threshold, cut
+
+
+def _masks(mixed, threshold, cut):
+    probs, gate = mixed
+    passed = (gate > threshold).sum(axis=(1, 2)) > cut
+    return (probs > threshold) & passed[:, None, None]
+
+
+def _assert_same(got, want, probs, threshold, what):
+    differ = (got != want) & (np.abs(probs - threshold) >= AMBIGUOUS)
+    assert not differ.any(), f"{what}: {int(differ.sum())} pixels differ from the numpy ensemble"
+
+
+def _changes(want, other, probs, threshold, what):
+    """`other` (the expected masks had predict ignored a key) differs from `want` on unambiguous pixels."""
+    assert ((want != other) & (np.abs(probs - threshold) >= AMBIGUOUS)).sum() > 10, f"{what} changes nothing here"
+
+
+@pytest.fixture(scope="module")
+def by_hand(trained, tmp_path_factory):
+    """(overrides, checkpoint tags, per-model probabilities at scales and at scale 1 for test then train images,
+    number of test images) for a copy of the trained run."""
+    import shutil
+
+    import keras
+
+    import segkit as sk
+    from segkit.runs import checkpoint_folds
+
+    base, _, _ = trained
+    out = tmp_path_factory.mktemp("by_hand")
+    shutil.copytree(base / "runs", out / "runs")
+    weights = "{" + ", ".join(f"{t}: {w:g}" for t, w in WEIGHTS.items()) + "}"
+    args = [*overrides(base), f"output.runs_dir={out / 'runs'}", f"output.submissions_dir={out / 'subs'}",
+            f"predict.tta=[{','.join(TTA_NAMES)}]", f"predict.scales=[{','.join(map(str, SCALES))}]",
+            f"predict.weights={weights}"]
+    run = sk.Run("airbus", args, quiet=True)
+    folds = checkpoint_folds(run.config)
+    nets = [_any_size(keras.models.load_model(f.best)) for f in folds]
+    test = [(i, im) for i, im in run.iter_images("test")]
+    train = [(i, im) for i, im in run.iter_images("train")]
+    images = np.stack([im for _, im in test + train]).astype(np.float32)
+    assert images.shape[1:] == (32, 32, 3)
+    return dict(args=args, run=run, tags=[f.tag for f in folds], ids=[i for i, _ in test], n_test=len(test),
+                images=images, scaled=_by_hand(nets, images, SCALES), plain=_by_hand(nets, images, (1.0,)))
+
+
+def _variants(hand, size=None):
+    """The expected (probs, gate) as the config says, then as predict would make them ignoring predict.weights,
+    predict.scales, the positive-only role; resized to `size` (submission pixels) when given."""
+    import cv2
+
+    tags = hand["tags"]
+    weights = [WEIGHTS[t] for t in tags]
+    normal = [t != "pos" for t in tags]
+    out = [_mix(hand["scaled"], weights, normal), _mix(hand["scaled"], [1.0] * len(tags), normal),
+           _mix(hand["plain"], weights, normal), _mix(hand["scaled"], weights, [True] * len(tags))]
+    if size is not None:
+        up = lambda a: np.stack([cv2.resize(p.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)  # noqa: E731
+                                 for p in a[:hand["n_test"]]])
+        out = [(up(p), up(g)) for p, g in out]
+    return out
+
+
+def test_submission_follows_weights_scales_and_role_as_numpy_says(by_hand):
+    """`segkit predict` writes, image by image, the masks of the numpy ensemble: weights 1:3, scales 0.75 and 1,
+    identity + hflip, the area gate (tuned file) on the normal models only, then the threshold, at 768 px."""
+    import pandas as pd
+
+    from segkit import rle
+    from segkit.cli import main
+    from segkit.runs import RunDir
+
+    right, *ignored = _variants(by_hand, size=(768, 768))
+    threshold, cut = _pick_chain(right, ignored)
+    want = _masks(right, threshold, cut)
+    for other, key in zip(ignored, ("predict.weights", "predict.scales", "the positive-only role")):
+        _changes(want, _masks(other, threshold, cut), right[0], threshold, key)
+    RunDir.of(by_hand["run"].config).write_postprocess(
+        {"classes": [{"name": "ship", "threshold": threshold, "min_area": 0,
+                      "gate": {"kind": "area", "k": None, "cut": cut}}]})
+    assert main(["-q", "predict", "airbus", *by_hand["args"]]) == 0
+    sub = pd.read_csv(by_hand["run"].config.submission_dir / "submission.csv", keep_default_na=False)
+    for n, image_id in enumerate(by_hand["ids"]):
+        rows = sub.loc[sub["ImageId"] == image_id, "EncodedPixels"]
+        assert len(rows) >= 1, image_id
+        got = np.zeros((768, 768), bool)
+        for text in rows:
+            if text:
+                got |= rle.decode(text, (768, 768), order="F") > 0
+        _assert_same(got, want[n], right[0][n], threshold, image_id)
+
+
+def test_notebook_ensemble_follows_weights_scales_and_role_as_numpy_says(by_hand):
+    """Run.ensemble(): `predict` returns the numpy ensemble's probabilities, `predict_masks` its gated masks,
+    on every train and test image at 32 px."""
+    import segkit as sk
+    from segkit.runs import RunDir
+
+    right, *ignored = _variants(by_hand)
+    threshold, cut = _pick_chain(right, ignored)
+    want = _masks(right, threshold, cut)
+    for other, key in zip(ignored, ("predict.weights", "predict.scales", "the positive-only role")):
+        _changes(want, _masks(other, threshold, cut), right[0], threshold, key)
+    RunDir.of(by_hand["run"].config).write_postprocess(
+        {"classes": [{"name": "ship", "threshold": threshold, "min_area": 0,
+                      "gate": {"kind": "area", "k": None, "cut": cut}}]})
+    ens = sk.Run("airbus", by_hand["args"], quiet=True).ensemble()
+    images = by_hand["images"]
+    probs = ens.predict(images)[..., 0]
+    np.testing.assert_allclose(probs, right[0], rtol=0, atol=AMBIGUOUS / 2)
+    for other in ignored[:2]:  # weights and scales move the probabilities far beyond that tolerance
+        assert np.abs(other[0] - right[0]).max() > 50 * AMBIGUOUS
+    _assert_same(ens.predict_masks(images)[..., 0].astype(bool), want, right[0], threshold, "predict_masks")

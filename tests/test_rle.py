@@ -1,8 +1,10 @@
 """segkit.rle: round trips (property tests), malformed input, and real competition files in both orders."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
@@ -117,27 +119,98 @@ def test_bad_arguments_are_rejected():
         rle.decode(5, (2, 2))
 
 
+ASCII_SPACE = " \t\n\r\x0b\x0c"  # what separates RLE values; \x1c-\x1f (whitespace to str.split) do not
+
+
+def reference_decode(text: str, shape: tuple[int, int], order: str):
+    """The format's rules applied one by one in plain Python, independent of segkit.rle: (mask, None) for a
+    valid RLE, else (None, the reasons it is invalid, as the words segkit's RLEError must use for one of them)."""
+    h, w = shape
+    if not text.strip():  # a blank field (what is_empty accepts)
+        return np.zeros(shape, np.uint8), None
+    tokens = [t for t in re.split(f"[{ASCII_SPACE}]+", text) if t]
+    if not all(t.isascii() and t.isdigit() for t in tokens):
+        return None, {"is not a whole number"}
+    reasons = set()
+    if any(len(t) > 18 for t in tokens):  # more digits than any pixel index of any image (int64) can have
+        reasons.add("too large")
+    if len(tokens) % 2:
+        reasons.add("odd number")
+    values = [int(t) for t in tokens]
+    pairs = list(zip(values[0::2], values[1::2]))
+    for start, length in pairs:
+        if start == 0:
+            reasons.add("start 0")
+        if length == 0:
+            reasons.add("length 0")
+        if start + length - 1 > h * w:
+            reasons.add(f"past the image's {h * w} pixels")
+    for (s0, l0), (s1, _) in zip(pairs, pairs[1:]):
+        if s1 < s0:
+            reasons.add("out of order")
+        elif s1 < s0 + l0:
+            reasons.add("overlaps")
+    if reasons:
+        return None, reasons
+    flat = np.zeros(h * w, np.uint8)
+    for start, length in pairs:
+        flat[start - 1:start - 1 + length] = 1
+    return flat.reshape(shape, order=order), None
+
+
+def check_against_reference(text: str, shape: tuple[int, int], order: str) -> np.ndarray | None:
+    """rle.decode gives the reference's mask for a valid RLE, and for an invalid one an RLEError naming one of
+    the reasons the reference found; returns the mask (None when invalid)."""
+    want, reasons = reference_decode(text, shape, order)
+    if reasons is None:
+        np.testing.assert_array_equal(rle.decode(text, shape, order), want)
+        return want
+    with pytest.raises(RLEError) as err:
+        rle.decode(text, shape, order)
+    assert any(r in str(err.value) for r in reasons), (text, reasons, str(err.value))
+    return None
+
+
+def test_reference_decoder_on_hand_cases():
+    """The reference itself, on cases worked by hand."""
+    np.testing.assert_array_equal(reference_decode("2 3", (2, 3), "C")[0], [[0, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(reference_decode(" 2 3\n", (2, 3), "F")[0], [[0, 1, 0], [1, 1, 0]])
+    assert reference_decode("1 2 2 1", (2, 3), "C")[1] == {"overlaps"}
+    assert reference_decode("4 1 1 1 7", (2, 3), "C")[1] == {"out of order", "odd number"}
+    assert reference_decode("6 2", (2, 3), "C")[1] == {"past the image's 6 pixels"}
+    assert reference_decode("1\x1c1", (2, 3), "C")[1] == {"is not a whole number"}
+
+
 @settings(max_examples=300, deadline=1000)
 @given(text=st.text(alphabet=st.sampled_from(list("0123456789 -.\tx\n+e")), max_size=40))
 def test_any_string_decodes_or_raises_rle_error(text):
-    try:
-        out = rle.decode(text, (5, 7), "F")
-    except RLEError:
-        return
-    assert out.shape == (5, 7) and set(np.unique(out)) <= {0, 1}
-    # whatever decoded must re-encode to the same runs (merging adjacent runs is the only change)
-    np.testing.assert_array_equal(rle.decode(rle.encode(out, "F"), (5, 7), "F"), out)
+    out = check_against_reference(text, (5, 7), "F")
+    if out is not None:  # whatever decoded re-encodes to the same pixels (merging adjacent runs is the only change)
+        np.testing.assert_array_equal(rle.decode(rle.encode(out, "F"), (5, 7), "F"), out)
 
 
 @settings(max_examples=200, deadline=1000)
 @given(values=st.lists(st.integers(-3, 40), max_size=12))
 def test_integer_pairs_decode_or_raise(values):
+    out = check_against_reference(" ".join(map(str, values)), (5, 7), "C")
+    if out is not None:
+        assert int(out.sum()) == sum(values[1::2])
+
+
+@settings(max_examples=200, deadline=1000)
+@given(runs=st.lists(st.tuples(st.integers(0, 4), st.integers(1, 5)), max_size=6),
+       order=st.sampled_from(["C", "F"]))
+def test_valid_runs_decode_to_their_pixels(runs, order):
+    """Only valid input: sorted disjoint runs (gap ≥ 0, length ≥ 1) that fit in 6 × 7 decode to exactly them."""
+    values, end = [], 1
+    for gap, length in runs:
+        values += [end + gap, length]
+        end += gap + length
     text = " ".join(map(str, values))
-    try:
-        out = rle.decode(text, (5, 7), "C")
-    except RLEError:
-        return
-    assert int(out.sum()) == sum(values[1::2])
+    if end - 1 > 42:
+        text = " ".join(map(str, values[:2]))  # keep the first run only: it always fits
+    out = check_against_reference(text, (6, 7), order)
+    assert out is not None and int(out.sum()) == sum(values[1::2][:len(text.split()) // 2])
 
 
 # --- real files ----------------------------------------------------------------------------------
@@ -252,10 +325,8 @@ def test_carvana_sample_submission_rows_decode(fixtures_dir):
 
 @settings(max_examples=300, deadline=1000)
 @given(text=st.text(max_size=30))
+@example(text="1\x1c1")  # a separator to str.split, not to the format: short and long RLEs alike refuse it
+@example(text="\u20031 1")
+@example(text="1 1\x85")
 def test_any_unicode_text_decodes_or_raises_rle_error(text):
-    try:
-        out = rle.decode(text, (4, 6), "C")
-    except RLEError as exc:
-        assert str(exc)
-        return
-    assert out.shape == (4, 6)
+    check_against_reference(text, (4, 6), "C")

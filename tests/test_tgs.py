@@ -155,3 +155,69 @@ def test_metric_by_hand(tmp_path):
     t, p = truth.reshape(3, -1).astype(bool), pred.reshape(3, -1).astype(bool)
     counts = ((t & p).sum(1), p.sum(1), t.sum(1))
     assert adapter.score_counts(*counts) == pytest.approx(expected) == tgs_iou_from_counts(*counts)
+
+
+def test_metric_thresholds_are_the_rounded_hundredths():
+    from segkit.evaluate import IOU_THRESHOLDS
+
+    assert tuple(IOU_THRESHOLDS) == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+@pytest.mark.parametrize("k, passed", [  # IoU k/20 counts where IoU > t: t = 0.50 … 0.95 below k/20 only
+    (9, 0), (10, 0), (11, 1), (12, 2), (13, 3), (14, 4), (15, 5), (16, 6), (17, 7), (18, 8), (19, 9), (20, 10)])
+def test_metric_at_iou_exactly_on_each_threshold(k, passed):
+    """IoU exactly 0.45, 0.50, …, 1.0: a threshold equal to the IoU is not passed (IoU > t, as the competition)."""
+    # a) truth 20 pixels, prediction the first k of them: inter k, union 20
+    truth = np.zeros((1, 8, 8), np.uint8)
+    truth.reshape(-1)[:20] = 1
+    pred = np.zeros_like(truth)
+    pred.reshape(-1)[:k] = 1
+    assert tgs_score(truth, pred) == passed / 10
+    # b) the prediction larger than the truth: truth 2k pixels, prediction those and 40 - 2k others: inter 2k,
+    # union 40
+    truth = np.zeros((1, 8, 8), np.uint8)
+    truth.reshape(-1)[:2 * k] = 1
+    pred = np.zeros_like(truth)
+    pred.reshape(-1)[:40] = 1
+    inter, union = 2 * k, 40
+    assert np.count_nonzero(truth & pred) == inter and np.count_nonzero(truth | pred) == union
+    assert tgs_score(truth, pred) == passed / 10
+    assert tgs_iou_from_counts([inter], [40], [2 * k]) == passed / 10
+
+
+def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`mask` moved by (dy, dx) pixels, what moves out dropped, zeros moved in."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0),
+                                                                     max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour erosion in plain numpy (outside the image counts as background)."""
+    return mask & _shift(mask, 1, 0) & _shift(mask, -1, 0) & _shift(mask, 0, 1) & _shift(mask, 0, -1)
+
+
+def test_metric_on_real_masks_against_moved_and_eroded_ones(real):
+    """Real salt masks scored against themselves moved by a few pixels or eroded; the expected score counted
+    exactly in integers: a threshold k/20 is passed when 20·inter > k·union."""
+    truths, preds = [], []
+    for path in sorted((real / "train" / "masks").glob("*.png")):
+        m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) > 0
+        if 200 < m.sum() < m.size - 200:  # salt, and not everywhere
+            truths.append(m)
+        if len(truths) == 12:
+            break
+    assert len(truths) == 12
+    moves = [(1, 0), (0, 2), (3, 3), (-5, 0), (0, -8), (12, 1)]
+    for i, t in enumerate(truths):
+        preds.append(_shift(t, *moves[i]) if i < len(moves) else _erode(t) if i % 2 else _erode(_erode(t)))
+    preds.append(np.zeros_like(truths[0]))  # one of them empty: 0
+    truths.append(truths[0])
+    expected = []
+    for t, p in zip(truths, preds):
+        inter, union = int(np.count_nonzero(t & p)), int(np.count_nonzero(t | p))
+        expected.append(sum(20 * inter > k * union for k in range(10, 20)) / 10)
+    assert len(set(expected)) >= 4 and 0 < np.mean(expected) < 1  # the cases spread over the thresholds
+    assert tgs_score(np.stack(truths), np.stack(preds)) == pytest.approx(np.mean(expected), abs=1e-12)

@@ -15,7 +15,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 AIRBUS_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
-IOU_THRESHOLDS = np.arange(0.5, 1.0, 0.05)  # TGS: 0.50, 0.55, ... 0.95
+IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # TGS: 0.50 … 0.95 (unrounded, 0.8 is 0.80…03)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 

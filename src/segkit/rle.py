@@ -154,14 +154,17 @@ def _parse_integers(text: str) -> np.ndarray:
     return values
 
 
+_NOT_SEPARATORS = "\x1c\x1d\x1e\x1f"  # ASCII whitespace to str.split, not between RLE values
 _SHORT_RLE = 256  # characters: below this, plain Python beats numpy's fixed cost per call (a validator reads 100k rows)
 
 
 def _parse_short(text: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(0-based starts, lengths) of a short valid RLE, or None when anything is off (the numpy path then
     names the problem)."""
+    if not text.isascii() or any(sep in text for sep in _NOT_SEPARATORS):
+        return None  # str.split would take these (and Unicode spaces) as separators; the format does not
     parts = text.split()
-    if len(parts) % 2 or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
+    if len(parts) % 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
         return None
     values = [int(p) for p in parts]
     end = 1  # 1-based exclusive end of the previous run
