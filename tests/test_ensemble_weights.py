@@ -33,6 +33,36 @@ def test_config_keys_reject_bad_values(override, says):
     assert says in str(err.value)
 
 
+@pytest.mark.parametrize("scales, says", [
+    ([0.2], "ensemble scales.0: must be a scale factor in [0.25, 4]"),
+    ([1.0, 4.5], "ensemble scales.1: must be a scale factor in [0.25, 4]"),
+    ([float("nan")], "ensemble scales.0"),
+    (["1.0"], "ensemble scales.0"),
+    ([], "ensemble scales: must not be empty"),
+])
+def test_the_notebook_ensemble_and_predict_ensemble_take_the_configs_scale_rule(scales, says):
+    """One TTA-scale rule: sk.Ensemble and predict_ensemble refuse what `predict.scales` refuses (0.2 was taken
+    by both before), and take its edges."""
+    import keras
+
+    import segkit as sk
+    from segkit.predict import predict_ensemble
+
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(inp))
+    with pytest.raises(ConfigError) as err:
+        sk.Ensemble([model], scales=scales)
+    assert says in str(err.value)
+
+    class Images:
+        images = np.zeros((1, 8, 8, 1), np.float32)
+
+    with pytest.raises(ConfigError) as err:
+        next(predict_ensemble([model], Images, np.arange(1), lambda im: im, ["identity"], 1, True, scales=scales))
+    assert says in str(err.value)
+    assert sk.Ensemble([model], scales=[0.25, 4]).scales == [0.25, 4.0]
+
+
 def test_weights_and_tuning_together_are_refused_and_a_head_allows_all_positive_only():
     with pytest.raises(ConfigError, match="predict.weights: set together with predict.tune_weights"):
         load_config(None, [MODELS, "predict.weights={good: 1}", "predict.tune_weights=true"])

@@ -303,6 +303,23 @@ class TilingConfig(_Checked):
         check_tiling(self.tile, self.overlap, self.blend, where=self.SECTION)
 
 
+def check_scales(where: str, scales: Any) -> list[float]:
+    """The multi-scale TTA factors as floats, each in [0.25, 4] (1.0 = the trained size): the one rule for
+    `predict.scales`, `segkit.predict.predict_ensemble` and `sk.Ensemble`; ConfigError naming `where`.i."""
+    _not_empty(where, scales)
+    out = []
+    for i, scale in enumerate(scales):
+        try:
+            value = math.nan if isinstance(scale, (bool, str)) else float(scale)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0.25 <= value <= 4:
+            raise ConfigError(f"{where}.{i}: must be a scale factor in [0.25, 4] (1.0 = the trained size), "
+                              f"got {scale!r}")
+        out.append(value)
+    return out
+
+
 @dataclass
 class PredictConfig(_Checked):
     """Test-time augmentation and ensembling."""
@@ -322,11 +339,7 @@ class PredictConfig(_Checked):
         for name in ("tta", "models"):  # None means the default; an empty list would predict nothing
             if getattr(self, name) is not None:
                 _not_empty(self._key(name), getattr(self, name))
-        _not_empty(self._key("scales"), self.scales)
-        for i, scale in enumerate(self.scales):
-            if not 0.25 <= scale <= 4:
-                raise ConfigError(f"{self._key(f'scales.{i}')}: must be a scale factor in [0.25, 4] (1.0 = the "
-                                  f"trained size), got {scale!r}")
+        check_scales(self._key("scales"), self.scales)
         if self.weights is not None:
             _not_empty(self._key("weights"), self.weights)
             for tag, weight in self.weights.items():

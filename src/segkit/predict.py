@@ -1,15 +1,19 @@
 """Test-time augmentation and fold × architecture ensembles, streamed in batches into the submission."""
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from segkit.config import Config
-from segkit.errors import ConfigError, SubmissionError, unknown_name
+from segkit.config import Config, TilingConfig, check_scales, from_dict
+from segkit.errors import ConfigError, DataError, SubmissionError, unknown_name
 from segkit.oof import ensemble_members
-from segkit.runs import checkpoint_folds
+from segkit.runs import RunDir, checkpoint_folds
+from segkit.tiling import ImageCanvas, check_tiling, note_tile_size, predict_canvases
 
 # name -> (forward, inverse) on batches (B, H, W, C)
 TTA: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
@@ -95,8 +99,6 @@ def size_step(model) -> int:
     any of its feature maps (nested backbones included; 1×1 maps of global pooling left out), as a power of two
     that divides the size it was built for (U-Net depth 4: 16; the encoder U-Nets: 32). A model built without a
     fixed size: 32."""
-    import math
-
     h, w = model.input_shape[1:3]
     if h is None or w is None:
         return 32
@@ -122,7 +124,7 @@ class _Scaled:
     """The models of one `predict_ensemble` call at other input sizes, sharing their weights: a new Input of
     the size, through the original model as a layer. Keras checks a functional model's input shape, so that
     check is lifted (every nested functional model's `input_spec`) while the call runs and put back after.
-    `tta_net` hands out a model's bulk-TTA net (`_tta_net`), kept on the model across calls (api.Ensemble and
+    `tta_net` hands out a model's bulk-TTA net (`_tta_net`), kept on the model across calls (Ensemble and
     tiled inference call `predict_ensemble` once per chunk) so that it is built and compiled once."""
 
     def __init__(self) -> None:
@@ -175,7 +177,6 @@ def _tta_net(model, size: tuple[int, int], names: Sequence[str], get: Callable):
     forward call (B·T images), the inverse transforms and the sum run on the device, and `predict_on_batch`
     compiles it all into one function. rot90 / rot270 / transpose of a non-square batch have the other shape:
     they form a second stack, through the model at (w, h) (`get`)."""
-    import contextlib
 
     import keras
     from keras import ops
@@ -291,14 +292,12 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     n = len(models)
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     roles = np.zeros(n, bool) if positive_only is None else np.asarray(positive_only, dtype=bool)
-    scales = [float(s) for s in scales]
+    scales = check_scales("ensemble scales", scales)
     if n == 0 or len(weights) != n or len(roles) != n:
         raise ConfigError(f"ensemble: {n} models, {len(weights)} weights and {len(roles)} positive-only flags; "
                           "give one of each per model")
     if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
         raise ConfigError(f"ensemble weights: must be numbers ≥ 0, not all 0, got {weights.tolist()}")
-    if not scales or not all(0 < s < np.inf for s in scales):
-        raise ConfigError(f"ensemble scales: must be numbers > 0, got {scales}")
     for name in tta:
         if name not in TTA:
             raise unknown_name("ensemble tta", "augmentation", name, TTA)
@@ -393,10 +392,6 @@ def predict_tiled(models: Sequence, canvases: Sequence, normalise: Callable, tta
     every canvas go through one `predict_ensemble` call (TTA, models, weights, scales as without tiling), run
     at `tiling.tile` pixels, and are blended band by band (`segkit.tiling.predict_canvases`). ConfigError (at
     once, before any window is read) when the tile is not a multiple of the models' size step."""
-    import math
-
-    from segkit.tiling import check_tiling, note_tile_size, predict_canvases
-
     step = math.lcm(*(size_step(m) for m in models)) if models else 1
     check_tiling(tiling.tile, tiling.overlap, tiling.blend, step)
     if models:
@@ -409,91 +404,337 @@ def predict_tiled(models: Sequence, canvases: Sequence, normalise: Callable, tta
     return predict_canvases(canvases, tiling.tile, tiling.overlap, tiling.blend, run)
 
 
+# --- the ensemble of a run, and numpy images through it ---------------------------------------------------
+
+class _Batch:
+    """What `predict_ensemble` reads images from (a cache's `images`), for in-memory arrays."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+
+class Ensemble:
+    """Fold × model × TTA averaging of checkpoints: numpy images in, numpy probabilities out (`sk.Ensemble`);
+    `Ensemble.from_run(cfg)` is the ensemble `segkit predict`, `segkit pseudo` and `sk.Run.ensemble` share.
+
+    Images are raw, in the dataset's dtype and range (uint16 for 38-Cloud): the checkpoints normalise them in
+    their first layer. Any image size works: images are resized to the models' input and the probabilities
+    back to the image's own size, as `segkit predict` does. Batches go through `predict_ensemble`, the
+    function behind `segkit predict`, `batch_size` images at a time. `postprocess` (for `predict_masks`):
+    a `segkit.postprocess.ChainParams` (what `Run.ensemble` passes) or (thresholds, min_areas) per class.
+    `tiling` (`predict.tiling`: a `segkit.config.TilingConfig` or a dict such as `{"tile": 384, "overlap": 0.25}`):
+    each image is predicted at its own size with overlapping `tile`-pixel windows blended together
+    (`segkit.predict.predict_tiled`), one image in memory at a time, instead of being resized to the input.
+    `members`: the run's `segkit.oof.EnsembleMember`s (tag, weight, role) when built by `from_run`.
+    """
+
+    def __init__(self, models: Sequence, tta: Sequence[str] = ("identity",), batch_size: int = 8,
+                 image_size: Sequence[int] | None = None, normalise=None,
+                 postprocess: Any = None, classes: Sequence[str] | None = None,
+                 checkpoints: Sequence[Path] = (), scales: Sequence[float] = (1.0,),
+                 weights: Sequence[float] | None = None, positive_only: Sequence[bool] | None = None,
+                 tiling: Any = None) -> None:
+        if not models:
+            raise ConfigError("ensemble: no models given")
+        unknown = [t for t in tta if t not in TTA]
+        if unknown or not tta:
+            raise ConfigError(f"ensemble tta: unknown augmentations {unknown or '(none given)'} "
+                              f"(known: {', '.join(TTA)})")
+        if batch_size < 1:
+            raise ConfigError(f"ensemble batch_size: must be ≥ 1, got {batch_size}")
+        self.models = list(models)
+        self.tta = list(tta)
+        self.batch_size = int(batch_size)
+        shape = tuple(self.models[0].input_shape[1:])
+        self.image_size: tuple[int, int] = tuple(int(v) for v in (image_size or shape[:2]))  # type: ignore
+        self.bands = int(shape[2])
+        self.classes = list(classes) if classes is not None else None
+        self.checkpoints = [Path(p) for p in checkpoints]
+        self.members: list = []
+        self._normalise = normalise
+        self._postprocess = postprocess
+        # multi-scale TTA, per-model weights and positive-only roles, as predict_ensemble takes them
+        self.scales = check_scales("ensemble scales", scales)
+        self.weights = None if weights is None else [float(w) for w in weights]
+        self.positive_only = None if positive_only is None else [bool(p) for p in positive_only]
+        for name, given in (("weights", self.weights), ("positive_only", self.positive_only)):
+            if given is not None and len(given) != len(self.models):
+                raise ConfigError(f"ensemble {name}: {len(given)} values for {len(self.models)} models")
+        self.tiling = _tiling(tiling, self.models)
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], tta: Sequence[str] = ("identity",),
+                         batch_size: int = 8, **kwargs: Any) -> "Ensemble":
+        """An ensemble of `.keras` checkpoints (segkit's own, or any model taking raw images)."""
+        from segkit.models.registry import load_model
+
+        return cls([load_model(p) for p in paths], tta, batch_size, checkpoints=paths, **kwargs)
+
+    @classmethod
+    def from_run(cls, cfg: Config, adapter=None, batch_size: int | None = None, scope=None) -> "Ensemble":
+        """The run's ensemble as the config says: a checkpoint per trained fold × model tag (`predict.models`),
+        their weights and positive-only roles (`segkit.oof.ensemble_members`), the TTA list (`resolve_tta`),
+        scales, tiling and, once tuned (or with tuning off), the post-processing chain. `adapter`: the
+        competition's over data.root (its classes and normalisation; checkpoints are checked against its
+        input shape); None tries `cfg.adapter()` and, without the data, goes on with the competition's known
+        classes (arrays can be predicted without the dataset, e.g. a run attached as a Kaggle input).
+        `scope`: a context (`segkit.devices` plan) the models are loaded in."""
+        from segkit.data.competitions.base import adapter_class
+        from segkit.models.registry import load_model
+
+        folds = checkpoint_folds(cfg)
+        members = {m.tag: m for m in ensemble_members(cfg)}  # predict.weights (or tuned) and positive-only roles
+        tta = resolve_tta(cfg, adapter if adapter is not None else adapter_class(cfg.data.competition))
+        if adapter is None:
+            try:
+                adapter = cfg.adapter()
+            except DataError:
+                adapter = None
+        h, w = cfg.data.image_size
+        shape = None if adapter is None else (h, w, adapter.bands)
+        with scope if scope is not None else contextlib.nullcontext():
+            models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}", expected_shape=shape)
+                      for f in folds]
+        classes, normalise = _classes_of(cfg, adapter, models[0])
+        ens = cls(models, tta, batch_size or cfg.predict.batch_size, (h, w), normalise, _chain_if_tuned(cfg, classes),
+                  classes, [f.best for f in folds], scales=cfg.predict.scales,
+                  weights=[members[f.tag].weight for f in folds],
+                  positive_only=[members[f.tag].positive_only for f in folds], tiling=cfg.predict.tiling)
+        ens.members = list(members.values())
+        return ens
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        return (f"Ensemble({len(self.models)} models × {len(self.tta)} TTA {self.tta}, input {h}x{w}x{self.bands}, "
+                f"batch {self.batch_size})")
+
+    @property
+    def postprocess(self):
+        """The post-processing `predict_masks` applies (a ChainParams, (thresholds, min_areas) or None)."""
+        return self._postprocess
+
+    def stream(self, source, indices: np.ndarray, quiet: bool = True,
+               batch_size: int | None = None) -> Iterator[EnsembleBatch]:
+        """`predict_ensemble` of this ensemble on source.images[indices] (a segkit cache, or `_Batch`), batch by
+        batch at the models' input size."""
+        return predict_ensemble(self.models, source, indices, self._normalise_fn, self.tta,
+                                batch_size or self.batch_size, quiet, scales=self.scales, weights=self.weights,
+                                positive_only=self.positive_only)
+
+    def tiled(self, canvases: Sequence, quiet: bool = True) -> Iterator:
+        """`predict_tiled` of this ensemble (its `tiling`) over `segkit.tiling.Canvas`es: a PartPrediction per
+        part at its stored size."""
+        return predict_tiled(self.models, canvases, self._normalise_fn, self.tta, self.batch_size, self.tiling,
+                             quiet, scales=self.scales, weights=self.weights, positive_only=self.positive_only)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities float32 (H, W, C) for one raw image (H, W, bands), or (N, H, W, C) for a batch
+        (N, H, W, bands), at the images' own size."""
+        images = self._check(images)
+        single = images.ndim == 3
+        if single:  # as it comes (no copy into a batch array: a tiled 6000 x 6000 image's is 137 MB a class)
+            return next(self.iter_predict(images[None]))
+        batch = images
+        out = None
+        for i, p in enumerate(self.iter_predict(batch)):
+            if out is None:
+                out = np.empty((len(batch), *p.shape), np.float32)
+            out[i] = p
+        assert out is not None
+        return out
+
+    __call__ = predict
+
+    def iter_predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Yield (H, W, C) float32 probabilities image by image for an iterable of raw (H, W, bands) images
+        (a batch array, a memory map, a generator reading files; sizes may differ): only `batch_size`
+        images are held at once."""
+        for probs, _, _ in self._iter_ensemble(images):
+            yield probs
+
+    def _iter_ensemble(self, images: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        """Yield (probs, gate_probs, label) image by image at the images' own size, from `predict_ensemble`
+        (gate_probs is probs itself when no model is positive-only; label is None without heads)."""
+        from segkit.data.cache import resize_image
+
+        if self.tiling is not None:
+            for image in images:
+                canvas = ImageCanvas(0, image=self._check(np.asarray(image), single=True))
+                for part in self.tiled([canvas]):
+                    yield part.probs, part.gate_probs, part.label
+            return
+        chunk: list[np.ndarray] = []
+        for image in itertools.chain(images, [None]):  # None: the end, which flushes the last chunk
+            if image is not None:
+                chunk.append(self._check(np.asarray(image), single=True))
+            if chunk and (image is None or len(chunk) == self.batch_size):
+                batch = _Batch(np.stack([resize_image(np.asarray(im), self.image_size) for im in chunk]))
+                outputs = per_image(self.stream(batch, np.arange(len(chunk)), batch_size=len(chunk)))
+                for (p, g, label), im in zip(outputs, chunk):
+                    yield (*at_size(p, g, im.shape[:2]), label)
+                chunk = []
+    def predict_masks(self, images: np.ndarray) -> np.ndarray:
+        """Binary uint8 masks (as in the submission) for one image or a batch: the probabilities after the
+        run's post-processing chain (threshold, min area, gate, triplet; `segkit.postprocess.apply_chain`)."""
+        from segkit.postprocess import ChainParams, apply_chain
+
+        if self._postprocess is None:
+            raise ConfigError("ensemble: no post-processing known (build it with Run.ensemble after tuning, or "
+                              "pass postprocess=(thresholds, min_areas))")
+        chain = self._postprocess
+        if not isinstance(chain, ChainParams):
+            thresholds, areas = chain
+            chain = ChainParams.plain(thresholds, areas)
+        images = self._check(images)
+        single = images.ndim == 3
+        masks = [apply_chain(p, chain, g, lab) for p, g, lab in self._iter_ensemble(images[None] if single else images)]
+        return masks[0] if single else np.stack(masks)
+
+    def _normalise_fn(self, image: np.ndarray) -> np.ndarray:
+        if self._normalise is None:
+            raise DataError("ensemble: a checkpoint without the input normalisation layer (older segkit) needs "
+                            "the competition's normalisation; point data.root at the dataset, or retrain it")
+        return self._normalise(image)
+
+    def _check(self, images: Any, single: bool = False) -> np.ndarray:
+        images = np.asarray(images)
+        ndims = (3,) if single else (3, 4)
+        if images.ndim not in ndims or images.shape[-1] != self.bands or min(images.shape[:-1], default=0) < 1:
+            want = "(H, W, bands)" if single else "(H, W, bands) or (N, H, W, bands)"
+            raise DataError(f"ensemble: expected images shaped {want} with {self.bands} bands, got {images.shape}")
+        if images.dtype.kind not in "uif" or images.dtype == np.float16:
+            raise DataError(f"ensemble: expected raw images of an integer or float32/64 dtype, got {images.dtype}")
+        return images
+
+
+def _tiling(tiling: Any, models: Sequence):
+    """A TilingConfig from `tiling` (None, a TilingConfig or a dict of its keys), its tile checked against the
+    models' size step (ConfigError naming predict.tiling.<key>)."""
+    if tiling is None:
+        return None
+    if not isinstance(tiling, TilingConfig):
+        if not isinstance(tiling, Mapping):
+            raise ConfigError(f"predict.tiling: expected a mapping such as {{tile: 384, overlap: 0.25}}, got {tiling!r}")
+        plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in tiling.items()}
+        tiling = from_dict(TilingConfig, plain, "predict.tiling")
+    check_tiling(tiling.tile, tiling.overlap, tiling.blend, math.lcm(*(size_step(m) for m in models)))
+    return tiling
+
+
+def _classes_of(cfg: Config, adapter, model) -> tuple[list[str], Callable | None]:
+    """(class names, image normalisation) of a run's ensemble: the adapter's; without the data (adapter None)
+    the competition's classes when they match the model's mask output (else class_0 …), and no
+    normalisation."""
+    from segkit.data.competitions.base import adapter_class
+
+    if adapter is not None:
+        return list(adapter.classes), adapter.normalise
+    n_out = int(model.outputs[0].shape[-1])  # the mask output (first of two with a head)
+    known = list(adapter_class(cfg.data.competition).classes)
+    return (known if len(known) == n_out else [f"class_{c}" for c in range(n_out)]), None
+
+
+def _chain_if_tuned(cfg: Config, classes: Sequence[str]):
+    """The run's post-processing chain when tuning is off or done (`segkit.postprocess.load_chain`), else None."""
+    from segkit.postprocess import load_chain
+
+    if cfg.postprocess.tune is False or RunDir.of(cfg).postprocess.is_file():
+        return load_chain(cfg, classes)
+    return None
+
+
+def per_image(batches: Iterable[EnsembleBatch]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(probs, gate_probs, label) image by image from ensemble batches; gate_probs is probs itself when the
+    batch's are (no positive-only model), label None without classification heads."""
+    for batch in batches:
+        for b, p in enumerate(batch.probs):
+            g = p if batch.gate_probs is batch.probs else batch.gate_probs[b]
+            yield p, g, None if batch.label is None else batch.label[b]
+
+
+def at_size(probs: np.ndarray, gate_probs: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image's probabilities and gate probabilities (h, w, C) resized to (H, W) (bilinear, as the submission
+    size and `sk.Ensemble`'s image size need), the gate resized only when it is not the probabilities."""
+    p = _to_size(probs, size)
+    return p, (p if gate_probs is probs else _to_size(gate_probs, size))
+
+
+def _to_size(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    h, w = int(size[0]), int(size[1])
+    if p.shape[:2] == (h, w):
+        return np.ascontiguousarray(p, dtype=np.float32)
+    return cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+
+
 def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> Path:
     """Ensemble every fold checkpoint with TTA over the test set, post-process, and write the competition's
     submission CSV (atomically, row by row); the written file is validated before returning its path."""
-    import cv2
-
-    from segkit.data.cache import prepare
     from segkit.devices import plan_devices
-    from segkit.models.registry import load_model
     from segkit.postprocess import apply_chain, load_chain
     from segkit.submission import read_sample_ids, write_rows
 
     adapter = cfg.adapter()
     samples = adapter.test_samples()
     if not samples:
-        from segkit.errors import DataError
-
         raise DataError(f"{cfg.data.root}: no test samples found for {cfg.data.competition}")
-    h, w = cfg.data.image_size
     # checkpoints, post-processing and TTA are checked before the (slow) test cache is built
-    folds = checkpoint_folds(cfg)
-    members = {m.tag: m for m in ensemble_members(cfg)}  # weight and role per model tag
     # train.devices, at most what this machine has: loaded in its scope, each batch is split across the devices
     plan = plan_devices(cfg.train, cap=True)
-    with plan.scope():
-        models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}",
-                             expected_shape=(h, w, adapter.bands)) for f in folds]
-    chain = load_chain(cfg, adapter.classes)
-    tta = resolve_tta(cfg, adapter)
-    ensemble = dict(scales=cfg.predict.scales, weights=[members[f.tag].weight for f in folds],
-                    positive_only=[members[f.tag].positive_only for f in folds])
-    tiling = cfg.predict.tiling
-    if tiling is None:
-        cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
-                        quiet=quiet, with_masks=False)
-    else:  # windows at the stored size over each canvas: an image, or a 38-Cloud scene of patches
-        tiled = predict_tiled(models, adapter.tiling_canvases(samples), adapter.normalise, tta,
-                              cfg.predict.batch_size, tiling, quiet, **ensemble)
+    ens = Ensemble.from_run(cfg, adapter, scope=plan.scope())
+    chain = ens.postprocess if ens.postprocess is not None else load_chain(cfg, adapter.classes)
+    outputs = _test_outputs(cfg, ens, adapter, samples, quiet)
     if not quiet:
-        print(f"[predict] post-processing: {chain.source}", flush=True)
-        if plan.n > 1:
-            print(f"[predict] {plan.n} × {plan.kind}: each batch of {cfg.predict.batch_size} split across them",
-                  flush=True)
-        if len(set(m.weight for m in members.values())) > 1 or any(m.positive_only for m in members.values()):
-            print("[predict] ensemble: " + ", ".join(f"{m.tag} ×{m.weight:g}" + (" (positive-only: masks, not the "
-                  "gate)" if m.positive_only else "") for m in members.values()), flush=True)
-
-    def outputs() -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """(sample index, probs, the gate's probs, the heads' "class present") of every test sample."""
-        if tiling is not None:
-            for part in tiled:
-                yield part.index, part.probs, part.gate_probs, part.label
-            return
-        batches = predict_ensemble(models, cache, np.arange(len(samples)), adapter.normalise, tta,
-                                   cfg.predict.batch_size, quiet, **ensemble)
-        i = 0
-        for batch in batches:
-            for b, p in enumerate(batch.probs):
-                g = p if batch.gate_probs is batch.probs else batch.gate_probs[b]  # the gate's probabilities
-                lab = None if batch.label is None else batch.label[b]  # the heads' "class present"
-                yield i, p, g, lab
-                i += 1
+        _print_setup(cfg, ens, chain, plan)
 
     def rows() -> Iterator[tuple[str, str]]:
-        for i, p, g, lab in outputs():
+        for i, p, g, lab in outputs:
             sample = samples[i]
-            sh, sw = adapter.submission_size(sample)
-            if (sh, sw) != p.shape[:2]:
-                same = g is p
-                p = cv2.resize(p, (sw, sh), interpolation=cv2.INTER_LINEAR).reshape(sh, sw, -1)
-                g = p if same else cv2.resize(g, (sw, sh), interpolation=cv2.INTER_LINEAR).reshape(sh, sw, -1)
+            p, g = at_size(p, g, adapter.submission_size(sample))
             yield from adapter.submission_rows(sample, apply_chain(p, chain, g, lab))
 
     path = Path(out) if out else cfg.submission_dir / "submission.csv"
     sample = adapter.sample_submission_path()
-    sample_ids = None
-    if sample is not None:
-        sample_ids = read_sample_ids(sample)[1]
+    sample_ids = None if sample is None else read_sample_ids(sample)[1]
     with plan.scope():  # JAX: the distribution is read by every predict call
         write_rows(path, adapter.submission_format, rows(), sample_ids=sample_ids)
     problems = adapter.check_written(path, samples, sample).problems
     if problems:
         raise SubmissionError(f"{path}: the written submission fails validation:\n  " + "\n  ".join(problems[:10]))
     if not quiet:
+        tiling = cfg.predict.tiling
         scales = f" × {len(cfg.predict.scales)} scales" if len(cfg.predict.scales) > 1 else ""
         if tiling is not None:
             scales += f", tiled {tiling.tile} px windows (overlap {tiling.overlap:g}, {tiling.blend})"
-        print(f"[predict] {len(samples)} test samples × {len(models)} checkpoints × {len(tta)} TTA{scales} -> {path}")
+        print(f"[predict] {len(samples)} test samples × {len(ens.models)} checkpoints × {len(ens.tta)} TTA{scales} "
+              f"-> {path}")
     return path
+
+
+def _test_outputs(cfg: Config, ens: Ensemble, adapter, samples: Sequence,
+                  quiet: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(sample index, probs, the gate's probs, the heads' "class present") of every test sample, lazily: the
+    test cache at the training size (built now), or tiled windows over each canvas at its stored size (an
+    image, or a 38-Cloud scene of patches)."""
+    from segkit.data.cache import prepare
+
+    if ens.tiling is not None:
+        parts = ens.tiled(adapter.tiling_canvases(samples), quiet)
+        return ((part.index, part.probs, part.gate_probs, part.label) for part in parts)
+    h, w = cfg.data.image_size
+    cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
+                    quiet=quiet, with_masks=False)
+    return ((i, *out) for i, out in enumerate(per_image(ens.stream(cache, np.arange(len(samples)), quiet))))
+
+
+def _print_setup(cfg: Config, ens: Ensemble, chain, plan) -> None:
+    """predict's opening lines: the post-processing in force, the devices, the ensemble's weights and roles."""
+    print(f"[predict] post-processing: {chain.source}", flush=True)
+    if plan.n > 1:
+        print(f"[predict] {plan.n} × {plan.kind}: each batch of {cfg.predict.batch_size} split across them",
+              flush=True)
+    members = ens.members
+    if len(set(m.weight for m in members)) > 1 or any(m.positive_only for m in members):
+        print("[predict] ensemble: " + ", ".join(f"{m.tag} ×{m.weight:g}" + (" (positive-only: masks, not the "
+              "gate)" if m.positive_only else "") for m in members), flush=True)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from segkit.config import Config
 from segkit.data.sample import Sample
-from segkit.runs import PseudoRoundDir, RunDir, checkpoint_folds, pseudo_round_of
+from segkit.predict import Ensemble
+from segkit.runs import PseudoRoundDir, RunDir, pseudo_round_of
 
 
 @dataclass
@@ -102,8 +102,6 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     from segkit.data.cache import prepare
     from segkit.storage import temp_prefix
     from segkit.errors import DataError
-    from segkit.models.registry import load_model
-    from segkit.predict import resolve_tta
 
     pc = cfg.pseudo
     adapter = cfg.adapter()
@@ -111,20 +109,13 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     if not samples:
         raise DataError(f"{cfg.data.root}: no test samples found for {cfg.data.competition}")
     h, w = cfg.data.image_size
-    folds = checkpoint_folds(cfg)
-    models = [load_model(f.best, fix=f"retrain that fold: {f.restart_hint()}", expected_shape=(h, w, adapter.bands))
-              for f in folds]
-    tta = resolve_tta(cfg, adapter)
+    ens = Ensemble.from_run(cfg, adapter)
     activation = _activation(cfg)
     thresholds, gate = _postprocess_in_force(cfg, adapter.classes, activation)
     rnd = RunDir.of(cfg).pseudo_round(round_to_write(cfg))
     cache = prepare(adapter, samples, (h, w), cfg.data.cache_dir, name=f"{cfg.data.competition}-test-{h}x{w}",
                     quiet=quiet, with_masks=False)
-    if rnd.path.exists():
-        if not quiet:
-            print(f"[pseudo] replacing {rnd.path}", flush=True)
-        shutil.rmtree(rnd.path)
-    rnd.path.mkdir(parents=True)
+    _fresh_round(rnd, quiet)
     n, n_classes = len(samples), len(adapter.classes)
     tmp = rnd.path / f"{temp_prefix('masks')}w.tmp.npy"
     masks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, n_classes))
@@ -133,7 +124,9 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     pixels = np.zeros((n, n_classes), dtype=np.int64)  # positive pixels per image and class
     gate_used: set[str] = set()
     pos = 0
-    for probs, gate_probs, label in _ensemble(cfg, folds, models, cache, adapter, tta, quiet):
+    for batch in ens.stream(cache, np.arange(len(cache)), quiet):
+        probs, label = batch.probs, batch.label
+        gate_probs = None if batch.gate_probs is batch.probs else batch.gate_probs
         gate_empty = gate(probs, gate_probs, label) if (gate is not None and pc.gate) else None
         sel = select_confident(probs, pc.low, pc.high, pc.max_uncertain, thresholds,
                                label=label if pc.gate else None, gate_empty=gate_empty, activation=activation)
@@ -149,35 +142,56 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     masks.flush()
     kept = np.flatnonzero(keep)
     pixels = pixels[kept]
-    digest = hashlib.sha1()
-    if len(kept):
-        round_samples = [Sample(id=samples[i].id, image=(f"{cache.path}#{i}",), mask=(f"{rnd.path}#{i}",),
-                                meta={"index": int(i)}) for i in kept]
-        prepare(_RoundSource(adapter, cache, masks), round_samples, (h, w), rnd.path, name=rnd.cache_name,
-                with_masks=True, quiet=quiet)
-        for i in kept:
-            digest.update(samples[i].id.encode() + b"\n")
-            digest.update(np.ascontiguousarray(masks[i]).tobytes())
+    digest = _write_kept(adapter, samples, cache, masks, kept, rnd, quiet)
     del masks
     tmp.unlink()
-    ids = {"id": [samples[i].id for i in kept], "test_index": kept.tolist()}
-    for c, name in enumerate(adapter.classes):
-        ids[f"{name}_pixels"] = [int(v) for v in pixels[:, c]]
-    rnd.write_ids(ids)
+    rnd.write_ids({"id": [samples[i].id for i in kept], "test_index": kept.tolist(),
+                   **{f"{name}_pixels": [int(v) for v in pixels[:, c]] for c, name in enumerate(adapter.classes)}})
     report = {
         "round": rnd.round, "run": cfg.name, "trained_on": cfg.train.pseudo,
         "low": pc.low, "high": pc.high, "max_uncertain": pc.max_uncertain, "gate": sorted(gate_used),
         "image_size": [h, w], "n_test": n, "n_kept": int(len(kept)),
-        "classes": [{"name": name, "kept_nonempty": int((pixels[:, c] > 0).sum()),
-                     "kept_empty": int((pixels[:, c] == 0).sum()), "confident": int(confident[:, c].sum())}
-                    for c, name in enumerate(adapter.classes)],
-        "digest": digest.hexdigest()[:12],
-        "checkpoints": len(models), "tta": tta, "scales": list(cfg.predict.scales),
+        "classes": _class_counts(adapter.classes, pixels, confident), "digest": digest,
+        "checkpoints": len(ens.models), "tta": ens.tta, "scales": list(cfg.predict.scales),
     }
     rnd.write_report(report)  # last: the round is complete
     if not quiet:
         print_report(report, rnd)
     return report
+
+
+def _fresh_round(rnd: PseudoRoundDir, quiet: bool) -> None:
+    """An empty folder for the round, replacing one written before."""
+    if rnd.path.exists():
+        if not quiet:
+            print(f"[pseudo] replacing {rnd.path}", flush=True)
+        shutil.rmtree(rnd.path)
+    rnd.path.mkdir(parents=True)
+
+
+def _write_kept(adapter, samples: Sequence[Sample], cache, masks: np.ndarray, kept: np.ndarray,
+                rnd: PseudoRoundDir, quiet: bool) -> str:
+    """Cache the kept test images and their masks as the round (`prepare`, like the training set); returns the
+    round's digest (its ids and masks)."""
+    from segkit.data.cache import prepare
+
+    digest = hashlib.sha1()
+    if len(kept):
+        round_samples = [Sample(id=samples[i].id, image=(f"{cache.path}#{i}",), mask=(f"{rnd.path}#{i}",),
+                                meta={"index": int(i)}) for i in kept]
+        prepare(_RoundSource(adapter, cache, masks), round_samples, tuple(masks.shape[1:3]), rnd.path,
+                name=rnd.cache_name, with_masks=True, quiet=quiet)
+        for i in kept:
+            digest.update(samples[i].id.encode() + b"\n")
+            digest.update(np.ascontiguousarray(masks[i]).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _class_counts(classes: Sequence[str], pixels: np.ndarray, confident: np.ndarray) -> list[dict[str, Any]]:
+    """Per class: kept images with and without it (`pixels` of the kept images) and the confident images."""
+    return [{"name": name, "kept_nonempty": int((pixels[:, c] > 0).sum()),
+             "kept_empty": int((pixels[:, c] == 0).sum()), "confident": int(confident[:, c].sum())}
+            for c, name in enumerate(classes)]
 
 
 def print_report(report: dict[str, Any], rnd: PseudoRoundDir | None = None) -> None:
@@ -224,19 +238,3 @@ def _postprocess_in_force(cfg: Config, classes: Sequence[str], activation: str =
         return np.where(gated, empty, plain)  # classes without a gate always agree
 
     return thresholds, gate
-
-
-def _ensemble(cfg: Config, folds: Sequence, models: list, cache, adapter, tta: list[str],
-              quiet: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
-    """(probs, gate_probs, label) per batch of the test cache, ensembled exactly as predict does (weights and
-    positive-only roles per model tag, multi-scale TTA, classification heads)."""
-    from segkit.oof import ensemble_members
-    from segkit.predict import predict_ensemble
-
-    members = {m.tag: m for m in ensemble_members(cfg)}
-    for batch in predict_ensemble(models, cache, np.arange(len(cache)), adapter.normalise, tta,
-                                  cfg.predict.batch_size, quiet, scales=cfg.predict.scales,
-                                  weights=[members[f.tag].weight for f in folds],
-                                  positive_only=[members[f.tag].positive_only for f in folds]):
-        gate_probs = None if batch.gate_probs is batch.probs else batch.gate_probs
-        yield batch.probs, gate_probs, batch.label
