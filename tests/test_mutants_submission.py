@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from segkit import rle
+from segkit.data.competitions.base import check_submission, validate_submission
 from segkit.errors import SubmissionError
-from segkit.submission import (
-    MAX_PER_KIND, SubmissionFormat, check_submission, read_sample, read_sample_ids, validate_submission, write_rows,
-)
+from segkit.submission import MAX_PER_KIND, SubmissionFormat, read_sample, read_sample_ids, write_rows
 
 PLAIN = SubmissionFormat(header=("id", "rle"), order="C", shape=(2, 3), competition="toy")
 LABELS = SubmissionFormat(header=("Image_Label", "EncodedPixels"), shape=(2, 2), rows="label",
