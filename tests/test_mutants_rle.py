@@ -162,11 +162,11 @@ def test_relative_errors_and_conversion():
     assert rle.to_standard("0 1 2 2", 9) == "1 1 4 2"  # 0-based first start; then 2 background pixels
     assert rle.to_standard("-1", 9) == ""
     assert rle.to_standard(None, 9) == ""
-    with pytest.raises(RLEError, match=r"pair 2 \(relative start 5, length 1\) ends at pixel 10, past the image's 9"):
+    with pytest.raises(RLEError, match=r"pair 2 \(relative start 5 = pixel 10, length 1\) ends at pixel 10, past the image's 9"):
         rle.to_standard("3 1 5 1", 9)
-    with pytest.raises(RLEError, match=r"pair 1 \(relative start 20, length 1\) ends at pixel 21"):
+    with pytest.raises(RLEError, match=r"pair 1 \(relative start 20 = pixel 21, length 1\) ends at pixel 21"):
         rle.to_standard("20 1", 9)
-    with pytest.raises(RLEError, match=r"pair 2 \(relative start 1, length 30\) ends at pixel 33"):
+    with pytest.raises(RLEError, match=r"pair 2 \(relative start 1 = pixel 4, length 30\) ends at pixel 33"):
         rle.to_standard("0 2 1 30", 9)
     with pytest.raises(RLEError, match=r"mixes '-1' \(an empty mask\) with runs \(value 3\)"):
         rle.to_standard("0 2 -1 1", 9)
