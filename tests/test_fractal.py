@@ -208,7 +208,7 @@ def test_fractal_unet_trains_saves_reloads(tmp_path):
 @pytest.mark.parametrize(
     "params, match",
     [({"columns": 0}, "columns"), ({"drop_path_local": 1.5}, "drop_path_local"),
-     ({"global_ratio": -0.1}, "global_ratio"), ({"colums": 2}, "did you mean 'models.0.columns'")],
+     ({"global_ratio": -0.1}, "global_ratio"), ({"colums": 2}, "models.0: unknown fractal_unet key 'colums'; did you mean 'columns'")],
 )
 def test_bad_parameters(params, match):
     with pytest.raises(ConfigError, match=match):

@@ -98,7 +98,7 @@ def test_image_id_pattern_and_the_relative_empty_mask(tmp_path):
         assert "[0-9a-f]{4}" in problem  # the id form it should have
     assert problems[3] == f"{path}, line 6 (row 5), id 'cd34': blank field; toy writes an empty mask as '-1'"
     assert problems[4] == f"{path}, line 7 (row 6), id 'cd35': 'nan' written for an empty mask; write '-1'"
-    assert problems[5].startswith(f"{path}, line 8 (row 7), id 'ef56': RLE pair 2 (relative start 0, length 1) "
+    assert problems[5].startswith(f"{path}, line 8 (row 7), id 'ef56': RLE pair 2 (relative start 0 = pixel 5, length 1) "
                                   f"ends at pixel 5, past the image's 4 pixels (image 2x2, ")
     assert problems[5].endswith(", relative starts)")
     # with a sample, the sample says which ids exist: no id form is checked

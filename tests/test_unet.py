@@ -84,7 +84,8 @@ def test_mixed_precision_output_is_float32():
         ({"name": "unet", "upsampling": "bilinaer"}, (32, 32, 4), "did you mean 'bilinear'"),
         ({"name": "unet", "activation": "softmax"}, (32, 32, 4), "n_classes >= 2"),
         ({"name": "unet", "dropout": [0.1, 0.2]}, (32, 32, 4), "depth \\+ 1 = 5"),
-        ({"name": "unet", "base_filter": 8}, (32, 32, 4), "did you mean 'models.0.base_filters'"),
+        ({"name": "unet", "base_filter": 8}, (32, 32, 4),
+                     "models.0: unknown unet key 'base_filter'; did you mean 'base_filters'"),
         ({"name": "unett"}, (32, 32, 4), "did you mean 'unet'"),
     ],
 )
