@@ -284,16 +284,12 @@ def _variants(hand, size=None):
     return out
 
 
-def test_submission_follows_weights_scales_and_role_as_numpy_says(by_hand):
-    """`segkit predict` writes, image by image, the masks of the numpy ensemble: weights 1:3, scales 0.75 and 1,
-    identity + hflip, the area gate (tuned file) on the normal models only, then the threshold, at 768 px."""
-    import pandas as pd
-
-    from segkit import rle
-    from segkit.cli import main
+def _expected_and_saved_chain(by_hand, **size) -> tuple:
+    """The numpy ensemble's variants (as configured, then ignoring each key), a threshold and area-gate cut picked from them, the masks they give (each
+    ignored key shown to change them), with that chain saved as the run's postprocess.json."""
     from segkit.runs import RunDir
 
-    right, *ignored = _variants(by_hand, size=(768, 768))
+    right, *ignored = _variants(by_hand, **size)
     threshold, cut = _pick_chain(right, ignored)
     want = _masks(right, threshold, cut)
     for other, key in zip(ignored, ("predict.weights", "predict.scales", "the positive-only role")):
@@ -301,6 +297,18 @@ def test_submission_follows_weights_scales_and_role_as_numpy_says(by_hand):
     RunDir.of(by_hand["run"].config).write_postprocess(
         {"classes": [{"name": "ship", "threshold": threshold, "min_area": 0,
                       "gate": {"kind": "area", "k": None, "cut": cut}}]})
+    return right, ignored, threshold, want
+
+
+def test_submission_follows_weights_scales_and_role_as_numpy_says(by_hand):
+    """`segkit predict` writes, image by image, the masks of the numpy ensemble: weights 1:3, scales 0.75 and 1,
+    identity + hflip, the area gate (tuned file) on the normal models only, then the threshold, at 768 px."""
+    import pandas as pd
+
+    from segkit import rle
+    from segkit.cli import main
+
+    right, _, threshold, want = _expected_and_saved_chain(by_hand, size=(768, 768))
     assert main(["-q", "predict", "airbus", *by_hand["args"]]) == 0
     sub = pd.read_csv(by_hand["run"].config.submission_dir / "submission.csv", keep_default_na=False)
     for n, image_id in enumerate(by_hand["ids"]):
@@ -317,16 +325,8 @@ def test_notebook_ensemble_follows_weights_scales_and_role_as_numpy_says(by_hand
     """Run.ensemble(): `predict` returns the numpy ensemble's probabilities, `predict_masks` its gated masks,
     on every train and test image at 32 px."""
     import segkit as sk
-    from segkit.runs import RunDir
 
-    right, *ignored = _variants(by_hand)
-    threshold, cut = _pick_chain(right, ignored)
-    want = _masks(right, threshold, cut)
-    for other, key in zip(ignored, ("predict.weights", "predict.scales", "the positive-only role")):
-        _changes(want, _masks(other, threshold, cut), right[0], threshold, key)
-    RunDir.of(by_hand["run"].config).write_postprocess(
-        {"classes": [{"name": "ship", "threshold": threshold, "min_area": 0,
-                      "gate": {"kind": "area", "k": None, "cut": cut}}]})
+    right, ignored, threshold, want = _expected_and_saved_chain(by_hand)
     ens = sk.Run("airbus", by_hand["args"], quiet=True).ensemble()
     images = by_hand["images"]
     probs = ens.predict(images)[..., 0]

@@ -172,7 +172,10 @@ def paired_bootstrap_se(tab, tests: Sequence, before: Sequence[State], after: Se
     scorer = root.scorer.subset(idx)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(idx), size=(BOOTSTRAP, len(idx)))
-    diffs = [float(scorer.subset(p).reduce(a[p]) - scorer.subset(p).reduce(b[p])) for p in picks]
+    diffs = []
+    for p in picks:
+        sub = scorer.subset(p)
+        diffs.append(float(sub.reduce(a[p]) - sub.reduce(b[p])))
     return float(np.std(diffs, ddof=1))
 
 
