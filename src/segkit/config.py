@@ -662,20 +662,6 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def model_classifier(spec: ModelSpec | dict[str, Any], where: str = "models.0") -> tuple[bool, float]:
-    """(classifier, classifier_weight) of a model spec: whether the model has the classification head on its
-    bottleneck and the weight of that head's BCE in the loss (default 0.2); ConfigError naming the key when
-    `classifier` is not true/false or the weight is not a finite number >= 0."""
-    spec = ModelSpec.of(spec, where)
-    return spec.classifier, float(spec.classifier_weight)
-
-
-def model_positive_only(spec: ModelSpec | dict[str, Any], default: bool = False, where: str = "models.0") -> bool:
-    """Whether a model trains on non-empty masks only: its spec's `positive_only`, else `train.positive_only`
-    (`default`); ConfigError naming the key when it is not true/false."""
-    return ModelSpec.of(spec, where).trains_positive_only(default)
-
-
 def check_ensemble_roles(cfg: "Config", indices: Any, what: str = "") -> None:
     """ConfigError when every model among `cfg.models[indices]` is positive-only and none has a classification
     head: nothing would then tell an empty image from a non-empty one (the positive-only models never saw one)."""

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from segkit.config import Config, check_ensemble_roles, model_positive_only
+from segkit.config import Config, check_ensemble_roles
 from segkit.errors import ConfigError, TrainingError, unknown_name
 from segkit.runs import FoldDir, RunData, RunDir, ensembled_tags, model_tags, open_run_data
 
@@ -60,8 +60,8 @@ def ensemble_members(cfg: Config, tuned: bool = True) -> list[Member]:
         weights = {t: 1.0 for t in tags}
     index = {t: i for i, t in enumerate(every)}
     check_ensemble_roles(cfg, [index[t] for t in tags], what="ensembled ")
-    return [Member(t, weights[t], model_positive_only(cfg.models[index[t]], cfg.train.positive_only,
-                                                      f"models.{index[t]}")) for t in tags]
+    return [Member(t, weights[t], cfg.models[index[t]].trains_positive_only(cfg.train.positive_only))
+            for t in tags]
 
 
 def read_tuned_weights(cfg: Config, tags: Sequence[str]) -> dict[str, float]:
