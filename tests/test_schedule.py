@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import segkit.budget as budget
-from segkit.budget import BudgetClock, BudgetGuard, Plan, Planner, make_plan, parse_duration
+from segkit.budget import BudgetClock, BudgetGuard, Plan, Planner, make_plan
+from segkit.durations import parse_duration
 from segkit.cli import main
 from segkit.config import load_config
 from segkit.errors import ConfigError

@@ -14,8 +14,7 @@ from typing import Any, Callable
 
 import keras
 
-from segkit.durations import (KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S, format_duration,  # noqa: F401
-                              kaggle_budget, parse_duration)
+from segkit.durations import format_duration
 
 RESERVE = 0.05  # share of the budget kept for OOF predictions and tuning
 CLOCK: Callable[[], float] = time.monotonic  # the budget's clock (tests replace it)
