@@ -53,14 +53,38 @@ def split_holdout(strata: np.ndarray, share: float = 0.25, seed: int = HOLDOUT_S
     return held
 
 
-def subset_root(workdir: Path, rows: list[dict], src: Path = TGS) -> Path:
-    """A TGS folder listing only `rows` in train.csv; images, masks and depths are links to the fixture's."""
+def subset_root(workdir: Path, rows: list[dict], test_ids: list[str], src: Path = TGS) -> Path:
+    """A TGS folder listing only `rows` in train.csv and `test_ids` (the held-out images) as its test set in
+    sample_submission.csv; images, masks and depths are links to the fixture's."""
     root = workdir / "tgs_train"
     if root.exists():
         shutil.rmtree(root)
     (root / "train").mkdir(parents=True)
+    (root / "test" / "images").mkdir(parents=True)
     for name in ("images", "masks"):
         (root / "train" / name).symlink_to(src / "train" / name)
+    for i in test_ids:
+        (root / "test" / "images" / f"{i}.png").symlink_to(src / "train" / "images" / f"{i}.png")
+    if (src / "depths.csv").is_file():
+        (root / "depths.csv").symlink_to(src / "depths.csv")
+    with open(root / "train.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "rle_mask"])
+        w.writeheader()
+        w.writerows(rows)
+    with open(root / "sample_submission.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "rle_mask"])
+        w.writeheader()
+        w.writerows({"id": i, "rle_mask": "1 1"} for i in test_ids)
+    return root
+
+
+def heldout_root(workdir: Path, rows: list[dict], src: Path = TGS) -> Path:
+    """A TGS folder whose train.csv lists only the held-out images (for bench/playbook.py's per-step check)."""
+    root = workdir / "tgs_heldout"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / "train").symlink_to(src / "train")
     if (src / "depths.csv").is_file():
         (root / "depths.csv").symlink_to(src / "depths.csv")
     with open(root / "train.csv", "w", newline="") as fh:
@@ -68,6 +92,15 @@ def subset_root(workdir: Path, rows: list[dict], src: Path = TGS) -> Path:
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+def read_submission(path: Path, ids: list[str]) -> np.ndarray:
+    """The masks of a TGS submission CSV (column-major RLE at 101x101) in the order of `ids`, (N, 101, 101)."""
+    from segkit.rle import decode
+
+    with open(path, newline="") as fh:
+        rles = {row["id"]: row["rle_mask"] for row in csv.DictReader(fh)}
+    return np.stack([decode(rles[i], SUBMISSION, order="F") for i in ids])
 
 
 def read_set(adapter, samples) -> tuple[np.ndarray, np.ndarray]:
@@ -218,6 +251,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="an extra segkit override key=value (experiments)")
     ap.add_argument("--model", default="", help="extra U-Net settings for segkit, e.g. 'batch_norm: true' "
                                                  "(experiments)")
+    ap.add_argument("--no-steps", dest="steps", action="store_false",
+                    help="skip the per-step held-out check of the post-processing chain")
     ap.add_argument("--skip-plain", action="store_true", help="train segkit only (development; no time ratio)")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "segkit_real_tgs")
     ap.add_argument("--verbose", action="store_true", help="segkit's own progress output")
@@ -240,7 +275,8 @@ def main() -> None:
     train_s = [s for s, h in zip(samples, held) if not h]
     held_s = [s for s, h in zip(samples, held) if h]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    root = subset_root(args.workdir, [{"id": s.id, "rle_mask": s.meta["rle"]} for s in train_s])
+    root = subset_root(args.workdir, [{"id": s.id, "rle_mask": s.meta["rle"]} for s in train_s],
+                       [s.id for s in held_s])
     x_tr, y_tr = read_set(adapter, train_s)
     x_ho, y_ho = read_set(adapter, held_s)
     print(f"real TGS {TGS}: {len(samples)} images, training on {len(train_s)}, held out {len(held_s)} "
@@ -271,14 +307,24 @@ def main() -> None:
     name = f"segkit tgs ({tc.folds} folds x {epochs}{', ' + extra if extra else ''})"
     if planned:
         print(f"segkit: training loop {planned['spent_s']:.0f} s of the {seg_s:.0f} s fit (then OOF and tuning)")
-    rows.append((name, tgs_score(y_ho, p > 0.5), seg_s))
+    rows.append((name + ", threshold 0.5", tgs_score(y_ho, p > 0.5), seg_s))
+    written = run.write_submission(args.workdir / "submission.csv")  # what `segkit predict` writes: tuned chain
+    rows.append((name + ", its tuned chain (segkit predict)", tgs_score(y_ho, read_submission(written, [s.id for s in held_s])), seg_s))
     rows.append(("all-empty", tgs_score(y_ho, np.zeros_like(y_ho)), None))
     print(f"\nheld-out quarter ({len(held_s)} images), TGS metric at 101x101, hflip TTA:")
     for what, score, secs in rows:
         print(f"  {what:<60s} {score:.4f}   " + (f"train {secs:.0f} s" if secs else ""))
+    if args.steps:  # per post-processing step: OOF-tuned gain, CV gain ± SE, decision, held-out gain
+        sys.path.insert(0, str(ROOT / "bench"))
+        from playbook import heldout_check
+
+        from segkit.runs import model_tags
+
+        heldout_check("real_tgs", run, heldout_root(args.workdir, [{"id": s.id, "rle_mask": s.meta["rle"]}
+                                                                    for s in held_s]), model_tags(run.config))
     if plain_s:
         best_plain = max(rows[0][1], rows[1][1])
-        seg = rows[-2][1]
+        seg = rows[-2][1]  # what segkit submits
         print(f"segkit − best plain: {seg - best_plain:+.4f} (target ≥ +0.03); time ratio {seg_s / plain_s:.2f} "
               f"(target ≤ 1.25)")
 

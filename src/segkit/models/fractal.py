@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from segkit.errors import ConfigError
-from segkit.models.layers import Normalisation, check_choice, per_level, unet_skeleton
+from segkit.models.layers import BN_MOMENTUM, Normalisation, check_choice, per_level, unet_skeleton
 from segkit.models.registry import register_model
 
 INFERENCE_MODES = ("mean", "deepest")
@@ -126,7 +126,7 @@ class _BlockBuilder:
         x = layers.Conv2D(self.filters, 3, padding="same", name=f"{prefix}_conv")(x)
         if self.dropout > 0:
             x = layers.Dropout(self.dropout, name=f"{prefix}_drop")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
         return layers.Activation("relu", name=f"{prefix}_relu")(x)
 
     def join(self, columns: list):

@@ -25,6 +25,12 @@ ACTIVATIONS = ("sigmoid", "softmax")
 Block = Callable[..., "keras.KerasTensor"]
 # per-band (scale, offset): the model computes x * scale + offset on the raw image
 Normalisation = tuple[Sequence[float], Sequence[float]]
+# BatchNorm's moving statistics keep 90 % of their value per step (PyTorch's default, which segmentation_models_
+# pytorch and the Kaggle winners trained with), not Keras' 99 %: with 99 % they lag the fast-changing weights of a
+# short run. Measured on real TGS (U-Net depth 4 base 8, 96 px, 8 epochs of 36 steps): at 0.99 the fold's best
+# checkpoint scored val Dice 0.44 in inference mode and 0.75 in training mode, and 0.75 in inference mode once its
+# statistics were re-estimated on 60 training batches; its first BN layer's moving variance was 9x the real one.
+BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="segkit")
@@ -86,7 +92,7 @@ def conv_block(x, filters: int, name: str, batch_norm: bool = True, dropout: flo
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name=f"{name}_drop")(x)
