@@ -1,7 +1,8 @@
 """Weight averaging of a fold: an exponential moving average of the weights (`train.ema`) or stochastic weight
 averaging over the last N epochs or the K best epochs (`train.swa`). Either way the averaged weights become the
 fold's `best.keras` (what OOF, tuning and predict use) and the raw best stays beside it as `best_raw.keras`, so the
-report can show what averaging changed; done.json records both validation values under "averaging".
+report can show what averaging changed; done.json records both validation values under "averaging" (an
+`AveragingRecord`, segkit.runs: the one shape its writer here and its reader, the report, share).
 
 EMA lives in the optimizer (Keras' `use_ema` / `ema_momentum`, updated inside the compiled train step on every
 backend and saved with the optimizer in last.keras, so a resumed fold resumes its average). Validation, early
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 
 from segkit.config import TrainConfig
-from segkit.runs import FoldDir
+from segkit.runs import AveragingRecord, FoldDir
 
 SWA_BN_BATCHES = 100  # default number of training batches for the BatchNorm re-estimation after SWA
 
@@ -96,7 +97,8 @@ class Averager(keras.callbacks.Callback):
         """Called once state.json is written: files the saved state no longer refers to may go."""
 
     def finish(self, model, best: float | None) -> dict[str, Any]:
-        """Make best.keras hold the averaged weights (the raw best as best_raw.keras); the done.json record."""
+        """Make best.keras hold the averaged weights (the raw best as best_raw.keras); the done.json record
+        (an AveragingRecord's to_json)."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
@@ -184,8 +186,8 @@ class EmaAverager(Averager):
 
     def finish(self, model, best: float | None) -> dict[str, Any]:
         """best.keras already holds the best EMA weights (saved during training)."""
-        return {"kind": self.kind, "momentum": self.momentum, "monitor": self.monitor,
-                "val_raw": self.raw_best, "val_averaged": best}
+        return AveragingRecord(self.kind, self.monitor, val_raw=self.raw_best, val_averaged=best,
+                               momentum=self.momentum).to_json()
 
 
 # --- SWA -------------------------------------------------------------------------------------------
@@ -297,20 +299,20 @@ class SwaAverager(Averager):
         self._dropped = []
 
     def finish(self, model, best: float | None) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": self.kind, self.how: self.n, "monitor": self.monitor,
-                                  "epochs": [e["epoch"] for e in self.pool], "val_raw": best, "val_averaged": None}
+        record = AveragingRecord(self.kind, self.monitor, val_raw=best, val_averaged=None, how=self.how, n=self.n,
+                                 epochs=[e["epoch"] for e in self.pool])
         paths = [self.fold.snapshot(e["epoch"]) for e in self.pool]
         if not paths or not all(p.is_file() for p in paths):
-            record["skipped"] = "no epoch snapshots to average"
-            return record
+            record.skipped = "no epoch snapshots to average"
+            return record.to_json()
         model.set_weights(average_weight_files(paths))
         batches = self.bn_batches(self.n_bn) if (self.bn_batches is not None and self.n_bn > 0) else ()
-        record["bn_batches"] = reestimate_batchnorm(model, batches)
-        record["val_averaged"] = self._monitored(self.evaluate(model))
+        record.bn_batches = reestimate_batchnorm(model, batches)
+        record.val_averaged = self._monitored(self.evaluate(model))
         if not self.fold.best_raw.is_file():  # a rerun after a killed finish: best_raw already holds the raw best
             os.replace(self.fold.best, self.fold.best_raw)
         save_model(model, self.fold.best)
-        return record
+        return record.to_json()
 
     def cleanup(self) -> None:
         for path in self.fold.snapshots():

@@ -15,7 +15,7 @@ import numpy as np
 
 from segkit.config import Config, check_ensemble_roles
 from segkit.errors import ConfigError, TrainingError, unknown_name
-from segkit.runs import FoldDir, RunData, RunDir, ensembled_tags, model_tags, open_run_data
+from segkit.runs import RunData, RunDir, ensembled_tags, model_tags, open_run_data
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _tag_class(cfg: Config, tag: str, n_samples: int, c: int, rows: np.ndarray |
     heads = []
     for k in range(cfg.train.folds):
         fold = rd.fold(tag, k)
-        oof, index = read_fold_oof(fold)
+        oof, index = fold.read_oof()
         if probs is None:
             probs = np.zeros((n_out,) + oof.shape[1:3], dtype)
         if len(index) and (index.max() >= n_samples or index.min() < 0):
@@ -138,7 +138,7 @@ def _tag_class(cfg: Config, tag: str, n_samples: int, c: int, rows: np.ndarray |
         head = fold.oof_label.is_file()
         heads.append(head)
         if head:
-            lab = _read_label(fold, len(index))
+            lab = fold.read_oof_label(len(index))
             label = np.zeros(n_out, np.float32) if label is None else label
             label[pos[index[wanted]]] = lab[wanted, c]
     if not covered.all():
@@ -149,34 +149,6 @@ def _tag_class(cfg: Config, tag: str, n_samples: int, c: int, rows: np.ndarray |
                             f"while others do; retrain them ({rd.fold(tag, missing[0]).restart_hint()})")
     assert probs is not None
     return probs, label
-
-
-def read_fold_oof(fold: FoldDir) -> tuple[np.ndarray, np.ndarray]:
-    """One fold's OOF probabilities (memory-mapped (N_val, H, W, C)) and sample indices; TrainingError naming
-    the fold and the fix when missing or damaged."""
-    if not fold.oof.is_file():
-        raise TrainingError(f"{fold.path}: no out-of-fold predictions; finish training first (segkit train)")
-    try:
-        probs = np.load(fold.oof, mmap_mode="r")
-        index = np.load(fold.oof_index)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{fold.path}: out-of-fold predictions unreadable ({' '.join(str(exc).split())[:120]}); "
-                            f"run {fold.restart_hint()}") from None
-    if index.ndim != 1 or probs.ndim != 4 or len(index) != len(probs):
-        raise TrainingError(f"{fold.oof_index}: does not match {fold.oof.name}; run {fold.restart_hint()}")
-    return probs, index.astype(np.int64)
-
-
-def _read_label(fold: FoldDir, n: int) -> np.ndarray:
-    try:
-        lab = np.load(fold.oof_label)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{fold.oof_label}: unreadable ({' '.join(str(exc).split())[:120]}); "
-                            f"run {fold.restart_hint()}") from None
-    if lab.ndim != 2 or len(lab) != n:
-        raise TrainingError(f"{fold.oof_label}: shape {lab.shape} does not match the fold's {n} OOF rows; "
-                            f"run {fold.restart_hint()}")
-    return lab.astype(np.float32)
 
 
 # --- choosing the weights on OOF ------------------------------------------------------------------
@@ -226,8 +198,7 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
     for c in range(len(run.adapter.classes)):
         stack = np.stack([_tag_class(cfg, t, n, c, rows, np.float16)[0] for t in tags])
         per_class.append((np.ascontiguousarray(masks[rows, ..., c]), stack))
-    run_folds = np.asarray(run.folds)[rows] if getattr(run, "folds", None) is not None else None
-    folds, source = choose_folds(run_folds, len(rows), cfg.seed)
+    folds, source = choose_folds(np.asarray(run.folds)[rows], len(rows), cfg.seed)
     ids = [] if folds is None else sorted(int(k) for k in np.unique(folds))
     subsets = {"all": np.arange(len(rows))}
     for k in ids:
