@@ -117,7 +117,8 @@ def test_fingerprint_names_what_shapes_the_weights(tmp_path):
 
 
 MY_MODULES = ("train.py", "postprocess/chain.py", "postprocess/search.py", "postprocess/tuning.py", "predict.py",
-              "demo.py", "pipeline.py", "kaggle/runtime.py", "cli/run.py", "report.py")
+              "demo.py", "pipeline.py", "kaggle/runtime.py", "cli/run.py", "report/scoring.py",
+              "report/records.py", "report/rendering.py")
 RUN_FILES = ("best.keras", "last.keras", "done.json", "state.json", "oof.npy", "oof_index.npy", "postprocess.json",
              "folds.csv", "config.yaml", "history.csv", "metrics.json", "fingerprint.json", "fold_", "report.html")
 
