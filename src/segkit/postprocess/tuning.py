@@ -16,53 +16,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from segkit.config import Config
-from segkit.errors import ConfigError, TrainingError
+from segkit.errors import ConfigError
 from segkit.oof import OofClass, load_oof_class
 from segkit.postprocess.crossval import (RULE, Context, CrossVal, State, chain_score, choose_folds,
                                          crossval_chain, in_sample_rule, standard_error)
 from segkit.postprocess.search import ClassTables, Scorer
-from segkit.runs import RunData, RunDir, ensembled_tags, open_run_data
+from segkit.runs import RunData, RunDir, open_run_data
 
 STEP_NAMES = ("plain (0.5)", "threshold", "min area", "gate", "triplet")
-
-
-def load_oof(cfg: Config, n_samples: int, channel: int | None = None) -> np.ndarray:
-    """Out-of-fold probabilities of every training sample, averaged over the models predict ensembles
-    (predict.models, else all): (N, H, W, C), or (N, H, W) for one `channel` (tuning goes class by class so
-    memory holds one class at a time)."""
-    rd = RunDir.of(cfg)
-    tags = ensembled_tags(cfg)
-    total = None
-    for tag in tags:
-        covered = np.zeros(n_samples, dtype=bool)
-        for k in range(cfg.train.folds):
-            fold = rd.fold(tag, k)
-            if not fold.oof.is_file():
-                raise TrainingError(f"{fold.path}: no out-of-fold predictions; finish training first (segkit train)")
-            probs, index = _read_oof(fold)
-            if channel is not None:
-                probs = probs[..., channel]
-            if total is None:
-                total = np.zeros((n_samples,) + probs.shape[1:], dtype=np.float32)
-            total[index] += probs
-            covered[index] = True
-        if not covered.all():
-            raise TrainingError(f"{rd.path / tag}: out-of-fold predictions miss {int((~covered).sum())} samples")
-    total /= len(tags)
-    return total
-
-
-def _read_oof(fold) -> tuple[np.ndarray, np.ndarray]:
-    """One fold's OOF probabilities (memory-mapped) and sample indices; TrainingError naming a damaged file."""
-    try:
-        probs = np.load(fold.oof, mmap_mode="r")
-        index = np.load(fold.oof_index)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{fold.path}: out-of-fold predictions unreadable ({' '.join(str(exc).split())[:120]}); "
-                            f"run {fold.restart_hint()}") from None
-    if index.ndim != 1 or len(index) != len(probs):
-        raise TrainingError(f"{fold.oof_index}: does not match {fold.oof.name}; run {fold.restart_hint()}")
-    return probs, index
 
 
 def _gate_kinds(cfg: Config, has_label: bool) -> list[str]:
@@ -201,7 +162,7 @@ def tune(cfg: Config, run: RunData | None = None, quiet: bool = False) -> dict:
     masks = run.cache.masks  # memory-mapped (N, H, W, C)
     sub_h, sub_w = run.adapter.submission_size(run.samples[0])
     area_scale = (masks.shape[1] * masks.shape[2]) / float(sub_h * sub_w)  # areas are in submission pixels
-    folds = np.asarray(run.folds) if getattr(run, "folds", None) is not None else None
+    folds = np.asarray(run.folds)
     classes, tuned = [], []
     for c, name in enumerate(run.adapter.classes):
         oof = load_oof_class(cfg, len(run.samples), c)
