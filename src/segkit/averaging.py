@@ -96,7 +96,7 @@ class Averager(keras.callbacks.Callback):
     def commit(self) -> None:
         """Called once state.json is written: files the saved state no longer refers to may go."""
 
-    def finish(self, model, best: float | None) -> dict[str, Any]:
+    def finish(self, model: keras.Model, best: float | None) -> dict[str, Any]:
         """Make best.keras hold the averaged weights (the raw best as best_raw.keras); the done.json record
         (an AveragingRecord's to_json)."""
         raise NotImplementedError
@@ -104,7 +104,7 @@ class Averager(keras.callbacks.Callback):
     def cleanup(self) -> None:
         """Called once done.json is written: delete what only resuming needed."""
 
-    def evaluate(self, model) -> dict[str, float]:
+    def evaluate(self, model: keras.Model) -> dict[str, float]:
         """The validation metrics of the model's current weights (no callbacks, no progress bar)."""
         logs = {k: float(v) for k, v in model.evaluate(self.val_feed, verbose=0, return_dict=True).items()}
         for key in list(logs):  # a model with the classification head: mask metrics under their plain names
@@ -184,7 +184,7 @@ class EmaAverager(Averager):
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "raw_best": self.raw_best}
 
-    def finish(self, model, best: float | None) -> dict[str, Any]:
+    def finish(self, model: keras.Model, best: float | None) -> dict[str, Any]:
         """best.keras already holds the best EMA weights (saved during training)."""
         return AveragingRecord(self.kind, self.monitor, val_raw=self.raw_best, val_averaged=best,
                                momentum=self.momentum).to_json()
@@ -228,7 +228,7 @@ def average_weight_files(paths: Sequence[Path]) -> list[np.ndarray]:
             for acc, w in zip(total, last)]
 
 
-def batchnorm_layers(model) -> list:
+def batchnorm_layers(model: keras.Model) -> list:
     """Every trainable BatchNormalization layer of a model, nested models included."""
     found, stack = [], [model]
     while stack:
@@ -240,7 +240,7 @@ def batchnorm_layers(model) -> list:
     return found
 
 
-def reestimate_batchnorm(model, batches: Iterable[np.ndarray]) -> int:
+def reestimate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> int:
     """Recompute BatchNorm moving statistics for the model's current weights: a forward pass in training mode
     over `batches`, each layer's momentum set so the moving statistics become the cumulative mean of the batch
     statistics. Returns the number of batches used (0 when the model has no BatchNorm layer)."""
@@ -298,7 +298,7 @@ class SwaAverager(Averager):
             self.fold.snapshot(e["epoch"]).unlink(missing_ok=True)
         self._dropped = []
 
-    def finish(self, model, best: float | None) -> dict[str, Any]:
+    def finish(self, model: keras.Model, best: float | None) -> dict[str, Any]:
         record = AveragingRecord(self.kind, self.monitor, val_raw=best, val_averaged=None, how=self.how, n=self.n,
                                  epochs=[e["epoch"] for e in self.pool])
         paths = [self.fold.snapshot(e["epoch"]) for e in self.pool]
@@ -321,14 +321,14 @@ class SwaAverager(Averager):
 
 # --- files ---------------------------------------------------------------------------------------
 
-def save_model(model, path: Path) -> None:
+def save_model(model: keras.Model, path: Path) -> None:
     """Save a .keras checkpoint atomically (temporary sibling, then rename)."""
     tmp = FoldDir.temp_for(path)
     model.save(tmp)
     os.replace(tmp, path)
 
 
-def save_weights_file(model, path: Path) -> None:
+def save_weights_file(model: keras.Model, path: Path) -> None:
     """Save the model's weights (trainable and not, in `model.weights` order) as an .npz, atomically."""
     tmp = FoldDir.temp_for(path)
     with open(tmp, "wb") as fh:

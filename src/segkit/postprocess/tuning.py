@@ -11,7 +11,7 @@ all-empty baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from segkit.postprocess.crossval import (RULE, Context, CrossVal, State, chain_s
                                          crossval_chain, in_sample_rule, standard_error)
 from segkit.postprocess.search import ClassTables, Scorer
 from segkit.runs import RunData, RunDir, open_run_data
+
+if TYPE_CHECKING:
+    from segkit.data.competitions.base import Adapter
 
 STEP_NAMES = ("plain (0.5)", "threshold", "min area", "gate", "triplet")
 
@@ -58,7 +61,7 @@ class Units(NamedTuple):
     ks: list[int]
 
 
-def class_tables(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+def class_tables(adapter: Adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                  sub_pixels: int) -> tuple[ClassTables, Context, Units]:
     """The per-image statistics of one class's OOF (per-image scores when the adapter's count form does not
     match its metric), the search context of the config's grids, and the pixel units (what `tune_class_cv`
@@ -93,7 +96,7 @@ class ClassTuning:
     empty_score: float | None = None
 
 
-def tune_class(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+def tune_class(adapter: Adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                sub_pixels: int, folds: np.ndarray | None = None,
                ) -> tuple[dict[str, Any], list[tuple[float, dict[str, Any]]]]:
     """Tune one class's chain → (its postprocess.json row, [(score, params) after each step]); see
@@ -102,7 +105,7 @@ def tune_class(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scal
     return tuned.row, tuned.steps
 
 
-def tune_class_cv(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+def tune_class_cv(adapter: Adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                   sub_pixels: int, folds: np.ndarray | None = None) -> ClassTuning:
     """Tune one class's chain with each step judged out of sample (segkit.postprocess.crossval): cross-
     validated over `folds` (the fold each image was validated in; None or folds too small: a seeded random

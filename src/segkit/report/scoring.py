@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from segkit.report.records import (averaging_rows, baseline_rows, crossval_notes
 from segkit.report.rendering import PLAIN, Curve, GalleryItem, Report, Row
 from segkit.runs import RunData, RunDir, ensembled_tags, model_tags, open_run_data
 from segkit.storage import atomic_write
+
+if TYPE_CHECKING:
+    from segkit.data.competitions.base import Adapter
 
 # A metric of per-image counts (adapter.score_counts) is swept at every one of these in one pass; any other
 # metric is called once per threshold of the coarser grid.
@@ -248,7 +251,7 @@ def gallery(cfg: Config, run: RunData, chain: ChainParams, per_image: np.ndarray
 
 # --- the sweep ----------------------------------------------------------------------------------------------
 
-def threshold_sweep(adapter: Any, truth: np.ndarray, probs: np.ndarray,
+def threshold_sweep(adapter: Adapter, truth: np.ndarray, probs: np.ndarray,
                     thresholds: Sequence[float] | None = None) -> tuple[list[float], list[float], bool]:
     """(thresholds, scores, vectorised): the adapter's metric of `probs > t` against `truth` (N, H, W) for each t.
     When the metric is a function of per-image counts (the adapter's `score_counts`, as post-processing's search
