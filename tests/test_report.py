@@ -204,6 +204,10 @@ def test_weight_averaging_and_pseudo_label_rows(run):
     done["averaging"] = {"kind": "ema", "momentum": 0.99, "monitor": "val_dice", "val_raw": 0.25,
                          "val_averaged": 0.3125}
     done_path.write_text(json.dumps(done))
+    old_path = rd / "unet" / "fold_0" / "done.json"  # an older record: no monitor, no averaged value
+    old = json.loads(old_path.read_text())
+    old["averaging"] = {"kind": "swa", "last": 3, "val_raw": 0.5}
+    old_path.write_text(json.dumps(old))
     rnd = RunDir(rd).pseudo_round(1)
     rnd.path.mkdir(parents=True)
     rnd.write_report({"round": 1, "run": "clouds", "n_test": 2, "n_kept": 1, "digest": "abc",
@@ -212,7 +216,8 @@ def test_weight_averaging_and_pseudo_label_rows(run):
     assert code == 0, err
     rows = table_rows(out)
     assert "EMA unet fold 1" in rows and "EMA unet fold 0" not in rows
-    assert "val_dice: raw 0.2500 -> averaged 0.3125 (+0.0625)" in " ".join(rows["EMA unet fold 1"])
+    assert "val_dice: raw 0.2500 -> averaged 0.3125 (+0.0625); momentum 0.99" in " ".join(rows["EMA unet fold 1"])
+    assert f"{old['monitor']}: raw 0.5000 -> averaged -; last 3" in " ".join(rows["SWA unet fold 0"])
     assert "kept 1 of 2 test images (non-empty: Fish 1)" in " ".join(rows["pseudo-label round 1 written"])
     assert "EMA unet fold 1" in (rd / "report.html").read_text()
 

@@ -11,7 +11,8 @@ import segkit
 from segkit.config import config_from_dict
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, TrainingError
-from segkit.runs import FoldDir, RunDir, changed_keys, checkpoint_paths, fold_fingerprint, model_tags, weight_settings
+from segkit.runs import (AveragingRecord, FoldDir, RunDir, changed_keys, checkpoint_paths, fold_fingerprint, model_tags,
+                         weight_settings)
 
 SAMPLES = [Sample(id=f"p{i}", image=(f"p{i}.tif",), group=f"g{i % 3}") for i in range(6)]
 FOLDS = np.array([0, 1, 0, 1, 0, 1])
@@ -100,6 +101,56 @@ def test_damaged_fold_and_postprocess_files_name_the_fix(tmp_path):
     assert run.read_postprocess(["cloud"])["classes"][0]["threshold"] == 0.3
 
 
+def test_the_fold_oof_has_one_reader_that_names_the_fold_and_the_fix(tmp_path):
+    fold = FoldDir(tmp_path / "unet" / "fold_1", "unet", 1)
+    with pytest.raises(TrainingError, match=r"fold_1: no out-of-fold predictions; finish training first"):
+        fold.read_oof()
+    fold.path.mkdir(parents=True)
+    np.save(fold.oof, np.zeros((3, 4, 5, 2), np.float16))
+    np.save(fold.oof_index, np.array([4, 0, 2], np.int32))
+    probs, index = fold.read_oof()
+    assert probs.shape == (3, 4, 5, 2) and isinstance(probs, np.memmap)
+    assert index.dtype == np.int64 and index.tolist() == [4, 0, 2]
+    np.save(fold.oof_index, np.array([4, 0]))
+    with pytest.raises(TrainingError, match=r"oof_index.npy: does not match oof.npy; run .*--restart-fold 1"):
+        fold.read_oof()
+    fold.oof_index.write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match=r"fold_1: out-of-fold predictions unreadable"):
+        fold.read_oof()
+    np.save(fold.oof_label, np.ones((3, 2), np.float16))
+    label = fold.read_oof_label(3)
+    assert label.dtype == np.float32 and label.shape == (3, 2)
+    with pytest.raises(TrainingError, match=r"oof_label.npy: shape \(3, 2\) does not match the fold's 4 OOF rows"):
+        fold.read_oof_label(4)
+
+
+def test_the_averaging_record_reads_back_what_it_writes_and_older_records():
+    ema = AveragingRecord("ema", "val_dice", val_raw=0.25, val_averaged=0.3125, momentum=0.99)
+    assert list(ema.to_json()) == ["kind", "momentum", "monitor", "val_raw", "val_averaged"]
+    swa = AveragingRecord("swa", "val_loss", val_raw=0.5, val_averaged=0.25, how="best", n=3, epochs=[2, 5, 7],
+                          bn_batches=4)
+    assert swa.to_json() == {"kind": "swa", "best": 3, "monitor": "val_loss", "epochs": [2, 5, 7], "val_raw": 0.5,
+                             "val_averaged": 0.25, "bn_batches": 4}
+    skipped = AveragingRecord("swa", "val_dice", 0.5, None, how="last", n=2, epochs=[], skipped="no snapshots")
+    for record in (ema, swa, skipped):
+        assert AveragingRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert ema.settings() == {"momentum": 0.99}
+    assert swa.settings() == {"best": 3, "bn_batches": 4}
+    assert skipped.settings() == {"last": 2, "skipped": "no snapshots"}
+    old = AveragingRecord.from_json({"val_raw": 0.5, "val_averaged": "n/a"})  # a record without most fields
+    assert old == AveragingRecord("averaging", None, 0.5, None) and old.settings() == {}
+
+
+def test_a_fold_reads_its_averaging_record_with_the_fold_monitor_when_it_lacks_one(tmp_path):
+    fold = FoldDir(tmp_path / "fold_0", "unet", 0)
+    fold.path.mkdir()
+    done = {"fold": 0, "best": 0.5, "epochs": 3, "monitor": "val_dice"}
+    fold.write_json(fold.done, done)
+    assert fold.read_averaging() is None
+    fold.write_json(fold.done, {**done, "averaging": {"kind": "ema", "val_raw": 0.25, "val_averaged": 0.5}})
+    assert fold.read_averaging() == AveragingRecord("ema", "val_dice", 0.25, 0.5)
+
+
 def test_fingerprint_names_what_shapes_the_weights(tmp_path):
     cfg = cfg_for(tmp_path)
     ids = [s.id for s in SAMPLES]
@@ -117,7 +168,8 @@ def test_fingerprint_names_what_shapes_the_weights(tmp_path):
 
 
 MY_MODULES = ("train.py", "postprocess/chain.py", "postprocess/search.py", "postprocess/tuning.py", "predict.py",
-              "demo.py", "pipeline.py", "kaggle/runtime.py", "cli/run.py", "report.py")
+              "demo.py", "pipeline.py", "kaggle/runtime.py", "cli/run.py", "report/scoring.py",
+              "report/records.py", "report/rendering.py")
 RUN_FILES = ("best.keras", "last.keras", "done.json", "state.json", "oof.npy", "oof_index.npy", "postprocess.json",
              "folds.csv", "config.yaml", "history.csv", "metrics.json", "fingerprint.json", "fold_", "report.html")
 

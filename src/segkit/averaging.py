@@ -1,7 +1,8 @@
 """Weight averaging of a fold: an exponential moving average of the weights (`train.ema`) or stochastic weight
 averaging over the last N epochs or the K best epochs (`train.swa`). Either way the averaged weights become the
 fold's `best.keras` (what OOF, tuning and predict use) and the raw best stays beside it as `best_raw.keras`, so the
-report can show what averaging changed; done.json records both validation values under "averaging".
+report can show what averaging changed; done.json records both validation values under "averaging" (an
+`AveragingRecord`, segkit.runs: the one shape its writer here and its reader, the report, share).
 
 EMA lives in the optimizer (Keras' `use_ema` / `ema_momentum`, updated inside the compiled train step on every
 backend and saved with the optimizer in last.keras, so a resumed fold resumes its average). Validation, early
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 
 from segkit.config import TrainConfig
-from segkit.runs import FoldDir
+from segkit.runs import AveragingRecord, FoldDir
 
 SWA_BN_BATCHES = 100  # default number of training batches for the BatchNorm re-estimation after SWA
 
@@ -95,14 +96,15 @@ class Averager(keras.callbacks.Callback):
     def commit(self) -> None:
         """Called once state.json is written: files the saved state no longer refers to may go."""
 
-    def finish(self, model, best: float | None) -> dict[str, Any]:
-        """Make best.keras hold the averaged weights (the raw best as best_raw.keras); the done.json record."""
+    def finish(self, model: keras.Model, best: float | None) -> dict[str, Any]:
+        """Make best.keras hold the averaged weights (the raw best as best_raw.keras); the done.json record
+        (an AveragingRecord's to_json)."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
         """Called once done.json is written: delete what only resuming needed."""
 
-    def evaluate(self, model) -> dict[str, float]:
+    def evaluate(self, model: keras.Model) -> dict[str, float]:
         """The validation metrics of the model's current weights (no callbacks, no progress bar)."""
         logs = {k: float(v) for k, v in model.evaluate(self.val_feed, verbose=0, return_dict=True).items()}
         for key in list(logs):  # a model with the classification head: mask metrics under their plain names
@@ -182,10 +184,10 @@ class EmaAverager(Averager):
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "raw_best": self.raw_best}
 
-    def finish(self, model, best: float | None) -> dict[str, Any]:
+    def finish(self, model: keras.Model, best: float | None) -> dict[str, Any]:
         """best.keras already holds the best EMA weights (saved during training)."""
-        return {"kind": self.kind, "momentum": self.momentum, "monitor": self.monitor,
-                "val_raw": self.raw_best, "val_averaged": best}
+        return AveragingRecord(self.kind, self.monitor, val_raw=self.raw_best, val_averaged=best,
+                               momentum=self.momentum).to_json()
 
 
 # --- SWA -------------------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def average_weight_files(paths: Sequence[Path]) -> list[np.ndarray]:
             for acc, w in zip(total, last)]
 
 
-def batchnorm_layers(model) -> list:
+def batchnorm_layers(model: keras.Model) -> list:
     """Every trainable BatchNormalization layer of a model, nested models included."""
     found, stack = [], [model]
     while stack:
@@ -238,7 +240,7 @@ def batchnorm_layers(model) -> list:
     return found
 
 
-def reestimate_batchnorm(model, batches: Iterable[np.ndarray]) -> int:
+def reestimate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> int:
     """Recompute BatchNorm moving statistics for the model's current weights: a forward pass in training mode
     over `batches`, each layer's momentum set so the moving statistics become the cumulative mean of the batch
     statistics. Returns the number of batches used (0 when the model has no BatchNorm layer)."""
@@ -296,21 +298,21 @@ class SwaAverager(Averager):
             self.fold.snapshot(e["epoch"]).unlink(missing_ok=True)
         self._dropped = []
 
-    def finish(self, model, best: float | None) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": self.kind, self.how: self.n, "monitor": self.monitor,
-                                  "epochs": [e["epoch"] for e in self.pool], "val_raw": best, "val_averaged": None}
+    def finish(self, model: keras.Model, best: float | None) -> dict[str, Any]:
+        record = AveragingRecord(self.kind, self.monitor, val_raw=best, val_averaged=None, how=self.how, n=self.n,
+                                 epochs=[e["epoch"] for e in self.pool])
         paths = [self.fold.snapshot(e["epoch"]) for e in self.pool]
         if not paths or not all(p.is_file() for p in paths):
-            record["skipped"] = "no epoch snapshots to average"
-            return record
+            record.skipped = "no epoch snapshots to average"
+            return record.to_json()
         model.set_weights(average_weight_files(paths))
         batches = self.bn_batches(self.n_bn) if (self.bn_batches is not None and self.n_bn > 0) else ()
-        record["bn_batches"] = reestimate_batchnorm(model, batches)
-        record["val_averaged"] = self._monitored(self.evaluate(model))
+        record.bn_batches = reestimate_batchnorm(model, batches)
+        record.val_averaged = self._monitored(self.evaluate(model))
         if not self.fold.best_raw.is_file():  # a rerun after a killed finish: best_raw already holds the raw best
             os.replace(self.fold.best, self.fold.best_raw)
         save_model(model, self.fold.best)
-        return record
+        return record.to_json()
 
     def cleanup(self) -> None:
         for path in self.fold.snapshots():
@@ -319,14 +321,14 @@ class SwaAverager(Averager):
 
 # --- files ---------------------------------------------------------------------------------------
 
-def save_model(model, path: Path) -> None:
+def save_model(model: keras.Model, path: Path) -> None:
     """Save a .keras checkpoint atomically (temporary sibling, then rename)."""
     tmp = FoldDir.temp_for(path)
     model.save(tmp)
     os.replace(tmp, path)
 
 
-def save_weights_file(model, path: Path) -> None:
+def save_weights_file(model: keras.Model, path: Path) -> None:
     """Save the model's weights (trainable and not, in `model.weights` order) as an .npz, atomically."""
     tmp = FoldDir.temp_for(path)
     with open(tmp, "wb") as fh:

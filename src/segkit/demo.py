@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from segkit import plots
 from segkit.config import Config, load_config
+from segkit.data.synth import generate
+from segkit.pipeline import predict, train
+from segkit.postprocess import load_chain
+from segkit.report.scoring import chained_masks
 from segkit.runs import RunDir, model_tags, open_run_data
+from segkit.scene_eval import SceneReport, evaluate_submission
 
 JACCARD_TARGET = 0.80
 MINUTES_TARGET = 10.0
@@ -18,9 +24,6 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
              quiet: bool = False) -> int:
     """synth → prepare → train K folds × models → tune on OOF → predict with TTA → submission.csv → evaluate;
     prints a summary table and writes curves and overlays. Returns 0 when the submission validates."""
-    from segkit.data.synth import generate
-    from segkit.pipeline import predict, train
-
     start = time.time()
     out = Path(out)
     cfg = load_config(config, [f"data.root={out / 'data'}", f"data.cache_dir={out / 'cache'}",
@@ -33,27 +36,23 @@ def run_demo(config: str = "demo", out: str | Path = "demo_out", overrides: list
     train(cfg, quiet=quiet)
     submission = predict(cfg, quiet=quiet)
     scenes = evaluate_scenes(cfg, submission)
-    plots = write_plots(cfg)
+    plot_paths = write_plots(cfg)
     metrics = demo_metrics(cfg, submission, scenes, (time.time() - start) / 60)
     RunDir.of(cfg).write_metrics(metrics)
-    print_summary(metrics, scenes, plots)
+    print_summary(metrics, scenes, plot_paths)
     return 0
 
 
-def evaluate_scenes(cfg: Config, submission: Path):
+def evaluate_scenes(cfg: Config, submission: Path) -> SceneReport:
     """Score the submission on the test scenes with the official 38-Cloud scene metrics."""
-    from segkit.scene_eval import evaluate_submission
-
     adapter = cfg.adapter()
     return evaluate_submission(submission, adapter.scene_gt_dir(), out_dir=RunDir.of(cfg).evaluation,
                                patch_size=cfg.data.image_size[0])
 
 
 def write_plots(cfg: Config) -> list[Path]:
-    """Training curves of every fold and an overlay of a few out-of-fold predictions."""
-    from segkit import plots
-    from segkit.postprocess import apply, load_oof, load_postprocess
-
+    """Training curves of every fold and an overlay of a few out-of-fold predictions: the ensemble's OOF after
+    the post-processing chain predict applies (the report's `chained_masks`)."""
     rd = RunDir.of(cfg)
     histories = {}
     for tag in model_tags(cfg):
@@ -63,22 +62,20 @@ def write_plots(cfg: Config) -> list[Path]:
                 histories[f"{tag} fold {k}"] = pd.read_csv(path)
     written = [plots.training_curves(histories, rd.plots / "training_curves.png")]
     run = open_run_data(cfg, quiet=True)
-    oof = load_oof(cfg, len(run.samples))
-    thresholds, areas, _ = load_postprocess(cfg, run.adapter.classes)
-
     cover = np.asarray(run.cache.masks).reshape(len(run.samples), -1).mean(1)
     picks = np.argsort(np.abs(cover - 0.4))[:6]
+    predicted = chained_masks(cfg, run, load_chain(cfg, run.adapter.classes), picks)
     written.append(plots.overlays(
         [np.asarray(run.cache.images[i]) for i in picks],
         [np.asarray(run.cache.masks[i])[..., 0] for i in picks],
-        [apply(oof[i], thresholds, areas)[..., 0] for i in picks],
+        [mask[..., 0] for mask in predicted],
         [run.samples[i].id[:28] for i in picks],
         rd.plots / "oof_overlays.png",
     ))
     return written
 
 
-def demo_metrics(cfg: Config, submission: Path, scenes, minutes: float) -> dict:
+def demo_metrics(cfg: Config, submission: Path, scenes: SceneReport, minutes: float) -> dict:
     """Everything the demo reports, as saved in the run's metrics file."""
     rd = RunDir.of(cfg)
     folds = []
@@ -98,7 +95,7 @@ def demo_metrics(cfg: Config, submission: Path, scenes, minutes: float) -> dict:
     }
 
 
-def print_summary(metrics: dict, scenes, plots: list[Path]) -> None:
+def print_summary(metrics: dict, scenes: SceneReport, plot_paths: list[Path]) -> None:
     """The demo's closing table: per-fold validation Dice, OOF Jaccard, test-scene metrics, timing."""
     print("\n=== segkit demo summary ===")
     print(pd.DataFrame(metrics["folds"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -109,7 +106,7 @@ def print_summary(metrics: dict, scenes, plots: list[Path]) -> None:
     print(scenes.summary())
     jaccard, minutes = metrics["test_scene_jaccard_macro"], metrics["wall_minutes"]
     print(f"\nsubmission: {metrics['submission']}")
-    print(f"plots: {', '.join(str(p) for p in plots + list(scenes.previews))}")
+    print(f"plots: {', '.join(str(p) for p in plot_paths + list(scenes.previews))}")
     ok_j = "meets" if jaccard >= JACCARD_TARGET else "MISSES"
     ok_t = "meets" if minutes <= MINUTES_TARGET else "MISSES"
     print(f"test-scene Jaccard (macro): {jaccard:.4f}  ({ok_j} the {JACCARD_TARGET:.2f} target)")

@@ -15,7 +15,7 @@ import numpy as np
 
 from segkit.config import Config, check_ensemble_roles
 from segkit.errors import ConfigError, TrainingError, unknown_name
-from segkit.runs import FoldDir, RunData, RunDir, ensembled_tags, model_tags, open_run_data
+from segkit.runs import RunData, RunDir, ensembled_tags, model_tags, open_run_data
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _tag_class(cfg: Config, tag: str, n_samples: int, c: int, rows: np.ndarray |
     heads = []
     for k in range(cfg.train.folds):
         fold = rd.fold(tag, k)
-        oof, index = read_fold_oof(fold)
+        oof, index = fold.read_oof()
         if probs is None:
             probs = np.zeros((n_out,) + oof.shape[1:3], dtype)
         if len(index) and (index.max() >= n_samples or index.min() < 0):
@@ -138,7 +138,7 @@ def _tag_class(cfg: Config, tag: str, n_samples: int, c: int, rows: np.ndarray |
         head = fold.oof_label.is_file()
         heads.append(head)
         if head:
-            lab = _read_label(fold, len(index))
+            lab = fold.read_oof_label(len(index))
             label = np.zeros(n_out, np.float32) if label is None else label
             label[pos[index[wanted]]] = lab[wanted, c]
     if not covered.all():
@@ -149,34 +149,6 @@ def _tag_class(cfg: Config, tag: str, n_samples: int, c: int, rows: np.ndarray |
                             f"while others do; retrain them ({rd.fold(tag, missing[0]).restart_hint()})")
     assert probs is not None
     return probs, label
-
-
-def read_fold_oof(fold: FoldDir) -> tuple[np.ndarray, np.ndarray]:
-    """One fold's OOF probabilities (memory-mapped (N_val, H, W, C)) and sample indices; TrainingError naming
-    the fold and the fix when missing or damaged."""
-    if not fold.oof.is_file():
-        raise TrainingError(f"{fold.path}: no out-of-fold predictions; finish training first (segkit train)")
-    try:
-        probs = np.load(fold.oof, mmap_mode="r")
-        index = np.load(fold.oof_index)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{fold.path}: out-of-fold predictions unreadable ({' '.join(str(exc).split())[:120]}); "
-                            f"run {fold.restart_hint()}") from None
-    if index.ndim != 1 or probs.ndim != 4 or len(index) != len(probs):
-        raise TrainingError(f"{fold.oof_index}: does not match {fold.oof.name}; run {fold.restart_hint()}")
-    return probs, index.astype(np.int64)
-
-
-def _read_label(fold: FoldDir, n: int) -> np.ndarray:
-    try:
-        lab = np.load(fold.oof_label)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{fold.oof_label}: unreadable ({' '.join(str(exc).split())[:120]}); "
-                            f"run {fold.restart_hint()}") from None
-    if lab.ndim != 2 or len(lab) != n:
-        raise TrainingError(f"{fold.oof_label}: shape {lab.shape} does not match the fold's {n} OOF rows; "
-                            f"run {fold.restart_hint()}")
-    return lab.astype(np.float32)
 
 
 # --- choosing the weights on OOF ------------------------------------------------------------------
@@ -214,54 +186,8 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
 
     run = run or open_run_data(cfg, quiet=quiet)
     members = ensemble_members(cfg, tuned=False)
-    tags = [m.tag for m in members]
-    roles = [m.positive_only for m in members]
-    n = len(run.samples)
-    masks = run.cache.masks
-    h, w = masks.shape[1:3]
-    keep = max(1, min(n, MEMORY_BUDGET // max(1, len(tags) * h * w * 2)))
-    rows = np.sort(np.random.default_rng(cfg.seed).choice(n, keep, replace=False)) if keep < n else np.arange(n)
-    grid = sorted(set(cfg.postprocess.threshold_grid))
-    per_class = []  # (truth, stacked per-tag OOF (T, n, H, W) float16)
-    for c in range(len(run.adapter.classes)):
-        stack = np.stack([_tag_class(cfg, t, n, c, rows, np.float16)[0] for t in tags])
-        per_class.append((np.ascontiguousarray(masks[rows, ..., c]), stack))
-    run_folds = np.asarray(run.folds)[rows] if getattr(run, "folds", None) is not None else None
-    folds, source = choose_folds(run_folds, len(rows), cfg.seed)
-    ids = [] if folds is None else sorted(int(k) for k in np.unique(folds))
-    subsets = {"all": np.arange(len(rows))}
-    for k in ids:
-        subsets[("train", k)] = np.flatnonzero(folds != k)
-        subsets[("test", k)] = np.flatnonzero(folds == k)
-    cache: dict[tuple[float, ...], dict[Any, np.ndarray]] = {}
-
-    def table(weights: Sequence[float]) -> dict[Any, np.ndarray]:
-        """Per subset of images: the score (classes, thresholds) of these weights."""
-        key = tuple(round(float(v) / sum(weights), 9) for v in weights)
-        if key not in cache:
-            wv = np.asarray(weights, np.float32) / np.float32(sum(weights))
-            out = {s: np.zeros((len(per_class), len(grid))) for s in subsets}
-            for c, (truth, stack) in enumerate(per_class):
-                probs = np.tensordot(wv, stack, axes=1)
-                for j, t in enumerate(grid):
-                    pred = (probs > t).astype(np.uint8)
-                    for s, idx in subsets.items():
-                        out[s][c, j] = run.adapter.score_class(truth[idx], pred[idx])
-            cache[key] = out
-        return cache[key]
-
-    def best(subset: Any) -> tuple[tuple[float, ...], float, int]:
-        def score(weights: Sequence[float]) -> float:
-            return float(table(weights)[subset].max(axis=1).mean())
-
-        if len(tags) <= FULL_GRID_TAGS:
-            cands = weight_candidates(len(tags), roles)
-            scores = [score(cand) for cand in cands]
-            i = int(np.argmax(scores))  # the first maximum: equal weights come first
-            return cands[i], float(scores[i]), len(cands)
-        return _coordinate_search(score, len(tags), roles)
-
-    equal_w = (1.0,) * len(tags)
+    tags, roles = [m.tag for m in members], [m.positive_only for m in members]
+    rows = weight_rows(cfg, run, len(tags))
     if len(tags) == 1:
         result = {"weights": {tags[0]: 1.0}, "oof_score": None, "oof_score_equal": None, "candidates": 0,
                   "images": int(len(rows)), "metric": run.adapter.metric_name()}
@@ -269,20 +195,15 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
         if not quiet:
             print(f"[tune] ensemble weights {tags[0]}: 1 (one model)", flush=True)
         return result
-    tuned, tuned_score, tried = best("all")
-    equal = float(table(equal_w)["all"].max(axis=1).mean())
-    gains = []
-    for k in ids:
-        chosen = best(("train", k))[0]
-
-        def held_out(weights: Sequence[float]) -> float:
-            t = table(weights)
-            at = t[("train", k)].argmax(axis=1)  # each class's threshold chosen on the other folds
-            return float(t[("test", k)][np.arange(len(per_class)), at].mean())
-
-        gains.append(held_out(chosen) - held_out(equal_w))
+    folds, source = choose_folds(np.asarray(run.folds)[rows], len(rows), cfg.seed)
+    scores = WeightScores(cfg, run, tags, rows, folds)
+    tuned, tuned_score, tried = scores.best("all", roles)
+    equal_w = (1.0,) * len(tags)
+    equal = scores.score(equal_w)
+    gains = [scores.held_out(scores.best(("train", k), roles)[0], k) - scores.held_out(equal_w, k)
+             for k in scores.folds]
     if cfg.postprocess.crossval:
-        kept, reason = judge(gains) if ids else (False, source)
+        kept, reason = judge(gains) if scores.folds else (False, source)
     else:
         kept, reason = tuned_score > equal + 1e-12, "postprocess.crossval: false: kept when it raises the OOF"
     final = tuned if kept else equal_w
@@ -302,6 +223,72 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
               f"(equal) -> {tuned_score:.4f} (OOF-tuned gain {tuned_score - equal:+.4f}){cv}: {decision} "
               f"({reason})", flush=True)
     return result
+
+
+def weight_rows(cfg: Config, run: RunData, n_tags: int) -> np.ndarray:
+    """The training images the weights are tuned on: all, or a seeded subsample when `n_tags` models' OOF of one
+    class (float16) would exceed MEMORY_BUDGET."""
+    n = len(run.samples)
+    h, w = run.cache.masks.shape[1:3]
+    keep = max(1, min(n, MEMORY_BUDGET // max(1, n_tags * h * w * 2)))
+    return np.sort(np.random.default_rng(cfg.seed).choice(n, keep, replace=False)) if keep < n else np.arange(n)
+
+
+class WeightScores:
+    """The ensemble's OOF score of weight vectors on the images `rows`: for each subset of them (all; for each
+    fold k, the other folds ("train", k) and the fold itself ("test", k)) the score per class at each threshold
+    of postprocess.threshold_grid, computed once per distinct (normalised) weight vector. Holds each class's
+    truth and the models' stacked OOF (T, n, H, W) float16."""
+
+    def __init__(self, cfg: Config, run: RunData, tags: Sequence[str], rows: np.ndarray,
+                 folds: np.ndarray | None) -> None:
+        self.score_class = run.adapter.score_class
+        self.grid = sorted(set(cfg.postprocess.threshold_grid))
+        n, masks = len(run.samples), run.cache.masks
+        self.per_class = [(np.ascontiguousarray(masks[rows, ..., c]),
+                           np.stack([_tag_class(cfg, t, n, c, rows, np.float16)[0] for t in tags]))
+                          for c in range(len(run.adapter.classes))]
+        self.folds = [] if folds is None else sorted(int(k) for k in np.unique(folds))
+        self.subsets: dict[Any, np.ndarray] = {"all": np.arange(len(rows))}
+        for k in self.folds:
+            self.subsets[("train", k)] = np.flatnonzero(folds != k)
+            self.subsets[("test", k)] = np.flatnonzero(folds == k)
+        self._tables: dict[tuple[float, ...], dict[Any, np.ndarray]] = {}
+
+    def table(self, weights: Sequence[float]) -> dict[Any, np.ndarray]:
+        """Per subset of images: the score (classes, thresholds) of these weights."""
+        key = tuple(round(float(v) / sum(weights), 9) for v in weights)
+        if key not in self._tables:
+            wv = np.asarray(weights, np.float32) / np.float32(sum(weights))
+            out = {s: np.zeros((len(self.per_class), len(self.grid))) for s in self.subsets}
+            for c, (truth, stack) in enumerate(self.per_class):
+                probs = np.tensordot(wv, stack, axes=1)
+                for j, t in enumerate(self.grid):
+                    pred = (probs > t).astype(np.uint8)
+                    for s, idx in self.subsets.items():
+                        out[s][c, j] = self.score_class(truth[idx], pred[idx])
+            self._tables[key] = out
+        return self._tables[key]
+
+    def score(self, weights: Sequence[float], subset: Any = "all") -> float:
+        """The score of these weights on a subset, mean over classes, each class at its best threshold."""
+        return float(self.table(weights)[subset].max(axis=1).mean())
+
+    def held_out(self, weights: Sequence[float], k: int) -> float:
+        """The score of these weights on fold k, each class at the threshold best on the other folds."""
+        t = self.table(weights)
+        at = t[("train", k)].argmax(axis=1)
+        return float(t[("test", k)][np.arange(len(self.per_class)), at].mean())
+
+    def best(self, subset: Any, roles: Sequence[bool]) -> tuple[tuple[float, ...], float, int]:
+        """(weights, score, candidates tried) best on a subset: every candidate of WEIGHT_GRID up to
+        FULL_GRID_TAGS models (equal weights first, so they win ties), else a coordinate search."""
+        if len(roles) <= FULL_GRID_TAGS:
+            candidates = weight_candidates(len(roles), roles)
+            scores = [self.score(cand, subset) for cand in candidates]
+            i = int(np.argmax(scores))  # the first maximum: equal weights come first
+            return candidates[i], float(scores[i]), len(candidates)
+        return _coordinate_search(lambda w: self.score(w, subset), len(roles), roles)
 
 
 def _coordinate_search(score, n: int, roles: Sequence[bool], rounds: int = 2) -> tuple[tuple[float, ...], float, int]:

@@ -50,6 +50,65 @@ _ROUND_PREFIX = "round_"
 RESTART_HINT = "`segkit train --restart-fold {k} CONFIG [key=value ...]`"
 
 
+@dataclass
+class AveragingRecord:
+    """What weight averaging (train.ema / train.swa, segkit.averaging) did to a fold, as the fold's done.json
+    keeps it under "averaging": written by the averager when the fold finishes, read by the report. The monitored
+    validation value of the raw best weights and of the averaged ones, and the method's settings. Fields an
+    older done.json lacks read as None (kind as "averaging")."""
+
+    kind: str  # "ema" | "swa"
+    monitor: str | None  # the Keras validation metric both values are of
+    val_raw: float | None
+    val_averaged: float | None
+    momentum: float | None = None  # EMA
+    how: str | None = None  # SWA: "last" (the last n epochs) or "best" (the n best)
+    n: int | None = None  # SWA: how many epochs
+    epochs: list[int] | None = None  # SWA: the epochs averaged
+    skipped: str | None = None  # SWA: why nothing was averaged
+    bn_batches: int | None = None  # SWA: training batches the BatchNorm statistics were re-estimated on
+
+    def to_json(self) -> dict[str, Any]:
+        """The done.json record, its keys in the order segkit has always written them."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.momentum is not None:
+            out["momentum"] = self.momentum
+        if self.how is not None:
+            out[self.how] = self.n
+        out["monitor"] = self.monitor
+        if self.epochs is not None:
+            out["epochs"] = list(self.epochs)
+        out.update(val_raw=self.val_raw, val_averaged=self.val_averaged)
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        if self.bn_batches is not None:
+            out["bn_batches"] = self.bn_batches
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "AveragingRecord":
+        """A done.json record back; a missing or non-numeric value reads as None."""
+        how = next((h for h in AVERAGING_HOWS if h in data), None)
+        epochs = data.get("epochs")
+        return cls(kind=str(data.get("kind") or "averaging"), monitor=_text_or_none(data.get("monitor")),
+                   val_raw=_number_or_none(data.get("val_raw")), val_averaged=_number_or_none(data.get("val_averaged")),
+                   momentum=_number_or_none(data.get("momentum")), how=how,
+                   n=None if how is None or _number_or_none(data[how]) is None else int(data[how]),
+                   epochs=[int(e) for e in epochs if _is_number(e)] if isinstance(epochs, list) else None,
+                   skipped=_text_or_none(data.get("skipped")),
+                   bn_batches=None if _number_or_none(data.get("bn_batches")) is None else int(data["bn_batches"]))
+
+    def settings(self) -> dict[str, Any]:
+        """The method's settings and outcome beyond the two validation values (momentum; SWA's last/best n,
+        why it skipped, BatchNorm batches), in done.json's order, those recorded only."""
+        found = {"momentum": self.momentum, **({self.how: self.n} if self.how else {}), "skipped": self.skipped,
+                 "bn_batches": self.bn_batches}
+        return {key: value for key, value in found.items() if value is not None}
+
+
+AVERAGING_HOWS = ("last", "best")  # train.swa's selections, the record's key for SWA's n
+
+
 class FoldDir:
     """One fold of one model: `runs/<name>/<tag>/fold_<k>/` and the files in it."""
 
@@ -135,6 +194,47 @@ class FoldDir:
         """The finished fold's summary; TrainingError naming the file when it is damaged."""
         return _read_json(self.done, f"delete it and run {self.restart_hint()} to retrain this fold",
                           need=("epochs", "best"))
+
+    def read_averaging(self) -> AveragingRecord | None:
+        """The finished fold's weight-averaging record (done.json's "averaging"), None when it averaged nothing;
+        a record without its monitor names the fold's."""
+        done = self.read_done()
+        data = done.get("averaging")
+        if not isinstance(data, dict) or not data:
+            return None
+        record = AveragingRecord.from_json(data)
+        if record.monitor is None:
+            record.monitor = _text_or_none(done.get("monitor"))
+        return record
+
+    def read_oof(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fold's out-of-fold probabilities, memory-mapped (N_val, H, W, C), and the sample index of each row
+        (N_val,) int64: the one reader of oof.npy (ensemble averaging, tuning and the report go through it).
+        TrainingError naming the fold and the fix when missing or damaged."""
+        if not self.oof.is_file():
+            raise TrainingError(f"{self.path}: no out-of-fold predictions; finish training first (segkit train)")
+        try:
+            probs = np.load(self.oof, mmap_mode="r")
+            index = np.load(self.oof_index)
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"{self.path}: out-of-fold predictions unreadable ({_short(exc)[:120]}); "
+                                f"run {self.restart_hint()}") from None
+        if index.ndim != 1 or probs.ndim != 4 or len(index) != len(probs):
+            raise TrainingError(f"{self.oof_index}: does not match {self.oof.name}; run {self.restart_hint()}")
+        return probs, index.astype(np.int64)
+
+    def read_oof_label(self, n_rows: int) -> np.ndarray:
+        """The classification head's OOF probabilities (N_val, C) float32, rows as in read_oof's; TrainingError
+        when unreadable or not `n_rows` long."""
+        try:
+            label = np.load(self.oof_label)
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"{self.oof_label}: unreadable ({_short(exc)[:120]}); "
+                                f"run {self.restart_hint()}") from None
+        if label.ndim != 2 or len(label) != n_rows:
+            raise TrainingError(f"{self.oof_label}: shape {label.shape} does not match the fold's {n_rows} OOF "
+                                f"rows; run {self.restart_hint()}")
+        return label.astype(np.float32)
 
     def read_state(self) -> dict[str, Any] | None:
         """The resume point (state.json beside last.keras), or None when there is none to resume from."""
@@ -702,6 +802,15 @@ def _sha1(data: str | bytes) -> str:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _number_or_none(x: Any) -> float | None:
+    """A JSON number as a float; None for anything else (missing, text, a boolean, NaN)."""
+    return float(x) if _is_number(x) and x == x else None
+
+
+def _text_or_none(x: Any) -> str | None:
+    return str(x) if x else None
 
 
 def _short(exc: BaseException) -> str:

@@ -10,7 +10,7 @@
 """
 from segkit.postprocess.chain import (ChainParams, ClassParams, Postprocess, apply, apply_chain, load_chain,
                                       load_postprocess, remove_small)
-from segkit.postprocess.tuning import OofClass, format_steps, load_oof, load_oof_class, tune
+from segkit.postprocess.tuning import OofClass, format_steps, load_oof_class, tune
 
 __all__ = ["ChainParams", "ClassParams", "OofClass", "Postprocess", "apply", "apply_chain", "format_steps",
-           "load_chain", "load_oof", "load_oof_class", "load_postprocess", "remove_small", "tune"]
+           "load_chain", "load_oof_class", "load_postprocess", "remove_small", "tune"]

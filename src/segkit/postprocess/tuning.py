@@ -11,58 +11,22 @@ all-empty baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from segkit.config import Config
-from segkit.errors import ConfigError, TrainingError
+from segkit.errors import ConfigError
 from segkit.oof import OofClass, load_oof_class
 from segkit.postprocess.crossval import (RULE, Context, CrossVal, State, chain_score, choose_folds,
                                          crossval_chain, in_sample_rule, standard_error)
 from segkit.postprocess.search import ClassTables, Scorer
-from segkit.runs import RunData, RunDir, ensembled_tags, open_run_data
+from segkit.runs import RunData, RunDir, open_run_data
+
+if TYPE_CHECKING:
+    from segkit.data.competitions.base import Adapter
 
 STEP_NAMES = ("plain (0.5)", "threshold", "min area", "gate", "triplet")
-
-
-def load_oof(cfg: Config, n_samples: int, channel: int | None = None) -> np.ndarray:
-    """Out-of-fold probabilities of every training sample, averaged over the models predict ensembles
-    (predict.models, else all): (N, H, W, C), or (N, H, W) for one `channel` (tuning goes class by class so
-    memory holds one class at a time)."""
-    rd = RunDir.of(cfg)
-    tags = ensembled_tags(cfg)
-    total = None
-    for tag in tags:
-        covered = np.zeros(n_samples, dtype=bool)
-        for k in range(cfg.train.folds):
-            fold = rd.fold(tag, k)
-            if not fold.oof.is_file():
-                raise TrainingError(f"{fold.path}: no out-of-fold predictions; finish training first (segkit train)")
-            probs, index = _read_oof(fold)
-            if channel is not None:
-                probs = probs[..., channel]
-            if total is None:
-                total = np.zeros((n_samples,) + probs.shape[1:], dtype=np.float32)
-            total[index] += probs
-            covered[index] = True
-        if not covered.all():
-            raise TrainingError(f"{rd.path / tag}: out-of-fold predictions miss {int((~covered).sum())} samples")
-    total /= len(tags)
-    return total
-
-
-def _read_oof(fold) -> tuple[np.ndarray, np.ndarray]:
-    """One fold's OOF probabilities (memory-mapped) and sample indices; TrainingError naming a damaged file."""
-    try:
-        probs = np.load(fold.oof, mmap_mode="r")
-        index = np.load(fold.oof_index)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{fold.path}: out-of-fold predictions unreadable ({' '.join(str(exc).split())[:120]}); "
-                            f"run {fold.restart_hint()}") from None
-    if index.ndim != 1 or len(index) != len(probs):
-        raise TrainingError(f"{fold.oof_index}: does not match {fold.oof.name}; run {fold.restart_hint()}")
-    return probs, index
 
 
 def _gate_kinds(cfg: Config, has_label: bool) -> list[str]:
@@ -97,7 +61,7 @@ class Units(NamedTuple):
     ks: list[int]
 
 
-def class_tables(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+def class_tables(adapter: Adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                  sub_pixels: int) -> tuple[ClassTables, Context, Units]:
     """The per-image statistics of one class's OOF (per-image scores when the adapter's count form does not
     match its metric), the search context of the config's grids, and the pixel units (what `tune_class_cv`
@@ -132,7 +96,7 @@ class ClassTuning:
     empty_score: float | None = None
 
 
-def tune_class(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+def tune_class(adapter: Adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                sub_pixels: int, folds: np.ndarray | None = None,
                ) -> tuple[dict[str, Any], list[tuple[float, dict[str, Any]]]]:
     """Tune one class's chain → (its postprocess.json row, [(score, params) after each step]); see
@@ -141,7 +105,7 @@ def tune_class(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scal
     return tuned.row, tuned.steps
 
 
-def tune_class_cv(adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
+def tune_class_cv(adapter: Adapter, truth: np.ndarray, oof: OofClass, cfg: Config, area_scale: float,
                   sub_pixels: int, folds: np.ndarray | None = None) -> ClassTuning:
     """Tune one class's chain with each step judged out of sample (segkit.postprocess.crossval): cross-
     validated over `folds` (the fold each image was validated in; None or folds too small: a seeded random
@@ -201,7 +165,7 @@ def tune(cfg: Config, run: RunData | None = None, quiet: bool = False) -> dict:
     masks = run.cache.masks  # memory-mapped (N, H, W, C)
     sub_h, sub_w = run.adapter.submission_size(run.samples[0])
     area_scale = (masks.shape[1] * masks.shape[2]) / float(sub_h * sub_w)  # areas are in submission pixels
-    folds = np.asarray(run.folds) if getattr(run, "folds", None) is not None else None
+    folds = np.asarray(run.folds)
     classes, tuned = [], []
     for c, name in enumerate(run.adapter.classes):
         oof = load_oof_class(cfg, len(run.samples), c)
