@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from segkit.storage import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -157,8 +159,6 @@ def png_bytes(fig) -> bytes:
 
 
 def _save(fig, path: str | Path) -> Path:
-    from segkit.storage import atomic_write
-
     path = Path(path)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)

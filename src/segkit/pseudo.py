@@ -18,9 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from segkit.config import Config
+from segkit.data.cache import prepare
 from segkit.data.sample import Sample
+from segkit.errors import DataError
 from segkit.predict import Ensemble
 from segkit.runs import PseudoRoundDir, RunDir, pseudo_round_of
+from segkit.storage import temp_prefix
 
 
 @dataclass
@@ -99,10 +102,6 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     """Predict the test set with the run's ensemble, keep the confident images (see `select_confident`) and
     write them as the run's pseudo-label round (images and masks cached like the training set, ids.csv,
     report.json); returns the report (kept images overall and per class)."""
-    from segkit.data.cache import prepare
-    from segkit.storage import temp_prefix
-    from segkit.errors import DataError
-
     pc = cfg.pseudo
     adapter = cfg.adapter()
     samples = adapter.test_samples()
@@ -173,8 +172,6 @@ def _write_kept(adapter, samples: Sequence[Sample], cache, masks: np.ndarray, ke
                 rnd: PseudoRoundDir, quiet: bool) -> str:
     """Cache the kept test images and their masks as the round (`prepare`, like the training set); returns the
     round's digest (its ids and masks)."""
-    from segkit.data.cache import prepare
-
     digest = hashlib.sha1()
     if len(kept):
         round_samples = [Sample(id=samples[i].id, image=(f"{cache.path}#{i}",), mask=(f"{rnd.path}#{i}",),
@@ -219,7 +216,7 @@ def _postprocess_in_force(cfg: Config, classes: Sequence[str], activation: str =
     """(per-class thresholds or None for 0.5, gate function or None) from the post-processing chain predict
     applies (segkit.postprocess.load_chain): its thresholds binarise the pseudo masks; for each class with a tuned
     gate or top threshold, the chain's verdict (empty or not) is what must agree with the mask."""
-    from segkit.postprocess import apply_chain, load_chain
+    from segkit.postprocess import apply_chain, load_chain  # lazy: postprocess imports scipy
 
     if cfg.postprocess.tune and not RunDir.of(cfg).postprocess.is_file():
         return None, None

@@ -22,8 +22,10 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from segkit import rle
 from segkit.data.competitions import cloud38 as fmt
 from segkit.data.io import write_image
+from segkit.progress import progress
 from segkit.storage import atomic_write
 from segkit.errors import DataError, RLEError, SubmissionError
 
@@ -212,10 +214,6 @@ def evaluate_submission(
     patch_size: the side of a patch (default: read from the sibling test_red folder; DataError when absent,
       as a guess would print wrong figures for other patch sizes).
     """
-    from segkit.progress import progress
-
-    from segkit import rle
-
     submission, gt_dir = Path(submission), Path(gt_dir)
     if not gt_dir.is_dir():
         raise DataError(f"{gt_dir}: scene ground-truth folder not found")

@@ -116,7 +116,7 @@ class SubmissionFormat:
             for c, label in enumerate(self.labels):
                 yield f"{image_id}_{label}", rle.encode(mask[..., c], order=self.order, scheme=self.scheme)
         elif self.rows == "object":
-            from segkit.evaluate import label_objects
+            from segkit.evaluate import label_objects  # lazy: evaluate imports scipy
 
             encoded = rle.encode_instances(label_objects(mask[..., 0]), order=self.order)
             if not encoded:

@@ -19,10 +19,16 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from segkit.config import Config, load_config
+from segkit.data.competitions.base import format_for
 from segkit.errors import KaggleError, SubmissionError
-from segkit.kaggle.api import KaggleClient, KernelFailed, KernelStatus, PushResult, Submission
-from segkit.kaggle.bundle import BUILD_DIR, BuiltKernel
+from segkit.kaggle.api import KaggleClient, KernelFailed, KernelStatus, PushResult, Submission, log_tail, split_kernel
+from segkit.kaggle.bundle import BUILD_DIR, BuiltKernel, build_kernel as build, fold_names, parse_folds, resolve_owner
 from segkit.kaggle.config import KaggleConfig, adapter_name_for, kaggle_config
+from segkit.kaggle.metadata import read_metadata, stem_slug
+from segkit.kaggle.state import StateFile
+from segkit.runs import RunDir
+from segkit.storage import atomic_write
+from segkit.submission import validate
 
 ConfigLike = Union[Config, str, Path]
 Progress = Union[Callable[[str], None], None]
@@ -81,16 +87,12 @@ def build_kernel(cfg: ConfigLike, name: str, *, kind: str = "train", fold: int |
     """Write out_dir/name/: a self-contained kernel script (segkit + the resolved config) and its validated
     kernel-metadata.json. `kind` is "train" (every fold, or `fold`) or "infer"; `kernel_sources` are added
     to kaggle.kernel_sources (e.g. the training kernels an inference kernel reads)."""
-    from segkit.kaggle.bundle import build_kernel as build
-
     return build(as_config(cfg), name, kind=kind, fold=fold, out_dir=out_dir, owner=owner,
                  extra_kernel_sources=list(kernel_sources))
 
 
 def fold_list(cfg: ConfigLike, folds: str | Sequence[int] | None = None) -> list[int]:
     """The folds to use: every fold of train.folds when None, else '0-4', '0,2' or a list, each checked."""
-    from segkit.kaggle.bundle import parse_folds
-
     cfg = as_config(cfg)
     if folds is None:
         return list(range(cfg.train.folds))
@@ -102,8 +104,6 @@ def build_kernels(cfg: ConfigLike, out_dir: str | Path = BUILD_DIR, *, folds: st
                   owner: str | None = None, infer: bool = True) -> list[BuiltKernel]:
     """One training kernel per fold (slug <stem>-fold<k>), then, unless infer=False, the inference kernel
     (<stem>-infer) taking every fold kernel of train.folds as a source; written under out_dir."""
-    from segkit.kaggle.bundle import fold_names, resolve_owner
-
     cfg = as_config(cfg)
     kc = kaggle_config(cfg)
     folds = fold_list(cfg, folds)
@@ -121,8 +121,6 @@ def build_kernels(cfg: ConfigLike, out_dir: str | Path = BUILD_DIR, *, folds: st
 def push_kernel(folder: str | Path, *, cfg: ConfigLike | None = None, client: KaggleClient | None = None) -> PushResult:
     """Push a built kernel folder (a new version then runs on Kaggle), after checking its metadata against
     the client's rules so nothing leaves when it would be refused."""
-    from segkit.kaggle.metadata import read_metadata
-
     read_metadata(folder)
     return _client(client, as_config(cfg)).push(folder)
 
@@ -138,8 +136,6 @@ def wait_for_kernel(kernel: str, *, cfg: ConfigLike | None = None, client: Kaggl
     """Poll kernel OWNER/SLUG (with growing intervals) until it completes, reporting each state change;
     KaggleError with Kaggle's failure message when it fails (the tail of its log printed, the whole saved in
     log_dir, default the config's run folder), is cancelled or outlasts kaggle.timeout_minutes."""
-    from segkit.runs import RunDir
-
     cfg = as_config(cfg)
     on_poll = _state_lines(progress, quiet, lambda _: kernel, lambda st: st.state)
     kaggle = _client(client, cfg)
@@ -190,8 +186,6 @@ def push_once(built: BuiltKernel, state_file: str | Path, kaggle: KaggleClient, 
     """Push a built kernel unless the state file says this very kernel (same code and metadata) was pushed
     already: (its version, True) then. An interrupted push is recognised by a newer version on Kaggle than
     the one recorded before it. `again` pushes a new version regardless."""
-    from segkit.kaggle.state import StateFile
-
     state = StateFile(state_file, "kernels")
     kernel = built.metadata["id"]
     digest = kernel_digest(built)
@@ -228,9 +222,6 @@ def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, own
     (ERROR, cancel) stops the wait at once: a KaggleError with Kaggle's message, the tail of the kernel's log
     printed and the whole log saved under RunDir.kaggle_logs. dry_run builds and validates only; wait=False
     pushes the fold kernels and leaves the inference kernel pending."""
-    from segkit.kaggle.bundle import fold_names
-    from segkit.runs import RunDir
-
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
     folds = fold_list(cfg, folds)
@@ -278,9 +269,6 @@ def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, own
 def kernel_failed(exc: KernelFailed, kaggle: KaggleClient, log_dir: str | Path | None,
                   say: Callable[[str], None], hint: str = "") -> KaggleError:
     """The error for a failed kernel: its log fetched, the tail printed and the whole saved in log_dir."""
-    from segkit.storage import atomic_write
-    from segkit.kaggle.api import log_tail, split_kernel
-
     try:
         text = kaggle.kernel_log(exc.kernel)
     except KaggleError as log_exc:
@@ -343,8 +331,6 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
     with tempfile.TemporaryDirectory(prefix="segkit-sample-") as tmp:
         got = client.download_data_file(competition, name, Path(tmp) / Path(name).name)
         if got.suffix.lower() == ".zip":
-            from segkit.storage import atomic_write
-
             try:
                 with zipfile.ZipFile(got) as zf:
                     inner = next((n for n in zf.namelist() if n.lower().endswith(".csv")), None)
@@ -358,8 +344,6 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
         else:
             import shutil
 
-            from segkit.storage import atomic_write
-
             target = folder / got.name
             with atomic_write(target, "wb") as fh, open(got, "rb") as src:
                 shutil.copyfileobj(src, fh)
@@ -369,8 +353,6 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
 
 def submissions_state(cfg: Config | None, path: Path | None) -> Path:
     """Where submit records what it submitted: the run folder's, else beside the file, else the working folder."""
-    from segkit.runs import RunDir
-
     if cfg is not None:
         return RunDir.of(cfg).kaggle_submissions
     return (path.parent if path is not None else Path.cwd()) / ".segkit-kaggle" / "submissions.json"
@@ -396,9 +378,6 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     Kaggle received it; the rerun waits for its score. `again` submits anyway. A scoring failure is a
     KaggleError with Kaggle's reason."""
     import hashlib
-
-    from segkit.kaggle.metadata import stem_slug
-    from segkit.kaggle.state import StateFile
 
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
@@ -517,9 +496,6 @@ def submissions(competition: str, *, cfg: ConfigLike | None = None,
 def validate_or_refuse(path: str | Path, fmt: str, sample: str | Path | None = None, what: str | None = None) -> str:
     """SubmissionError listing the first problems when `path` is not a valid `fmt` submission; else a line
     saying it is valid."""
-    from segkit.data.competitions.base import format_for
-    from segkit.submission import validate
-
     what = what or str(path)
     problems = validate(path, format_for(fmt), sample).problems
     if problems:
