@@ -33,7 +33,6 @@ import numpy as np
 
 from segkit.config import Config, load_config, save_config
 from segkit.data.cache import Cache, StackedCache, prepare
-from segkit.data.competitions.base import make_adapter
 from segkit.data.folds import assign_folds
 from segkit.errors import ConfigError, DataError, SegkitError, TrainingError
 from segkit.storage import atomic_write, temp_prefix
@@ -523,7 +522,7 @@ def open_run_data(cfg: Config, quiet: bool = False, pseudo: bool = False) -> Run
     """Read the competition's training list, prepare its cache and load the run's fold split (made and saved
     on first use, so a resumed run keeps its folds); with `pseudo` (training) also the pseudo-label round
     train.pseudo names, which `RunData.training_source` adds to each fold's training side."""
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     samples = adapter.train_samples()
     if cfg.data.max_train_samples:
         samples = samples[: cfg.data.max_train_samples]
