@@ -12,6 +12,7 @@ lines). The kaggle client is imported only when a call needs the network (it log
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -377,8 +378,6 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     same file (or kernel version) is not submitted twice, even when an earlier run was interrupted after
     Kaggle received it; the rerun waits for its score. `again` submits anyway. A scoring failure is a
     KaggleError with Kaggle's reason."""
-    import hashlib
-
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
     kc = kaggle_config(cfg) if cfg is not None else KaggleConfig()
@@ -388,64 +387,101 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     fmt = adapter_name_for(competition, fmt, cfg)
     code = bool(kernel or kc.code_competition)
     if not code:
-        if not path:
-            raise KaggleError("submit: give the SUBMISSION file (or --kernel for a code competition)")
-        path = Path(path)
-        if not path.is_file():
-            raise SubmissionError(f"{path}: file not found")
+        path = _submission_file(path)
     kaggle = _client(client, cfg)
     state = StateFile(state_file or submissions_state(cfg, None if code else path), "submissions")
     if code:
-        kernel = kernel or f"{kc.owner or kaggle.username}/{stem_slug(kc, cfg.name)}-infer"
-        if not version:
-            version = kaggle.current_version(kernel)
-            if not version:
-                raise KaggleError(f"kernel {kernel} not found on Kaggle; push it first (segkit kernel push-folds)")
-        key = f"{competition} kernel {kernel} version {version}"
-        file_name = None
+        kernel, version = _kernel_version(kernel, version, kc, cfg, kaggle)
+        key, file_name = f"{competition} kernel {kernel} version {version}", None
     else:
-        key = f"{competition} file {hashlib.sha256(path.read_bytes()).hexdigest()}"
-        file_name = path.name
+        key, file_name = f"{competition} file {hashlib.sha256(path.read_bytes()).hexdigest()}", path.name
     result = Submitted(competition, 0, file=None if code else path, kernel=kernel if code else None,
                        version=version if code else None)
-
-    rec = state.get(key)
-    if rec and not again:
-        ref = rec.get("ref") or kaggle.find_submission(competition, set(rec.get("before", [])),
-                                                       rec.get("message", ""), rec.get("file_name"))
-        if ref:
-            if not rec.get("ref"):
-                state.update(key, ref=ref)
-            what = f"kernel {kernel} version {version}" if code else str(path)
-            say(f"{what} already submitted to {competition} as ref {ref} by an earlier run; "
-                f"{'waiting for its score' if wait else 'not submitted again'} (--again submits again)")
-            result.ref, result.resumed = int(ref), True
-            if wait:
-                result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
-            return result
-
+    if not again and _found_earlier(result, state, key, kaggle, wait, say):
+        if wait:
+            result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
+        return result
     sample_path = _sample_for(competition, sample, use_sample, kaggle, say)
-    if code:
-        with tempfile.TemporaryDirectory(prefix="segkit-submit-") as tmp:
-            csv = kaggle.output_file(kernel, kc.submission_file, Path(tmp) / kc.submission_file, version)
-            say(validate_or_refuse(csv, fmt, sample_path,
-                                   what=f"{kernel} version {version}'s {kc.submission_file}"))
-    else:
-        say(validate_or_refuse(path, fmt, sample_path, what=str(path)))
-    before = {s.ref for s in kaggle.submissions(competition)}
-    state.put(key, competition=competition, message=message, file_name=file_name, before=sorted(before), ref=None,
-              **({"kernel": kernel, "version": version} if code else {"file": str(path)}))
-    if code:
-        ref = kaggle.submit_code(competition, kernel, version, kc.submission_file, message, before=before)
-        say(f"submitted kernel {kernel} version {version} to {competition} (ref {ref})")
-    else:
-        ref = kaggle.submit(competition, path, message, before=before)
-        say(f"uploaded {path} to {competition} (ref {ref})")
-    state.update(key, ref=ref)
-    result.ref = ref
+    say(_validate_submitted(result, fmt, sample_path, kc.submission_file, kaggle))
+    result.ref = _send(result, message, file_name, kc.submission_file, state, key, kaggle, say)
     if wait:
-        result.scored = _wait_score(kaggle, competition, ref, state, key, progress, quiet)
+        result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
     return result
+
+
+def _submission_file(path: str | Path | None) -> Path:
+    """The file a file competition uploads; KaggleError when none is given, SubmissionError when it is missing."""
+    if not path:
+        raise KaggleError("submit: give the SUBMISSION file (or --kernel for a code competition)")
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: file not found")
+    return path
+
+
+def _kernel_version(kernel: str | None, version: int | None, kc: KaggleConfig, cfg: Config | None,
+                    kaggle: KaggleClient) -> tuple[str, int]:
+    """The kernel a code competition submits (default <owner>/<stem>-infer) and its version (default: the
+    current one on Kaggle; KaggleError when the kernel is not there)."""
+    kernel = kernel or f"{kc.owner or kaggle.username}/{stem_slug(kc, cfg.name)}-infer"
+    if not version:
+        version = kaggle.current_version(kernel)
+        if not version:
+            raise KaggleError(f"kernel {kernel} not found on Kaggle; push it first (segkit kernel push-folds)")
+    return kernel, version
+
+
+def _found_earlier(result: Submitted, state: StateFile, key: str, kaggle: KaggleClient, wait: bool,
+                   say: Callable[[str], None]) -> bool:
+    """Whether an earlier run submitted this very file (or kernel version) already, as recorded under `key`
+    in `state` (its ref looked up on Kaggle when the run ended before recording it); then `result` gets
+    that ref and is marked resumed."""
+    rec = state.get(key)
+    if not rec:
+        return False
+    competition = result.competition
+    ref = rec.get("ref") or kaggle.find_submission(competition, set(rec.get("before", [])),
+                                                   rec.get("message", ""), rec.get("file_name"))
+    if not ref:
+        return False
+    if not rec.get("ref"):
+        state.update(key, ref=ref)
+    what = f"kernel {result.kernel} version {result.version}" if result.kernel is not None else str(result.file)
+    say(f"{what} already submitted to {competition} as ref {ref} by an earlier run; "
+        f"{'waiting for its score' if wait else 'not submitted again'} (--again submits again)")
+    result.ref, result.resumed = int(ref), True
+    return True
+
+
+def _validate_submitted(result: Submitted, fmt: str, sample_path: Path | None, submission_file: str,
+                        kaggle: KaggleClient) -> str:
+    """Validate what is about to be submitted (the file, or the kernel version's `submission_file` output,
+    fetched): SubmissionError when invalid, else the line saying it is valid."""
+    if result.kernel is None:
+        return validate_or_refuse(result.file, fmt, sample_path, what=str(result.file))
+    with tempfile.TemporaryDirectory(prefix="segkit-submit-") as tmp:
+        csv = kaggle.output_file(result.kernel, submission_file, Path(tmp) / submission_file, result.version)
+        return validate_or_refuse(csv, fmt, sample_path,
+                                  what=f"{result.kernel} version {result.version}'s {submission_file}")
+
+
+def _send(result: Submitted, message: str, file_name: str | None, submission_file: str, state: StateFile,
+          key: str, kaggle: KaggleClient, say: Callable[[str], None]) -> int:
+    """Record the submission under `key` in `state` (with the refs Kaggle lists before it, so an interrupted
+    run finds it again), then send the file or kernel version; returns Kaggle's ref."""
+    competition = result.competition
+    before = {s.ref for s in kaggle.submissions(competition)}
+    code = result.kernel is not None
+    state.put(key, competition=competition, message=message, file_name=file_name, before=sorted(before), ref=None,
+              **({"kernel": result.kernel, "version": result.version} if code else {"file": str(result.file)}))
+    if code:
+        ref = kaggle.submit_code(competition, result.kernel, result.version, submission_file, message, before=before)
+        say(f"submitted kernel {result.kernel} version {result.version} to {competition} (ref {ref})")
+    else:
+        ref = kaggle.submit(competition, result.file, message, before=before)
+        say(f"uploaded {result.file} to {competition} (ref {ref})")
+    state.update(key, ref=ref)
+    return ref
 
 
 def _sample_for(competition: str, sample: str | Path | None, use_sample: bool, kaggle: KaggleClient,
