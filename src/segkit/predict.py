@@ -293,10 +293,28 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     """
     from segkit.models.registry import has_input_normalisation, split_outputs  # lazy: models.registry imports keras
 
-    n = len(models)
+    scales = check_scales("ensemble scales", scales)
+    weights, roles = _ensemble_weights(len(models), weights, positive_only, tta)
+    gate_w = np.where(roles, 0.0, weights)
+    separate_gate = bool(roles.any()) and gate_w.sum() > 0  # else the gate is the whole ensemble
+    raw_input = [has_input_normalisation(m) for m in models]
+    scaled = _Scaled()
+    starts = range(0, len(indices), batch_size)
+    try:
+        for start in progress(starts, "predict", quiet=quiet or len(starts) < 2, unit="batch"):
+            raw = np.stack([np.asarray(cache.images[i]) for i in indices[start:start + batch_size]])
+            yield _ensemble_batch(raw, models, raw_input, normalise, weights, gate_w if separate_gate else None,
+                                  tta, scales, scaled, split_outputs)
+    finally:
+        scaled.restore()
+
+
+def _ensemble_weights(n: int, weights: Sequence[float] | None, positive_only: Sequence[bool] | None,
+                      tta: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The `n` models' weights (default equal) and positive-only flags as arrays; ConfigError unless there is
+    one of each per model, the weights are ≥ 0 and not all 0, and every `tta` name is known."""
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     roles = np.zeros(n, bool) if positive_only is None else np.asarray(positive_only, dtype=bool)
-    scales = check_scales("ensemble scales", scales)
     if n == 0 or len(weights) != n or len(roles) != n:
         raise ConfigError(f"ensemble: {n} models, {len(weights)} weights and {len(roles)} positive-only flags; "
                           "give one of each per model")
@@ -305,42 +323,39 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     for name in tta:
         if name not in TTA:
             raise unknown_name("ensemble tta", "augmentation", name, TTA)
-    gate_w = np.where(roles, 0.0, weights)
-    separate_gate = bool(roles.any()) and gate_w.sum() > 0  # else the gate is the whole ensemble
-    raw_input = [has_input_normalisation(m) for m in models]
+    return weights, roles
+
+
+def _ensemble_batch(raw: np.ndarray, models: Sequence, raw_input: list[bool], normalise: Callable,
+                    weights: np.ndarray, gate_w: np.ndarray | None, tta: list[str], scales: Sequence[float],
+                    scaled: _Scaled, split_outputs: Callable) -> EnsembleBatch:
+    """The ensemble on one batch of raw images: each model's TTA × scale mean, weighted by `weights`; the gate
+    mixes the models with `gate_w` (None: the gate is the ensemble itself); the classification heads give the
+    label. `raw_input[m]` says whether model m normalises in its first layer (else `normalise` first)."""
     per_model = len(tta) * len(scales)
-    scaled = _Scaled()
-    starts = range(0, len(indices), batch_size)
-    try:
-        for start in progress(starts, "predict", quiet=quiet or len(starts) < 2, unit="batch"):
-            idx = indices[start:start + batch_size]
-            raw = np.stack([np.asarray(cache.images[i]) for i in idx])
-            inputs: dict[bool, np.ndarray] = {}  # raw float32, and normalised for old checkpoints, made once
-            total = gate = label = None
-            label_w = 0.0
-            for m, (model, takes_raw) in enumerate(zip(models, raw_input)):
-                if weights[m] == 0:
-                    continue
-                if takes_raw not in inputs:
-                    inputs[takes_raw] = (raw if takes_raw else np.stack([normalise(im) for im in raw])
-                                         ).astype(np.float32)
-                mean, head = _one_model(model, inputs[takes_raw], tta, scales, scaled, split_outputs)
-                mean *= np.float32(weights[m] / per_model)
-                total = mean if total is None else total + mean
-                if separate_gate and gate_w[m] > 0:
-                    gate = mean.copy() if gate is None else gate + mean
-                if head is not None:
-                    head *= np.float32(weights[m] / per_model)
-                    label = head if label is None else label + head
-                    label_w += weights[m]
-            assert total is not None
-            probs = total / np.float32(weights.sum())
-            gate_probs = gate / np.float32(gate_w.sum()) if gate is not None else probs
-            if label is not None:
-                label = label / np.float32(label_w)
-            yield EnsembleBatch(probs, gate_probs, label)
-    finally:
-        scaled.restore()
+    inputs: dict[bool, np.ndarray] = {}  # raw float32, and normalised for old checkpoints, made once
+    total = gate = label = None
+    label_w = 0.0
+    for m, (model, takes_raw) in enumerate(zip(models, raw_input)):
+        if weights[m] == 0:
+            continue
+        if takes_raw not in inputs:
+            inputs[takes_raw] = (raw if takes_raw else np.stack([normalise(im) for im in raw])).astype(np.float32)
+        mean, head = _one_model(model, inputs[takes_raw], tta, scales, scaled, split_outputs)
+        mean *= np.float32(weights[m] / per_model)
+        total = mean if total is None else total + mean
+        if gate_w is not None and gate_w[m] > 0:
+            gate = mean.copy() if gate is None else gate + mean
+        if head is not None:
+            head *= np.float32(weights[m] / per_model)
+            label = head if label is None else label + head
+            label_w += weights[m]
+    assert total is not None
+    probs = total / np.float32(weights.sum())
+    gate_probs = gate / np.float32(gate_w.sum()) if gate is not None else probs
+    if label is not None:
+        label = label / np.float32(label_w)
+    return EnsembleBatch(probs, gate_probs, label)
 
 
 def _one_model(model, x: np.ndarray, tta: list[str], scales: list[float], scaled: _Scaled,

@@ -118,6 +118,35 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     n, n_classes = len(samples), len(adapter.classes)
     tmp = rnd.path / f"{temp_prefix('masks')}w.tmp.npy"
     masks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, n_classes))
+    keep, confident, pixels, gate_used = _select_all(cfg, ens, cache, masks, thresholds, gate, activation, quiet)
+    masks.flush()
+    kept = np.flatnonzero(keep)
+    pixels = pixels[kept]
+    digest = _write_kept(adapter, samples, cache, masks, kept, rnd, quiet)
+    del masks
+    tmp.unlink()
+    rnd.write_ids({"id": [samples[i].id for i in kept], "test_index": kept.tolist(),
+                   **{f"{name}_pixels": [int(v) for v in pixels[:, c]] for c, name in enumerate(adapter.classes)}})
+    report = {
+        "round": rnd.round, "run": cfg.name, "trained_on": cfg.train.pseudo,
+        "low": pc.low, "high": pc.high, "max_uncertain": pc.max_uncertain, "gate": sorted(gate_used),
+        "image_size": [h, w], "n_test": n, "n_kept": int(len(kept)),
+        "classes": _class_counts(adapter.classes, pixels, confident), "digest": digest,
+        "checkpoints": len(ens.models), "tta": ens.tta, "scales": list(cfg.predict.scales),
+    }
+    rnd.write_report(report)  # last: the round is complete
+    if not quiet:
+        print_report(report, rnd)
+    return report
+
+
+def _select_all(cfg: Config, ens: Ensemble, cache: Any, masks: np.ndarray, thresholds: Any, gate: Any,
+                activation: str, quiet: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[str]]:
+    """Stream the ensemble over the test cache and select the confident images (`select_confident`), writing
+    every image's mask into `masks`; returns which images are kept, which (image, class) are confident, the
+    positive pixels per image and class, and the gates that were used."""
+    pc = cfg.pseudo
+    n, n_classes = masks.shape[0], masks.shape[-1]
     keep = np.zeros(n, dtype=bool)
     confident = np.zeros((n, n_classes), dtype=bool)
     pixels = np.zeros((n, n_classes), dtype=np.int64)  # positive pixels per image and class
@@ -138,25 +167,7 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
         confident[pos:pos + len(probs)] = sel.confident
         pixels[pos:pos + len(probs)] = sel.masks.reshape(len(probs), -1, n_classes).sum(axis=1)
         pos += len(probs)
-    masks.flush()
-    kept = np.flatnonzero(keep)
-    pixels = pixels[kept]
-    digest = _write_kept(adapter, samples, cache, masks, kept, rnd, quiet)
-    del masks
-    tmp.unlink()
-    rnd.write_ids({"id": [samples[i].id for i in kept], "test_index": kept.tolist(),
-                   **{f"{name}_pixels": [int(v) for v in pixels[:, c]] for c, name in enumerate(adapter.classes)}})
-    report = {
-        "round": rnd.round, "run": cfg.name, "trained_on": cfg.train.pseudo,
-        "low": pc.low, "high": pc.high, "max_uncertain": pc.max_uncertain, "gate": sorted(gate_used),
-        "image_size": [h, w], "n_test": n, "n_kept": int(len(kept)),
-        "classes": _class_counts(adapter.classes, pixels, confident), "digest": digest,
-        "checkpoints": len(ens.models), "tta": ens.tta, "scales": list(cfg.predict.scales),
-    }
-    rnd.write_report(report)  # last: the round is complete
-    if not quiet:
-        print_report(report, rnd)
-    return report
+    return keep, confident, pixels, gate_used
 
 
 def _fresh_round(rnd: PseudoRoundDir, quiet: bool) -> None:
