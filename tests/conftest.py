@@ -18,3 +18,14 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.fail(f"real fixtures not found at {FIXTURES}: clone the repo with ../shared beside it")
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def base(request, tmp_path_factory) -> Path:
+    """A folder per test module holding a tiny synthetic 38-Cloud dataset in data/ (3 training scenes, 1 test
+    scene, 32 px patches); the module's runs, caches and submissions go beside it."""
+    from segkit.data.synth import generate
+
+    root = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    generate("cloud38", root / "data", seed=3, patch_size=32, n_train_scenes=3, n_test_scenes=1)
+    return root

@@ -36,23 +36,19 @@ def test_encode_instances_edges():
         rle.encode_instances(LABELS, "Z")
 
 
-def test_argument_checks_name_the_bad_value():
-    with pytest.raises(RLEError, match=r"'C' \(row-major\) or 'F' \(column-major\), got 'X'"):
-        rle.encode(np.zeros((2, 2)), "X")
-    with pytest.raises(RLEError, match=r"'standard' or 'relative', got 'siim'"):
-        rle.encode(np.ones((2, 2)), "F", scheme="siim")
-    with pytest.raises(RLEError, match=r"must be \(height, width\), got 'ab'"):
-        rle.decode("1 1", "ab")
-    with pytest.raises(RLEError, match=r"must be \(height, width\), got \(2, 2, 2\)"):
-        rle.decode("1 1", (2, 2, 2))
-    with pytest.raises(RLEError, match=r"must be positive, got \(2, 0\)"):
-        rle.decode("1 1", (2, 0))
-    with pytest.raises(RLEError, match=r"must be positive, got \(-1, 3\)"):
-        rle.decode("1 1", (-1, 3))
-    with pytest.raises(RLEError, match=r"one 2-D mask at a time, got an array of shape \(3,\)"):
-        rle.encode(np.ones(3))
-    with pytest.raises(RLEError, match=r"got int 5"):
-        rle.parse_runs(5, 4)
+@pytest.mark.parametrize("call, message", [
+    (lambda: rle.encode(np.zeros((2, 2)), "X"), r"'C' \(row-major\) or 'F' \(column-major\), got 'X'"),
+    (lambda: rle.encode(np.ones((2, 2)), "F", scheme="siim"), r"'standard' or 'relative', got 'siim'"),
+    (lambda: rle.decode("1 1", "ab"), r"must be \(height, width\), got 'ab'"),
+    (lambda: rle.decode("1 1", (2, 2, 2)), r"must be \(height, width\), got \(2, 2, 2\)"),
+    (lambda: rle.decode("1 1", (2, 0)), r"must be positive, got \(2, 0\)"),
+    (lambda: rle.decode("1 1", (-1, 3)), r"must be positive, got \(-1, 3\)"),
+    (lambda: rle.encode(np.ones(3)), r"one 2-D mask at a time, got an array of shape \(3,\)"),
+    (lambda: rle.parse_runs(5, 4), r"got int 5"),
+], ids=["order", "scheme", "shape text", "shape 3-D", "zero side", "negative side", "1-D mask", "not text"])
+def test_argument_checks_name_the_bad_value(call, message):
+    with pytest.raises(RLEError, match=message):
+        call()
 
 
 def test_shape_accepts_any_pair_of_integers():
@@ -139,16 +135,15 @@ def test_out_of_order_and_overlap_are_told_apart():
         rle.parse_runs("8 3", 9)
 
 
-def test_bad_tokens_are_quoted_whole():
-    with pytest.raises(RLEError, match=r"RLE value 'x7y' is not a whole number"):
-        rle.parse_runs("1 2 x7y 3", 99)
-    with pytest.raises(RLEError, match=r"RLE value '5é' is not a whole number"):
-        rle.parse_runs("1 2\t5é 3", 99)
-    with pytest.raises(RLEError, match=r"RLE value '-4' is not a whole number"):
-        rle.parse_runs("-4 3", 99)
-    long = "a" * 40
-    with pytest.raises(RLEError, match=rf"RLE value '{'a' * 30}' is not"):
-        rle.parse_runs(f"1 2 {long}", 99)
+@pytest.mark.parametrize("text, message", [
+    ("1 2 x7y 3", r"RLE value 'x7y' is not a whole number"),
+    ("1 2\t5é 3", r"RLE value '5é' is not a whole number"),
+    ("-4 3", r"RLE value '-4' is not a whole number"),
+    ("1 2 " + "a" * 40, rf"RLE value '{'a' * 30}' is not"),  # a long token: its first 30 characters
+], ids=["letters", "accent after a tab", "negative", "long"])
+def test_bad_tokens_are_quoted_whole(text, message):
+    with pytest.raises(RLEError, match=message):
+        rle.parse_runs(text, 99)
 
 
 def test_numbers_too_large_for_any_image():

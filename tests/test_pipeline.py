@@ -156,7 +156,6 @@ def test_resumed_fold_starts_from_its_checkpoint_and_ends_as_an_unbroken_run(syn
 def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_path):
     from segkit import rle
     from segkit.data.cache import prepare
-    from segkit.data.competitions.base import make_adapter
     from segkit.postprocess import apply_chain, load_chain
     from segkit.models.registry import load_model
     from segkit.pipeline import train
@@ -179,7 +178,7 @@ def test_tiny_end_to_end_submission_decodes_to_predicted_masks(synth_root, tmp_p
     sub = pd.read_csv(sub_path, keep_default_na=False)
     assert list(sub.columns) == ["id", "EncodedPixels"]
 
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     samples = adapter.test_samples()
     assert list(sub["id"]) == [s.id for s in samples]
     cache = prepare(adapter, samples, (32, 32), cfg.data.cache_dir, name="cloud38-test-32x32", quiet=True,

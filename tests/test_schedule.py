@@ -148,15 +148,6 @@ def test_budget_clock_carries_spent_seconds():
 
 # --- tiny real runs ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    from segkit.data.synth import generate
-
-    root = tmp_path_factory.mktemp("schedule")
-    generate("cloud38", root / "data", seed=3, patch_size=32, n_train_scenes=3, n_test_scenes=1)
-    return root
-
-
 def overrides(base: Path, name: str, *extra: str) -> list[str]:
     return [
         f"name={name}", f"data.root={base / 'data'}", "data.image_size=32", f"data.cache_dir={base / 'cache'}",

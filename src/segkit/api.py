@@ -19,11 +19,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from segkit.config import Config, config_from_dict, set_key
+from segkit import pipeline
+from segkit.config import Config, apply_override, config_from_dict, set_key
 from segkit.config import load_config as _load_config
-from segkit.errors import ConfigError, DataError
+from segkit.data.competitions.base import format_for
+from segkit.data.synth import generate
+from segkit.errors import ConfigError, DataError, SubmissionError
 from segkit.predict import Ensemble  # noqa: F401 (sk.Ensemble)
 from segkit.runs import RunDir, model_tags
+from segkit.submission import validate as validate_file
 
 ConfigLike = Config | str | Path
 
@@ -41,7 +45,6 @@ def load_config(config: ConfigLike | None = None, overrides: Sequence[str] = (),
         cfg = copy.deepcopy(config)
         if overrides:
             raw = cfg.to_dict()
-            from segkit.config import apply_override
 
             for item in overrides:
                 apply_override(raw, item)
@@ -163,49 +166,39 @@ class Run:
         """Train the folds (`folds`: one, a list, or None for train.train_folds / all), skipping finished folds
         and resuming an interrupted one; once every fold is done the post-processing is tuned. `restart`
         wipes the run first, `restart_fold` retrains fold K. Returns the run."""
-        from segkit.pipeline import train
-
         cfg = copy.deepcopy(self.config)
         if folds is not None:
             wanted = [int(folds)] if isinstance(folds, (int, np.integer)) else [int(k) for k in folds]
             cfg.train = dataclasses.replace(cfg.train, train_folds=wanted)
-        train(cfg, quiet=self.quiet, restart=restart, restart_fold=restart_fold)
+        pipeline.train(cfg, quiet=self.quiet, restart=restart, restart_fold=restart_fold)
         return self
 
     def tune(self) -> dict[str, Any]:
         """Tune the post-processing chain on the OOF predictions exactly as `segkit tune` does (each step kept
         only when its cross-validated gain is > 0 and > 1 SE); returns postprocess.json's content (per class
         the chain, per step the OOF score, OOF-tuned gain, CV gain ± SE and decision, the all-empty baseline)."""
-        from segkit.pipeline import tune
-
-        return tune(self.config, quiet=self.quiet)
+        return pipeline.tune(self.config, quiet=self.quiet)
 
     def pseudo(self, **selection: Any) -> dict[str, Any]:
         """Write a pseudo-label round of this run (`segkit pseudo`): the ensemble's confident test images and
         masks under `<run>/pseudo/round_<r>/`; `selection` overrides the `pseudo` section (low, high,
         max_uncertain, gate, round). Returns the round's report (kept images overall and per class). Train on it
         with `Run(config, name=..., train={"pseudo": f"{run.name}/{report['round']}"}).fit()`."""
-        from segkit.pipeline import pseudo
-
         cfg = load_config(self.config, pseudo=selection) if selection else self.config
-        return pseudo(cfg, quiet=self.quiet)
+        return pipeline.pseudo(cfg, quiet=self.quiet)
 
     def report(self, worst: int = 8) -> Path:
         """Write the ablation report (`segkit report`): runs/<name>/report.html with the OOF score of each fold,
         model, the ensemble and each post-processing step, score-versus-threshold curves and the `worst` OOF
         images; prints the table unless quiet. Returns the page's path."""
-        from segkit.pipeline import report
-
         if worst < 0:
             raise ConfigError(f"report worst: must be ≥ 0, got {worst}")
-        return report(self.config, quiet=self.quiet, worst=worst)
+        return pipeline.report(self.config, quiet=self.quiet, worst=worst)
 
     def predict_config(self, tta: Sequence[str] | None = None, models: Sequence[str] | None = None,
                        quiet: bool = True) -> Config:
         """The config predict uses: the run's saved training settings, with `tta` / `models` (tags) if given."""
-        from segkit.pipeline import run_config
-
-        cfg = run_config(self.config, "predict", quiet=quiet)
+        cfg = pipeline.run_config(self.config, "predict", quiet=quiet)
         changes = {k: list(v) for k, v in (("tta", tta), ("models", models)) if v is not None}
         if changes:
             cfg.predict = dataclasses.replace(cfg.predict, **changes)
@@ -221,10 +214,8 @@ class Run:
                          models: Sequence[str] | None = None) -> Path:
         """Predict the test set with the ensemble, post-process, write the competition's submission CSV and
         validate it (SubmissionError when invalid); returns its path (default `submission_path`)."""
-        from segkit.pipeline import predict
-
         cfg = self.predict_config(tta, models, quiet=self.quiet)
-        self.submission = predict(cfg, quiet=self.quiet, out=path, saved_config=False)
+        self.submission = pipeline.predict(cfg, quiet=self.quiet, out=path, saved_config=False)
         return self.submission
 
     def validate(self, path: str | Path | None = None, sample: str | Path | None = None) -> list[str]:
@@ -233,8 +224,6 @@ class Run:
         list under data.root). `path` defaults to the last written submission."""
         path = Path(path) if path is not None else (self.submission or self.submission_path)
         if not path.is_file():
-            from segkit.errors import SubmissionError
-
             raise SubmissionError(f"{path}: submission not found; write it with Run.write_submission()")
         cfg = self.config
         adapter = cfg.adapter()
@@ -256,14 +245,9 @@ def write_submission(config: ConfigLike, path: str | Path | None = None, *, quie
 def validate(path: str | Path, competition: str, sample: str | Path | None = None) -> list[str]:
     """The problems of a submission CSV for `competition` (empty when valid), checked against its declared
     format and, given `sample`, the ids of the sample submission (38-Cloud: the test patch list)."""
-    from segkit.data.competitions.base import format_for
-    from segkit.submission import validate as validate_file
-
     return validate_file(path, format_for(competition), sample).problems
 
 
 def synth(name: str, out: str | Path, seed: int = 0, **options: Any) -> Path:
     """Write a small synthetic dataset in the competition's real file layout (`segkit synth`); returns its root."""
-    from segkit.data.synth import generate
-
     return generate(name, out, seed=seed, **options)

@@ -8,6 +8,10 @@ import copy
 from pathlib import Path
 
 from segkit.config import Config
+from segkit.oof import tune_weights
+from segkit.predict import predict as predict_submission
+from segkit.pseudo import pseudo_label
+from segkit.report import print_table, write_report
 from segkit.runs import DATA_WEIGHT_KEYS, RunDir, all_folds_done, changed_keys, weight_settings
 
 
@@ -38,14 +42,12 @@ def run_config(cfg: Config, stage: str = "predict", quiet: bool = False) -> Conf
 def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold: int | None = None) -> Path:
     """Train every model's folds (see segkit.train.train), then, once every fold of every model is done, tune
     the post-processing on the out-of-fold predictions. Returns the run folder."""
-    from segkit.train import train as train_folds
+    from segkit.train import train as train_folds  # lazy: train imports keras
 
     run_dir = train_folds(cfg, quiet=quiet, restart=restart, restart_fold=restart_fold)
     if all_folds_done(cfg):
         tune(cfg, quiet=quiet, saved_config=False)
         if not quiet:
-            from segkit.report import print_table
-
             print_table(cfg)  # the ablation table; `segkit report CONFIG` adds plots and the worst images
     elif not quiet:
         print("[train] not every fold is trained yet: post-processing is tuned once they are")
@@ -55,13 +57,11 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
 def tune(cfg: Config, quiet: bool = False, saved_config: bool = True) -> dict:
     """Tune post-processing on the run's OOF predictions (with the run's saved training settings unless
     `saved_config` is false) and save it with the run."""
-    from segkit.postprocess import tune as tune_postprocess
+    from segkit.postprocess import tune as tune_postprocess  # lazy: postprocess imports scipy
 
     if saved_config:
         cfg = run_config(cfg, "tune", quiet)
     if cfg.predict.tune_weights:  # the ensemble weights per model tag first: post-processing tunes on their mix
-        from segkit.oof import tune_weights
-
         tune_weights(cfg, quiet=quiet)
     return tune_postprocess(cfg, quiet=quiet)
 
@@ -70,8 +70,6 @@ def pseudo(cfg: Config, quiet: bool = False, saved_config: bool = True) -> dict:
     """Write a pseudo-label round of the run (segkit.pseudo.pseudo_label: the ensemble's confident test images
     and masks under runs/<name>/pseudo/round_<r>/) with the run's saved training settings unless `saved_config`
     is false. Returns the round's report."""
-    from segkit.pseudo import pseudo_label
-
     if saved_config:
         cfg = run_config(cfg, "pseudo", quiet)
     return pseudo_label(cfg, quiet=quiet)
@@ -81,8 +79,6 @@ def report(cfg: Config, quiet: bool = False, worst: int = 8, saved_config: bool 
     """Write the run's ablation report runs/<name>/report.html (segkit.report.write_report: OOF score of each fold,
     model, the ensemble and each post-processing step, score-versus-threshold curves, the `worst` OOF images) and
     print its table, with the run's saved training settings unless `saved_config` is false. Returns its path."""
-    from segkit.report import write_report
-
     if saved_config:
         cfg = run_config(cfg, "report", quiet)
     return write_report(cfg, worst=worst, quiet=quiet)
@@ -91,8 +87,6 @@ def report(cfg: Config, quiet: bool = False, worst: int = 8, saved_config: bool 
 def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None, saved_config: bool = True) -> Path:
     """Write the validated submission of the run's fold × model × TTA ensemble (with the run's saved training
     settings unless `saved_config` is false). Returns its path."""
-    from segkit.predict import predict as predict_submission
-
     if saved_config:
         cfg = run_config(cfg, "predict", quiet)
     return predict_submission(cfg, quiet=quiet, out=out)

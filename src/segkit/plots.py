@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from segkit.storage import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -111,6 +113,31 @@ def class_colour_map(mask: np.ndarray) -> np.ndarray:
     return (mask[..., None].astype(np.float32) * colours).max(axis=-2, initial=0.0)
 
 
+def at_submission_size(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                       size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An image and its truth and prediction masks (H, W, C) from the training size to `size` (H, W), the size
+    the submission's RLE refers to (`adapter.submission_size(sample)`), so the gallery shows an image as it is
+    submitted: the image resized bilinearly (as predict resizes its probabilities), the masks by nearest
+    neighbour (they stay binary). Arrays already at `size` come back unchanged."""
+    h, w = int(size[0]), int(size[1])
+    return (_resize(image, (h, w), nearest=False), _resize(truth, (h, w), nearest=True),
+            _resize(pred, (h, w), nearest=True))
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    """(h, w[, C]) resized to `size` (H, W) keeping its dtype and channel count."""
+    import cv2  # lazy: cv2 is heavy and only the report's gallery resizes
+
+    a = np.asarray(a)
+    h, w = size
+    if a.shape[:2] == (h, w):
+        return a
+    work = a.astype(np.float32) if a.dtype not in (np.uint8, np.float32) else a
+    out = cv2.resize(np.ascontiguousarray(work), (w, h),
+                     interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+    return out.reshape((h, w) + a.shape[2:]).astype(a.dtype, copy=False)
+
+
 def gallery(items: Sequence[tuple], classes: Sequence[str]) -> bytes:
     """PNG grid, one block per (id, score, raw image, truth (H, W, C), prediction (H, W, C)): the image as
     RGB/false colour, the truth and the prediction with one colour per class (legend below). Images at least
@@ -157,8 +184,6 @@ def png_bytes(fig) -> bytes:
 
 
 def _save(fig, path: str | Path) -> Path:
-    from segkit.storage import atomic_write
-
     path = Path(path)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)

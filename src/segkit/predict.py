@@ -10,9 +10,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import numpy as np
 
 from segkit.config import Config, TilingConfig, check_scales, from_dict
+from segkit.data.cache import prepare, resize_image
+from segkit.data.competitions.base import adapter_class
+from segkit.devices import plan_devices
 from segkit.errors import ConfigError, DataError, SubmissionError, unknown_name
 from segkit.oof import ensemble_members
+from segkit.progress import progress
 from segkit.runs import RunDir, checkpoint_folds
+from segkit.submission import read_sample_ids, write_rows
 from segkit.tiling import ImageCanvas, check_tiling, note_tile_size, predict_canvases
 
 # name -> (forward, inverse) on batches (B, H, W, C)
@@ -181,7 +186,7 @@ def _tta_net(model, size: tuple[int, int], names: Sequence[str], get: Callable):
     import keras
     from keras import ops
 
-    from segkit.models.registry import split_outputs
+    from segkit.models.registry import split_outputs  # lazy: models.registry imports keras
 
     h, w = size
     groups: dict[tuple[int, int], list[str]] = {}
@@ -286,13 +291,30 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     fit. With several devices (a JAX `keras.distribution` set before the models were loaded, or a TF strategy
     they were loaded under) each call's batch, padded to a multiple of the device count, is split across them.
     """
-    from segkit.models.registry import has_input_normalisation, split_outputs
-    from segkit.progress import progress
+    from segkit.models.registry import has_input_normalisation, split_outputs  # lazy: models.registry imports keras
 
-    n = len(models)
+    scales = check_scales("ensemble scales", scales)
+    weights, roles = _ensemble_weights(len(models), weights, positive_only, tta)
+    gate_w = np.where(roles, 0.0, weights)
+    separate_gate = bool(roles.any()) and gate_w.sum() > 0  # else the gate is the whole ensemble
+    raw_input = [has_input_normalisation(m) for m in models]
+    scaled = _Scaled()
+    starts = range(0, len(indices), batch_size)
+    try:
+        for start in progress(starts, "predict", quiet=quiet or len(starts) < 2, unit="batch"):
+            raw = np.stack([np.asarray(cache.images[i]) for i in indices[start:start + batch_size]])
+            yield _ensemble_batch(raw, models, raw_input, normalise, weights, gate_w if separate_gate else None,
+                                  tta, scales, scaled, split_outputs)
+    finally:
+        scaled.restore()
+
+
+def _ensemble_weights(n: int, weights: Sequence[float] | None, positive_only: Sequence[bool] | None,
+                      tta: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The `n` models' weights (default equal) and positive-only flags as arrays; ConfigError unless there is
+    one of each per model, the weights are ≥ 0 and not all 0, and every `tta` name is known."""
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     roles = np.zeros(n, bool) if positive_only is None else np.asarray(positive_only, dtype=bool)
-    scales = check_scales("ensemble scales", scales)
     if n == 0 or len(weights) != n or len(roles) != n:
         raise ConfigError(f"ensemble: {n} models, {len(weights)} weights and {len(roles)} positive-only flags; "
                           "give one of each per model")
@@ -301,42 +323,39 @@ def predict_ensemble(models: Sequence, cache, indices: np.ndarray, normalise: Ca
     for name in tta:
         if name not in TTA:
             raise unknown_name("ensemble tta", "augmentation", name, TTA)
-    gate_w = np.where(roles, 0.0, weights)
-    separate_gate = bool(roles.any()) and gate_w.sum() > 0  # else the gate is the whole ensemble
-    raw_input = [has_input_normalisation(m) for m in models]
+    return weights, roles
+
+
+def _ensemble_batch(raw: np.ndarray, models: Sequence, raw_input: list[bool], normalise: Callable,
+                    weights: np.ndarray, gate_w: np.ndarray | None, tta: list[str], scales: Sequence[float],
+                    scaled: _Scaled, split_outputs: Callable) -> EnsembleBatch:
+    """The ensemble on one batch of raw images: each model's TTA × scale mean, weighted by `weights`; the gate
+    mixes the models with `gate_w` (None: the gate is the ensemble itself); the classification heads give the
+    label. `raw_input[m]` says whether model m normalises in its first layer (else `normalise` first)."""
     per_model = len(tta) * len(scales)
-    scaled = _Scaled()
-    starts = range(0, len(indices), batch_size)
-    try:
-        for start in progress(starts, "predict", quiet=quiet or len(starts) < 2, unit="batch"):
-            idx = indices[start:start + batch_size]
-            raw = np.stack([np.asarray(cache.images[i]) for i in idx])
-            inputs: dict[bool, np.ndarray] = {}  # raw float32, and normalised for old checkpoints, made once
-            total = gate = label = None
-            label_w = 0.0
-            for m, (model, takes_raw) in enumerate(zip(models, raw_input)):
-                if weights[m] == 0:
-                    continue
-                if takes_raw not in inputs:
-                    inputs[takes_raw] = (raw if takes_raw else np.stack([normalise(im) for im in raw])
-                                         ).astype(np.float32)
-                mean, head = _one_model(model, inputs[takes_raw], tta, scales, scaled, split_outputs)
-                mean *= np.float32(weights[m] / per_model)
-                total = mean if total is None else total + mean
-                if separate_gate and gate_w[m] > 0:
-                    gate = mean.copy() if gate is None else gate + mean
-                if head is not None:
-                    head *= np.float32(weights[m] / per_model)
-                    label = head if label is None else label + head
-                    label_w += weights[m]
-            assert total is not None
-            probs = total / np.float32(weights.sum())
-            gate_probs = gate / np.float32(gate_w.sum()) if gate is not None else probs
-            if label is not None:
-                label = label / np.float32(label_w)
-            yield EnsembleBatch(probs, gate_probs, label)
-    finally:
-        scaled.restore()
+    inputs: dict[bool, np.ndarray] = {}  # raw float32, and normalised for old checkpoints, made once
+    total = gate = label = None
+    label_w = 0.0
+    for m, (model, takes_raw) in enumerate(zip(models, raw_input)):
+        if weights[m] == 0:
+            continue
+        if takes_raw not in inputs:
+            inputs[takes_raw] = (raw if takes_raw else np.stack([normalise(im) for im in raw])).astype(np.float32)
+        mean, head = _one_model(model, inputs[takes_raw], tta, scales, scaled, split_outputs)
+        mean *= np.float32(weights[m] / per_model)
+        total = mean if total is None else total + mean
+        if gate_w is not None and gate_w[m] > 0:
+            gate = mean.copy() if gate is None else gate + mean
+        if head is not None:
+            head *= np.float32(weights[m] / per_model)
+            label = head if label is None else label + head
+            label_w += weights[m]
+    assert total is not None
+    probs = total / np.float32(weights.sum())
+    gate_probs = gate / np.float32(gate_w.sum()) if gate is not None else probs
+    if label is not None:
+        label = label / np.float32(label_w)
+    return EnsembleBatch(probs, gate_probs, label)
 
 
 def _one_model(model, x: np.ndarray, tta: list[str], scales: list[float], scaled: _Scaled,
@@ -466,7 +485,7 @@ class Ensemble:
     def from_checkpoints(cls, paths: Sequence[str | Path], tta: Sequence[str] = ("identity",),
                          batch_size: int = 8, **kwargs: Any) -> "Ensemble":
         """An ensemble of `.keras` checkpoints (segkit's own, or any model taking raw images)."""
-        from segkit.models.registry import load_model
+        from segkit.models.registry import load_model  # lazy: models.registry imports keras
 
         return cls([load_model(p) for p in paths], tta, batch_size, checkpoints=paths, **kwargs)
 
@@ -479,8 +498,7 @@ class Ensemble:
         input shape); None tries `cfg.adapter()` and, without the data, goes on with the competition's known
         classes (arrays can be predicted without the dataset, e.g. a run attached as a Kaggle input).
         `scope`: a context (`segkit.devices` plan) the models are loaded in."""
-        from segkit.data.competitions.base import adapter_class
-        from segkit.models.registry import load_model
+        from segkit.models.registry import load_model  # lazy: models.registry imports keras
 
         folds = checkpoint_folds(cfg)
         members = {m.tag: m for m in ensemble_members(cfg)}  # predict.weights (or tuned) and positive-only roles
@@ -555,8 +573,6 @@ class Ensemble:
     def _iter_ensemble(self, images: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
         """Yield (probs, gate_probs, label) image by image at the images' own size, from `predict_ensemble`
         (gate_probs is probs itself when no model is positive-only; label is None without heads)."""
-        from segkit.data.cache import resize_image
-
         if self.tiling is not None:
             for image in images:
                 canvas = ImageCanvas(0, image=self._check(np.asarray(image), single=True))
@@ -576,7 +592,7 @@ class Ensemble:
     def predict_masks(self, images: np.ndarray) -> np.ndarray:
         """Binary uint8 masks (as in the submission) for one image or a batch: the probabilities after the
         run's post-processing chain (threshold, min area, gate, triplet; `segkit.postprocess.apply_chain`)."""
-        from segkit.postprocess import ChainParams, apply_chain
+        from segkit.postprocess import ChainParams, apply_chain  # lazy: postprocess imports scipy
 
         if self._postprocess is None:
             raise ConfigError("ensemble: no post-processing known (build it with Run.ensemble after tuning, or "
@@ -625,8 +641,6 @@ def _classes_of(cfg: Config, adapter, model) -> tuple[list[str], Callable | None
     """(class names, image normalisation) of a run's ensemble: the adapter's; without the data (adapter None)
     the competition's classes when they match the model's mask output (else class_0 …), and no
     normalisation."""
-    from segkit.data.competitions.base import adapter_class
-
     if adapter is not None:
         return list(adapter.classes), adapter.normalise
     n_out = int(model.outputs[0].shape[-1])  # the mask output (first of two with a head)
@@ -636,7 +650,7 @@ def _classes_of(cfg: Config, adapter, model) -> tuple[list[str], Callable | None
 
 def _chain_if_tuned(cfg: Config, classes: Sequence[str]):
     """The run's post-processing chain when tuning is off or done (`segkit.postprocess.load_chain`), else None."""
-    from segkit.postprocess import load_chain
+    from segkit.postprocess import load_chain  # lazy: postprocess imports scipy
 
     if cfg.postprocess.tune is False or RunDir.of(cfg).postprocess.is_file():
         return load_chain(cfg, classes)
@@ -671,9 +685,7 @@ def _to_size(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def predict(cfg: Config, quiet: bool = False, out: str | Path | None = None) -> Path:
     """Ensemble every fold checkpoint with TTA over the test set, post-process, and write the competition's
     submission CSV (atomically, row by row); the written file is validated before returning its path."""
-    from segkit.devices import plan_devices
-    from segkit.postprocess import apply_chain, load_chain
-    from segkit.submission import read_sample_ids, write_rows
+    from segkit.postprocess import apply_chain, load_chain  # lazy: postprocess imports scipy
 
     adapter = cfg.adapter()
     samples = adapter.test_samples()
@@ -717,8 +729,6 @@ def _test_outputs(cfg: Config, ens: Ensemble, adapter, samples: Sequence,
     """(sample index, probs, the gate's probs, the heads' "class present") of every test sample, lazily: the
     test cache at the training size (built now), or tiled windows over each canvas at its stored size (an
     image, or a 38-Cloud scene of patches)."""
-    from segkit.data.cache import prepare
-
     if ens.tiling is not None:
         parts = ens.tiled(adapter.tiling_canvases(samples), quiet)
         return ((part.index, part.probs, part.gate_probs, part.label) for part in parts)

@@ -18,9 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from segkit.config import Config
+from segkit.data.cache import prepare
 from segkit.data.sample import Sample
+from segkit.errors import DataError
 from segkit.predict import Ensemble
 from segkit.runs import PseudoRoundDir, RunDir, pseudo_round_of
+from segkit.storage import temp_prefix
 
 
 @dataclass
@@ -99,10 +102,6 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     """Predict the test set with the run's ensemble, keep the confident images (see `select_confident`) and
     write them as the run's pseudo-label round (images and masks cached like the training set, ids.csv,
     report.json); returns the report (kept images overall and per class)."""
-    from segkit.data.cache import prepare
-    from segkit.storage import temp_prefix
-    from segkit.errors import DataError
-
     pc = cfg.pseudo
     adapter = cfg.adapter()
     samples = adapter.test_samples()
@@ -119,26 +118,7 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     n, n_classes = len(samples), len(adapter.classes)
     tmp = rnd.path / f"{temp_prefix('masks')}w.tmp.npy"
     masks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, n_classes))
-    keep = np.zeros(n, dtype=bool)
-    confident = np.zeros((n, n_classes), dtype=bool)
-    pixels = np.zeros((n, n_classes), dtype=np.int64)  # positive pixels per image and class
-    gate_used: set[str] = set()
-    pos = 0
-    for batch in ens.stream(cache, np.arange(len(cache)), quiet):
-        probs, label = batch.probs, batch.label
-        gate_probs = None if batch.gate_probs is batch.probs else batch.gate_probs
-        gate_empty = gate(probs, gate_probs, label) if (gate is not None and pc.gate) else None
-        sel = select_confident(probs, pc.low, pc.high, pc.max_uncertain, thresholds,
-                               label=label if pc.gate else None, gate_empty=gate_empty, activation=activation)
-        if pc.gate and label is not None:
-            gate_used.add("classifier head")
-        if gate_empty is not None:
-            gate_used.add(f"tuned gate ({RunDir.of(cfg).postprocess.name})")
-        masks[pos:pos + len(probs)] = sel.masks
-        keep[pos:pos + len(probs)] = sel.keep
-        confident[pos:pos + len(probs)] = sel.confident
-        pixels[pos:pos + len(probs)] = sel.masks.reshape(len(probs), -1, n_classes).sum(axis=1)
-        pos += len(probs)
+    keep, confident, pixels, gate_used = _select_all(cfg, ens, cache, masks, thresholds, gate, activation, quiet)
     masks.flush()
     kept = np.flatnonzero(keep)
     pixels = pixels[kept]
@@ -160,6 +140,36 @@ def pseudo_label(cfg: Config, quiet: bool = False) -> dict[str, Any]:
     return report
 
 
+def _select_all(cfg: Config, ens: Ensemble, cache: Any, masks: np.ndarray, thresholds: Any, gate: Any,
+                activation: str, quiet: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[str]]:
+    """Stream the ensemble over the test cache and select the confident images (`select_confident`), writing
+    every image's mask into `masks`; returns which images are kept, which (image, class) are confident, the
+    positive pixels per image and class, and the gates that were used."""
+    pc = cfg.pseudo
+    n, n_classes = masks.shape[0], masks.shape[-1]
+    keep = np.zeros(n, dtype=bool)
+    confident = np.zeros((n, n_classes), dtype=bool)
+    pixels = np.zeros((n, n_classes), dtype=np.int64)  # positive pixels per image and class
+    gate_used: set[str] = set()
+    pos = 0
+    for batch in ens.stream(cache, np.arange(len(cache)), quiet):
+        probs, label = batch.probs, batch.label
+        gate_probs = None if batch.gate_probs is batch.probs else batch.gate_probs
+        gate_empty = gate(probs, gate_probs, label) if (gate is not None and pc.gate) else None
+        sel = select_confident(probs, pc.low, pc.high, pc.max_uncertain, thresholds,
+                               label=label if pc.gate else None, gate_empty=gate_empty, activation=activation)
+        if pc.gate and label is not None:
+            gate_used.add("classifier head")
+        if gate_empty is not None:
+            gate_used.add(f"tuned gate ({RunDir.of(cfg).postprocess.name})")
+        masks[pos:pos + len(probs)] = sel.masks
+        keep[pos:pos + len(probs)] = sel.keep
+        confident[pos:pos + len(probs)] = sel.confident
+        pixels[pos:pos + len(probs)] = sel.masks.reshape(len(probs), -1, n_classes).sum(axis=1)
+        pos += len(probs)
+    return keep, confident, pixels, gate_used
+
+
 def _fresh_round(rnd: PseudoRoundDir, quiet: bool) -> None:
     """An empty folder for the round, replacing one written before."""
     if rnd.path.exists():
@@ -173,8 +183,6 @@ def _write_kept(adapter, samples: Sequence[Sample], cache, masks: np.ndarray, ke
                 rnd: PseudoRoundDir, quiet: bool) -> str:
     """Cache the kept test images and their masks as the round (`prepare`, like the training set); returns the
     round's digest (its ids and masks)."""
-    from segkit.data.cache import prepare
-
     digest = hashlib.sha1()
     if len(kept):
         round_samples = [Sample(id=samples[i].id, image=(f"{cache.path}#{i}",), mask=(f"{rnd.path}#{i}",),
@@ -219,7 +227,7 @@ def _postprocess_in_force(cfg: Config, classes: Sequence[str], activation: str =
     """(per-class thresholds or None for 0.5, gate function or None) from the post-processing chain predict
     applies (segkit.postprocess.load_chain): its thresholds binarise the pseudo masks; for each class with a tuned
     gate or top threshold, the chain's verdict (empty or not) is what must agree with the mask."""
-    from segkit.postprocess import apply_chain, load_chain
+    from segkit.postprocess import apply_chain, load_chain  # lazy: postprocess imports scipy
 
     if cfg.postprocess.tune and not RunDir.of(cfg).postprocess.is_file():
         return None, None

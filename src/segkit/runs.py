@@ -31,8 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segkit.config import Config
-from segkit.errors import ConfigError, SegkitError, TrainingError
+from segkit.config import Config, load_config, save_config
+from segkit.data.cache import Cache, StackedCache, prepare
+from segkit.data.folds import assign_folds
+from segkit.errors import ConfigError, DataError, SegkitError, TrainingError
+from segkit.storage import atomic_write, temp_prefix
 
 _CONFIG = "config.yaml"
 _FOLDS = "folds.csv"
@@ -179,8 +182,6 @@ class FoldDir:
     def temp_for(path: Path) -> Path:
         """A hidden sibling to write `path` to before moving it into place: segkit's temporary name (swept after
         a crash by segkit.data.io.sweep_stale), ending in the original suffix as Keras and NumPy need."""
-        from segkit.data.io import temp_prefix
-
         return path.with_name(f"{temp_prefix(path.stem)}w.tmp{path.suffix}")
 
     def is_done(self) -> bool:
@@ -253,8 +254,6 @@ class FoldDir:
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Write one of this fold's JSON files atomically."""
-        from segkit.data.io import atomic_write
-
         with atomic_write(path) as fh:
             json.dump(data, fh)
 
@@ -313,16 +312,12 @@ class PseudoRoundDir:
                           need=("n_kept", "classes", "digest"))
 
     def write_report(self, data: dict[str, Any]) -> None:
-        from segkit.data.io import atomic_write
-
         with atomic_write(self.report) as fh:
             json.dump(data, fh, indent=2)
 
     def write_ids(self, rows: dict[str, Sequence]) -> None:
         """Save the kept ids (and per-class columns) as CSV, atomically."""
         import pandas as pd
-
-        from segkit.data.io import atomic_write
 
         with atomic_write(self.ids) as fh:
             pd.DataFrame(rows).to_csv(fh, index=False)
@@ -475,8 +470,6 @@ class RunDir:
         """Save the split as CSV (id, group, stratum, fold), atomically."""
         import pandas as pd
 
-        from segkit.data.io import atomic_write
-
         frame = pd.DataFrame({"id": [s.id for s in samples], "group": [s.group for s in samples],
                               "stratum": [s.stratum for s in samples], "fold": folds})
         with atomic_write(self.folds) as fh:
@@ -512,15 +505,11 @@ class RunDir:
 
     def write_weights(self, data: dict[str, Any]) -> None:
         """Save tuned ensemble weights atomically."""
-        from segkit.data.io import atomic_write
-
         with atomic_write(self.weights) as fh:
             json.dump(data, fh, indent=2)
 
     def write_postprocess(self, data: dict[str, Any]) -> None:
         """Save tuned post-processing atomically."""
-        from segkit.data.io import atomic_write
-
         with atomic_write(self.postprocess) as fh:
             json.dump(data, fh, indent=2)
 
@@ -528,8 +517,6 @@ class RunDir:
 
     def read_config(self) -> Config | None:
         """The config saved with the run, or None when there is none."""
-        from segkit.config import load_config
-
         if not self.config.is_file():
             return None
         try:
@@ -540,8 +527,6 @@ class RunDir:
 
     def write_config(self, cfg: Config) -> None:
         """Save the resolved config beside the weights it describes."""
-        from segkit.config import save_config
-
         save_config(cfg, self.config)
 
     @property
@@ -556,15 +541,11 @@ class RunDir:
 
     def write_plan(self, data: dict[str, Any]) -> None:
         """Save the time budget's plan and seconds spent atomically."""
-        from segkit.data.io import atomic_write
-
         with atomic_write(self.plan) as fh:
             json.dump(data, fh, indent=2)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Save a run report as metrics.json, atomically."""
-        from segkit.data.io import atomic_write
-
         with atomic_write(self.metrics) as fh:
             json.dump(metrics, fh, indent=2)
 
@@ -587,7 +568,6 @@ class RunData:
         Validation and OOF use `cache` and the fold split alone, so pseudo images never enter them."""
         if self.pseudo is None:
             return self.cache, train_idx
-        from segkit.data.cache import StackedCache
 
         extra = np.arange(len(self.pseudo.cache), dtype=np.int64)
         if nonempty_only:
@@ -613,9 +593,6 @@ def open_pseudo(cfg: Config, cache: Any) -> PseudoData | None:
     """The pseudo-label round `train.pseudo` names, opened and checked against the training cache (image size,
     bands, classes, dtype); one-line TrainingError naming train.pseudo for a missing, incomplete, empty or
     mismatched round."""
-    from segkit.data.cache import Cache
-    from segkit.errors import DataError
-
     rnd = pseudo_round_of(cfg)
     if rnd is None:
         return None
@@ -645,12 +622,7 @@ def open_run_data(cfg: Config, quiet: bool = False, pseudo: bool = False) -> Run
     """Read the competition's training list, prepare its cache and load the run's fold split (made and saved
     on first use, so a resumed run keeps its folds); with `pseudo` (training) also the pseudo-label round
     train.pseudo names, which `RunData.training_source` adds to each fold's training side."""
-    from segkit.data.cache import prepare
-    from segkit.data.competitions.base import make_adapter
-    from segkit.data.folds import assign_folds
-    from segkit.errors import DataError
-
-    adapter = make_adapter(cfg.data.competition, cfg.data.root, cfg.data.options)
+    adapter = cfg.adapter()
     samples = adapter.train_samples()
     if cfg.data.max_train_samples:
         samples = samples[: cfg.data.max_train_samples]
@@ -670,7 +642,7 @@ def open_run_data(cfg: Config, quiet: bool = False, pseudo: bool = False) -> Run
 
 def model_tags(cfg: Config) -> list[str]:
     """The folder name of each architecture in the config, in order."""
-    from segkit.models.registry import model_tag
+    from segkit.models.registry import model_tag  # lazy: models.registry imports keras
 
     tags = [model_tag(spec, i) for i, spec in enumerate(cfg.models)]
     if len(set(tags)) != len(tags):

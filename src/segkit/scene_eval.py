@@ -22,8 +22,10 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from segkit import rle
 from segkit.data.competitions import cloud38 as fmt
 from segkit.data.io import write_image
+from segkit.progress import progress
 from segkit.storage import atomic_write
 from segkit.errors import DataError, RLEError, SubmissionError
 
@@ -212,10 +214,6 @@ def evaluate_submission(
     patch_size: the side of a patch (default: read from the sibling test_red folder; DataError when absent,
       as a guess would print wrong figures for other patch sizes).
     """
-    from segkit.progress import progress
-
-    from segkit import rle
-
     submission, gt_dir = Path(submission), Path(gt_dir)
     if not gt_dir.is_dir():
         raise DataError(f"{gt_dir}: scene ground-truth folder not found")
@@ -229,34 +227,12 @@ def evaluate_submission(
                         "pass --patch-size (384 for the real 38-Cloud test set)")
     patch_size = int(patch_size)
 
-    by_lower = {k.lower(): v for k, v in rows.items()}
-    listed_lower = {n.strip().lower() for n in listed}
-    missing = [n for n in listed if n.strip().lower() not in by_lower]
-    if missing:
-        raise SubmissionError(f"{submission}: {len(missing)} test patches have no row, e.g. '{missing[0]}'")
-    extra = [k for k in rows if k.lower() not in listed_lower]
-    if extra:
-        raise SubmissionError(f"{submission}: {len(extra)} rows are not in {patches_csv}, e.g. '{extra[0]}'")
-
+    by_lower = _rows_of_listed(submission, rows, listed, patches_csv)
     grid = _grid(listed)
 
     def scenes():
         for scene, patches in progress(grid.items(), "evaluate scenes", quiet=quiet, unit="scene"):
-            n_rows = max(p.row for p in patches.values())
-            n_cols = max(p.col for p in patches.values())
-            decoded = {}
-            for key, pn in patches.items():
-                try:
-                    decoded[(pn.row, pn.col)] = rle.decode(by_lower[key], (patch_size, patch_size), order="F")
-                except RLEError as exc:
-                    raise SubmissionError(f"{submission}: row '{pn.name}': {exc}") from None
-            canvas = stitch(decoded, n_rows, n_cols, patch_size)
-            gt_path = fmt.scene_gt_path(gt_dir, scene)
-            truth = (fmt.read_band(gt_path) > 0).astype(np.uint8)
-            if canvas.shape[0] < truth.shape[0] or canvas.shape[1] < truth.shape[1]:
-                raise DataError(f"{gt_path}: scene is {truth.shape[0]}x{truth.shape[1]} but its {n_rows}x{n_cols} "
-                                f"patches of {patch_size} px cover only {canvas.shape[0]}x{canvas.shape[1]}")
-            pred = crop_centre(canvas, truth.shape)
+            pred, truth = _scene_masks(submission, gt_dir, scene, patches, by_lower, patch_size)
             if out_dir is not None and previews:
                 report_previews.append(write_preview(Path(out_dir) / "previews" / f"{scene}.png", pred, truth))
             yield scene, pred, truth
@@ -267,6 +243,42 @@ def evaluate_submission(
     if out_dir is not None:
         report.csv_path = write_report_csv(report, Path(out_dir) / "scene_metrics.csv")
     return report
+
+
+def _rows_of_listed(submission: Path, rows: dict[str, str], listed: list[str],
+                    patches_csv: str | Path | None) -> dict[str, str]:
+    """The submission's rows by lower-cased patch name; SubmissionError unless they are exactly the listed
+    patches (names compared case-insensitively)."""
+    by_lower = {k.lower(): v for k, v in rows.items()}
+    listed_lower = {n.strip().lower() for n in listed}
+    missing = [n for n in listed if n.strip().lower() not in by_lower]
+    if missing:
+        raise SubmissionError(f"{submission}: {len(missing)} test patches have no row, e.g. '{missing[0]}'")
+    extra = [k for k in rows if k.lower() not in listed_lower]
+    if extra:
+        raise SubmissionError(f"{submission}: {len(extra)} rows are not in {patches_csv}, e.g. '{extra[0]}'")
+    return by_lower
+
+
+def _scene_masks(submission: Path, gt_dir: Path, scene: str, patches: dict, by_lower: dict[str, str],
+                 patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene's predicted mask (its patches' RLEs decoded, stitched and cropped to the scene) and its
+    ground truth; DataError when the patches cover less than the scene."""
+    n_rows = max(p.row for p in patches.values())
+    n_cols = max(p.col for p in patches.values())
+    decoded = {}
+    for key, pn in patches.items():
+        try:
+            decoded[(pn.row, pn.col)] = rle.decode(by_lower[key], (patch_size, patch_size), order="F")
+        except RLEError as exc:
+            raise SubmissionError(f"{submission}: row '{pn.name}': {exc}") from None
+    canvas = stitch(decoded, n_rows, n_cols, patch_size)
+    gt_path = fmt.scene_gt_path(gt_dir, scene)
+    truth = (fmt.read_band(gt_path) > 0).astype(np.uint8)
+    if canvas.shape[0] < truth.shape[0] or canvas.shape[1] < truth.shape[1]:
+        raise DataError(f"{gt_path}: scene is {truth.shape[0]}x{truth.shape[1]} but its {n_rows}x{n_cols} "
+                        f"patches of {patch_size} px cover only {canvas.shape[0]}x{canvas.shape[1]}")
+    return crop_centre(canvas, truth.shape), truth
 
 
 def write_report_csv(report: SceneReport, path: Path) -> Path:

@@ -116,7 +116,7 @@ class SubmissionFormat:
             for c, label in enumerate(self.labels):
                 yield f"{image_id}_{label}", rle.encode(mask[..., c], order=self.order, scheme=self.scheme)
         elif self.rows == "object":
-            from segkit.evaluate import label_objects
+            from segkit.evaluate import label_objects  # lazy: evaluate imports scipy
 
             encoded = rle.encode_instances(label_objects(mask[..., 0]), order=self.order)
             if not encoded:
@@ -391,119 +391,157 @@ def _check_file(path: Path, fmt: SubmissionFormat, sample: str | os.PathLike | N
     Every problem names the file, the line (and row) and the id."""
     problems = _Problems(path)
     notes: list[str] = []
-    header_text = ",".join(fmt.header)
-
-    order: list[str] = []  # ids (images for object rows) in order of first appearance
-    first_row: dict[str, tuple[int, int]] = {}  # id -> (row, line)
-    labels_seen: dict[str, set[str]] = defaultdict(set)
-    image_row: dict[str, tuple[int, int]] = {}  # first (row, line) of each image (label rows)
-    objects: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]]] = defaultdict(list)
-    blank_rows: dict[str, int] = {}
+    seen = _RowsSeen()
     header_seen = False
     row = 0
     for record in _records(path, "submission"):
-        line = record.line
         if record.fields is None:
             problems.add("csv", _csv_error(path, record))
             row += header_seen
             header_seen = True
-            continue
-        fields = record.fields
-        if not header_seen:
+        elif not header_seen:
             header_seen = True
-            _check_header(path, line, tuple(fields), fmt, problems)
-            continue
-        if not fields:
-            problems.add("blank line", f"{path}, line {line}: blank line (pandas skips it; remove it)")
-            continue
-        row += 1
-        where = f"{path}, line {line} (row {row})"
-        if len(fields) != 2:
-            problems.add("field count", f"{where}, id '{_show(fields[0])}': {len(fields)} fields, expected 2 ({header_text})")
-            continue
-        raw_id, text = fields
-        row_id = raw_id.strip()
-        where_id = f"{where}, id '{_show(raw_id)}'"
-        if not row_id:
-            problems.add("empty id", f"{where}: empty id")
-            continue
-        if row_id != raw_id:
-            problems.add("spaces", f"{where_id}: spaces around the id; Kaggle matches ids exactly (write '{_show(row_id)}')")
-        if "\n" in row_id or "\r" in row_id:
-            problems.add("line break", f"{where_id}: the id holds a line break (a quoted field over several "
-                                       f"lines); Kaggle would not match it")
-        if row_id in first_row and fmt.rows != "object":
-            problems.add("duplicate", f"{where_id}: duplicate id (first at line {first_row[row_id][1]})")
-            continue
-        if row_id not in first_row:
-            first_row[row_id] = (row, line)
-            order.append(row_id)
-        image = row_id
-        if fmt.rows == "label":
-            split = fmt.split_label(row_id)
-            if split is None:
-                problems.add("label", f"{where_id}: the id does not end in _<label> with a label of "
-                                      f"{', '.join(fmt.labels)}")
-                image = ""
-            else:
-                image, label = split
-                labels_seen[image].add(label)
-                image_row.setdefault(image, (row, line))
-        if sample is None and fmt.id_suffix and image and not image.endswith(fmt.id_suffix):
-            form = f"<image>{fmt.id_suffix}_<label>" if fmt.rows == "label" else f"<image>{fmt.id_suffix}"
-            problems.add("id form", f"{where_id}: {fmt.name} ids are {form} (the test file name)")
-        elif sample is None and fmt.id_pattern and image and not re.fullmatch(fmt.id_pattern, image):
-            form = "<image>_<label> with <image> matching" if fmt.rows == "label" else "image ids matching"
-            problems.add("id form", f"{where_id}: {fmt.name} ids are {form} {fmt.id_pattern}")
-        write_empty = f"write '{fmt.empty}'" if fmt.empty else "leave the field blank"
-        if text.strip().lower() in ("nan", "none", "null"):
-            problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; {write_empty}")
-            continue
-        if fmt.empty and not text.strip():
-            problems.add("rle", f"{where_id}: blank field; {fmt.name} writes an empty mask as '{fmt.empty}'")
-            continue
-        if "\n" in text or "\r" in text:
-            problems.add("line break", f"{where_id}: the RLE holds a line break (a quoted field over several "
-                                       f"lines); write each row on one line")
-            continue
-        shape = shapes.get(image, fmt.shape) if shapes is not None else fmt.shape
-        try:
-            starts, lengths = rle.parse_runs(text, shape[0] * shape[1] if shape else _UNBOUNDED, fmt.scheme)
-        except RLEError as exc:
-            size = f"{shape[0]}x{shape[1]}" if shape else "any size"
-            scheme = ", relative starts" if fmt.scheme == "relative" else ""
-            problems.add("rle", f"{where_id}: {exc} (image {size}, {rle.ORDER_NAMES[fmt.order]}{scheme})")
-            continue
-        if fmt.rows == "object":
-            if starts.size == 0:
-                if row_id in blank_rows or objects[row_id]:
-                    problems.add("object rows", f"{where_id}: a blank row for an image that already has rows; "
-                                                f"an object-free image gets exactly one blank row")
-                blank_rows.setdefault(row_id, line)
-            else:
-                if row_id in blank_rows:
-                    problems.add("object rows", f"{where_id}: an object row for an image written as object-free "
-                                                f"at line {blank_rows[row_id]}")
-                objects[row_id].append((row, line, starts, lengths))
-
+            _check_header(path, record.line, tuple(record.fields), fmt, problems)
+        elif not record.fields:
+            problems.add("blank line", f"{path}, line {record.line}: blank line (pandas skips it; remove it)")
+        else:
+            row += 1
+            _check_row(path, row, record.line, record.fields, fmt, sample, shapes, seen, problems)
     if not header_seen:
-        problems.add("header", f"{path}: the file is empty; expected the header {header_text}")
+        problems.add("header", f"{path}: the file is empty; expected the header {','.join(fmt.header)}")
         return SubmissionCheck(path, fmt.name, problems.result(), notes, 0)
-    if fmt.rows == "label":
-        for image, seen in labels_seen.items():
-            missing = [lab for lab in fmt.labels if lab not in seen]
-            if missing:
-                r, ln = image_row[image]
-                problems.add("label", f"{path}, line {ln} (row {r}), id '{image}': the image lacks rows for "
-                                      f"{', '.join(missing)}")
-    if fmt.rows == "object":
-        for image_id, items in objects.items():
-            _check_disjoint(path, image_id, items, problems)
+    _check_images(path, fmt, seen, problems)
     if sample is not None:
-        _compare_with_sample(path, read_sample(sample, fmt), fmt, order, first_row, problems, notes)
+        _compare_with_sample(path, read_sample(sample, fmt), fmt, seen.order, seen.first_row, problems, notes)
     if row == 0:
         problems.add("rows", f"{path}: the file has a header but no rows")
     return SubmissionCheck(path, fmt.name, problems.result(), notes, row)
+
+
+@dataclass
+class _RowsSeen:
+    """What `_check_file` has read of a submission's rows so far, for the checks across rows."""
+
+    order: list[str] = field(default_factory=list)  # ids (images for object rows) in order of first appearance
+    first_row: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (row, line)
+    labels: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # image -> labels with a row
+    image_row: dict[str, tuple[int, int]] = field(default_factory=dict)  # first (row, line) of each image (label rows)
+    objects: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]]] = field(
+        default_factory=lambda: defaultdict(list))  # image -> (row, line, starts, lengths) of each object
+    blank_rows: dict[str, int] = field(default_factory=dict)  # image -> line of its object-free row
+
+
+def _check_row(path: Path, row: int, line: int, fields: list[str], fmt: SubmissionFormat,
+               sample: str | os.PathLike | None, shapes: Mapping[str, tuple[int, int]] | None,
+               seen: _RowsSeen, problems: _Problems) -> None:
+    """One data row: its field count, its id, its RLE (against the image's size); what it adds to `seen`."""
+    where = f"{path}, line {line} (row {row})"
+    if len(fields) != 2:
+        problems.add("field count", f"{where}, id '{_show(fields[0])}': {len(fields)} fields, expected 2 "
+                                    f"({','.join(fmt.header)})")
+        return
+    raw_id, text = fields
+    where_id = f"{where}, id '{_show(raw_id)}'"
+    image = _check_row_id(where, where_id, raw_id, row, line, fmt, sample, seen, problems)
+    if image is None:
+        return
+    shape = shapes.get(image, fmt.shape) if shapes is not None else fmt.shape
+    runs = _parse_row_rle(where_id, text, shape, fmt, problems)
+    if runs is not None and fmt.rows == "object":
+        _add_object(where_id, raw_id.strip(), row, line, runs, seen, problems)
+
+
+def _check_row_id(where: str, where_id: str, raw_id: str, row: int, line: int, fmt: SubmissionFormat,
+                  sample: str | os.PathLike | None, seen: _RowsSeen, problems: _Problems) -> str | None:
+    """A row's id: exact, unique (but for object rows), of the declared form; noted in `seen`. Returns the
+    image it belongs to ("" when a label row's id names no label), or None when the row is not read further."""
+    row_id = raw_id.strip()
+    if not row_id:
+        problems.add("empty id", f"{where}: empty id")
+        return None
+    if row_id != raw_id:
+        problems.add("spaces", f"{where_id}: spaces around the id; Kaggle matches ids exactly (write '{_show(row_id)}')")
+    if "\n" in row_id or "\r" in row_id:
+        problems.add("line break", f"{where_id}: the id holds a line break (a quoted field over several "
+                                   f"lines); Kaggle would not match it")
+    if row_id in seen.first_row and fmt.rows != "object":
+        problems.add("duplicate", f"{where_id}: duplicate id (first at line {seen.first_row[row_id][1]})")
+        return None
+    if row_id not in seen.first_row:
+        seen.first_row[row_id] = (row, line)
+        seen.order.append(row_id)
+    image = row_id
+    if fmt.rows == "label":
+        split = fmt.split_label(row_id)
+        if split is None:
+            problems.add("label", f"{where_id}: the id does not end in _<label> with a label of "
+                                  f"{', '.join(fmt.labels)}")
+            image = ""
+        else:
+            image, label = split
+            seen.labels[image].add(label)
+            seen.image_row.setdefault(image, (row, line))
+    if sample is None and fmt.id_suffix and image and not image.endswith(fmt.id_suffix):
+        form = f"<image>{fmt.id_suffix}_<label>" if fmt.rows == "label" else f"<image>{fmt.id_suffix}"
+        problems.add("id form", f"{where_id}: {fmt.name} ids are {form} (the test file name)")
+    elif sample is None and fmt.id_pattern and image and not re.fullmatch(fmt.id_pattern, image):
+        form = "<image>_<label> with <image> matching" if fmt.rows == "label" else "image ids matching"
+        problems.add("id form", f"{where_id}: {fmt.name} ids are {form} {fmt.id_pattern}")
+    return image
+
+
+def _parse_row_rle(where_id: str, text: str, shape: tuple[int, int] | None, fmt: SubmissionFormat,
+                   problems: _Problems) -> tuple[np.ndarray, np.ndarray] | None:
+    """A row's RLE field as (starts, lengths) for an image of `shape` (any size when None); None, with the
+    problem added, when it is not a valid RLE in the format's scheme."""
+    write_empty = f"write '{fmt.empty}'" if fmt.empty else "leave the field blank"
+    if text.strip().lower() in ("nan", "none", "null"):
+        problems.add("rle", f"{where_id}: '{text.strip()}' written for an empty mask; {write_empty}")
+        return None
+    if fmt.empty and not text.strip():
+        problems.add("rle", f"{where_id}: blank field; {fmt.name} writes an empty mask as '{fmt.empty}'")
+        return None
+    if "\n" in text or "\r" in text:
+        problems.add("line break", f"{where_id}: the RLE holds a line break (a quoted field over several "
+                                   f"lines); write each row on one line")
+        return None
+    try:
+        return rle.parse_runs(text, shape[0] * shape[1] if shape else _UNBOUNDED, fmt.scheme)
+    except RLEError as exc:
+        size = f"{shape[0]}x{shape[1]}" if shape else "any size"
+        scheme = ", relative starts" if fmt.scheme == "relative" else ""
+        problems.add("rle", f"{where_id}: {exc} (image {size}, {rle.ORDER_NAMES[fmt.order]}{scheme})")
+        return None
+
+
+def _add_object(where_id: str, image: str, row: int, line: int, runs: tuple[np.ndarray, np.ndarray],
+                seen: _RowsSeen, problems: _Problems) -> None:
+    """An object row: one object of `image`, or its one blank row when it has none (never both)."""
+    starts, lengths = runs
+    if starts.size == 0:
+        if image in seen.blank_rows or seen.objects[image]:
+            problems.add("object rows", f"{where_id}: a blank row for an image that already has rows; "
+                                        f"an object-free image gets exactly one blank row")
+        seen.blank_rows.setdefault(image, line)
+    else:
+        if image in seen.blank_rows:
+            problems.add("object rows", f"{where_id}: an object row for an image written as object-free "
+                                        f"at line {seen.blank_rows[image]}")
+        seen.objects[image].append((row, line, starts, lengths))
+
+
+def _check_images(path: Path, fmt: SubmissionFormat, seen: _RowsSeen, problems: _Problems) -> None:
+    """The checks across rows: every label of a label-row image has a row; objects of one image are disjoint."""
+    if fmt.rows == "label":
+        for image, labels in seen.labels.items():
+            missing = [lab for lab in fmt.labels if lab not in labels]
+            if missing:
+                r, ln = seen.image_row[image]
+                problems.add("label", f"{path}, line {ln} (row {r}), id '{image}': the image lacks rows for "
+                                      f"{', '.join(missing)}")
+    if fmt.rows == "object":
+        for image_id, items in seen.objects.items():
+            _check_disjoint(path, image_id, items, problems)
 
 
 def _check_header(path: Path, line: int, got: tuple[str, ...], fmt: SubmissionFormat, problems: _Problems) -> None:

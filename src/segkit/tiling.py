@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from segkit.errors import ConfigError, unknown_name
+from segkit.errors import ConfigError, DataError, unknown_name
 
 BLENDS = ("gaussian", "uniform")
 GAUSSIAN_SIGMA = 1 / 8  # of the tile (MONAI's sliding-window default sigma_scale 0.125)
@@ -239,8 +239,6 @@ class ImageCanvas(Canvas):
             assert self._read is not None
             image = np.asarray(self._read())
             if tuple(image.shape[:2]) != self.shape:
-                from segkit.errors import DataError
-
                 raise DataError(f"{self.name or 'image'}: is {image.shape[0]}x{image.shape[1]}, its header said "
                                 f"{self.shape[0]}x{self.shape[1]}")
             self._image = image[..., None] if image.ndim == 2 else image
@@ -267,8 +265,6 @@ class GridCanvas(Canvas):
         cell = np.asarray(self._read(index))
         cell = cell[..., None] if cell.ndim == 2 else cell
         if cell.shape[:2] != (self.size, self.size):
-            from segkit.errors import DataError
-
             raise DataError(f"{self.name}: the cell at row {r + 1}, col {c + 1} is {cell.shape[0]}x{cell.shape[1]}, "
                             f"expected {self.size}x{self.size} like the others")
         return cell

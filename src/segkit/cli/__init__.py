@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 
+import segkit
+from segkit.cli.console import DEVICE_COMMANDS, note_device, quiet_tensorflow
 from segkit.errors import SegkitError
 
 # Modules under segkit.cli that add subcommands; each owns its own group.
@@ -36,8 +38,6 @@ def package_version() -> str:
     try:
         return version("segkit")
     except PackageNotFoundError:
-        import segkit
-
         return segkit.__version__
 
 
@@ -53,8 +53,6 @@ def _drop_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; a SegkitError (or, as a last resort, any OSError) is printed as one
     line without a traceback and exits 1."""
-    from segkit.cli.console import DEVICE_COMMANDS, note_device, quiet_tensorflow
-
     quiet_tensorflow()
     parser = build_parser()
     args = parse_args(parser, argv)

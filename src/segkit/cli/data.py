@@ -5,6 +5,8 @@ import argparse
 import inspect
 from pathlib import Path
 
+from segkit.cli import add_config_args
+from segkit.data.synth import SYNTH_MODULES
 from segkit.errors import ConfigError, DataError
 
 EVALUATORS = ("cloud38", "cloud95")  # both share 38-Cloud's test set and scene evaluation
@@ -12,9 +14,6 @@ EVALUATORS = ("cloud38", "cloud95")  # both share 38-Cloud's test set and scene 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the data commands to the `segkit` parser."""
-    from segkit.cli import add_config_args
-    from segkit.data.synth import SYNTH_MODULES
-
     p = sub.add_parser("synth", help="write a synthetic dataset in a competition's real file layout")
     p.add_argument("name", choices=sorted(SYNTH_MODULES), help="which competition's format")
     p.add_argument("--out", required=True, type=Path, help="folder to write (created; replaced if it is an older synthetic dataset)")
@@ -53,8 +52,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     [--faint F] [--clutter F]."""
     import importlib
 
-    from segkit.data.synth import SYNTH_MODULES
-
     module = importlib.import_module(f"segkit.data.synth.{SYNTH_MODULES[args.name]}")
     options = {}
     if args.patch_size is not None:
@@ -84,8 +81,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """segkit prepare CONFIG [k=v ...]: build (or reuse) the train and test caches at data.image_size."""
-    from segkit.config import load_config
-    from segkit.data.cache import prepare
+    from segkit.config import load_config  # lazy: `segkit --help` stays numpy-free
+    from segkit.data.cache import prepare  # lazy: `segkit --help` stays numpy-free
 
     cfg = load_config(args.config, args.overrides)
     quiet = bool(getattr(args, "quiet", False))
@@ -110,7 +107,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """segkit evaluate cloud38 --submission CSV --gt-dir DIR [--out DIR]."""
-    from segkit.scene_eval import evaluate_submission
+    from segkit.scene_eval import evaluate_submission  # lazy: scene_eval imports pandas
 
     report = evaluate_submission(args.submission, args.gt_dir, out_dir=args.out, patches_csv=args.patches_csv,
                                  patch_size=args.patch_size, previews=not args.no_previews,

@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _validate(args) -> int:
     """Print one line per problem (then INVALID, exit 1) or notes and a one-line summary (exit 0)."""
-    from segkit.data.competitions.base import format_for
-    from segkit.submission import validate
+    from segkit.data.competitions.base import format_for  # lazy: `segkit --help` stays numpy-free
+    from segkit.submission import validate  # lazy: `segkit --help` stays numpy-free
 
     report = validate(args.submission, format_for(args.competition), args.sample)
     for line in report.problems:

@@ -105,7 +105,7 @@ def _client_config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _load(config: str | None, overrides=()):
-    from segkit.kaggle.workflows import as_config
+    from segkit.kaggle.workflows import as_config  # lazy: `segkit --help` stays numpy-free
 
     return as_config(config, list(overrides)) if config else None
 
@@ -116,7 +116,7 @@ def _say(args):
 
 
 def _build(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     built = workflows.build_kernel(_load(args.config[0], args.config[1:]), args.name, kind=args.kind, fold=args.fold,
                                    out_dir=args.out, owner=args.owner, kernel_sources=args.kernel_source)
@@ -125,7 +125,7 @@ def _build(args) -> int:
 
 
 def _push(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     result = workflows.push_kernel(args.folder, cfg=_load(args.config))
     print(f"pushed {result.ref} version {result.version}: {result.url}")
@@ -133,7 +133,7 @@ def _push(args) -> int:
 
 
 def _status(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     cfg = _load(args.config)
     if args.wait:
@@ -147,7 +147,7 @@ def _status(args) -> int:
 
 
 def _output(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     files = workflows.kernel_output(args.kernel, args.out, pattern=args.pattern, cfg=_load(args.config))
     for f in files:
@@ -157,7 +157,7 @@ def _output(args) -> int:
 
 
 def _push_folds(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     result = workflows.push_folds(_load(args.config[0], args.config[1:]), folds=args.folds, owner=args.owner,
                                   out_dir=args.out, infer=not args.no_infer, dry_run=args.dry_run,
@@ -168,7 +168,7 @@ def _push_folds(args) -> int:
 
 
 def _submit(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     cfg = _load(args.config)
     if args.wait_ref is not None:
@@ -187,7 +187,7 @@ def _submit(args) -> int:
 
 
 def _competition(args, cfg) -> str:
-    from segkit.kaggle.config import kaggle_config
+    from segkit.kaggle.config import kaggle_config  # lazy: `segkit --help` stays numpy-free
 
     competition = args.competition or (kaggle_config(cfg).competition if cfg is not None else "")
     if not competition:
@@ -201,7 +201,7 @@ def _print_score(sub) -> None:
 
 
 def _submissions(args) -> int:
-    from segkit.kaggle import workflows
+    from segkit.kaggle import workflows  # lazy: `segkit --help` stays numpy-free
 
     cfg = _load(args.config)
     competition = _competition(args, cfg)
@@ -219,7 +219,7 @@ def _submissions(args) -> int:
 
 
 def _wheels(args) -> int:
-    from segkit.kaggle import deps
+    from segkit.kaggle import deps  # lazy: `segkit --help` stays numpy-free
 
     got = deps.download_wheels(args.out, image=args.image, python_version=args.python_version,
                                platforms=args.platform, pip_args=args.pip_arg,

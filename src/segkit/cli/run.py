@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from segkit.cli import add_config_args
+from segkit.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-    from segkit.config import load_config
+    from segkit.config import load_config  # lazy: `segkit --help` stays numpy-free
 
     return load_config(args.config, args.overrides)
 
@@ -55,7 +56,7 @@ def _load_trained(args, stage: str):
     `segkit report tgs` after `segkit train tgs data.root=...` finds the data as `sk.Run.open` does."""
     from pathlib import Path
 
-    from segkit.runs import RunDir
+    from segkit.runs import RunDir  # lazy: `segkit --help` stays numpy-free
 
     cfg = _load(args)
     if any(o.partition("=")[0].strip() in ("data", "data.root") for o in args.overrides):
@@ -73,7 +74,7 @@ def _load_trained(args, stage: str):
 
 def _train(args) -> int:
     cfg = _load(args)  # config errors come before the slow TensorFlow import
-    from segkit.pipeline import train
+    from segkit.pipeline import train  # lazy: `segkit --help` stays numpy-free
 
     run_dir = train(cfg, quiet=args.quiet, restart=args.restart, restart_fold=args.restart_fold)
     print(f"run folder: {run_dir}")
@@ -82,7 +83,7 @@ def _train(args) -> int:
 
 def _tune(args) -> int:
     cfg = _load_trained(args, "tune")
-    from segkit.pipeline import tune
+    from segkit.pipeline import tune  # lazy: `segkit --help` stays numpy-free
 
     tune(cfg, quiet=args.quiet)
     return 0
@@ -90,7 +91,7 @@ def _tune(args) -> int:
 
 def _predict(args) -> int:
     cfg = _load_trained(args, "predict")
-    from segkit.pipeline import predict
+    from segkit.pipeline import predict  # lazy: `segkit --help` stays numpy-free
 
     path = predict(cfg, quiet=args.quiet, out=args.out)
     print(f"submission: {path}")
@@ -99,19 +100,17 @@ def _predict(args) -> int:
 
 def _pseudo(args) -> int:
     cfg = _load_trained(args, "pseudo")
-    from segkit.pipeline import pseudo
+    from segkit.pipeline import pseudo  # lazy: `segkit --help` stays numpy-free
 
     pseudo(cfg, quiet=args.quiet)
     return 0
 
 
 def _report(args) -> int:
-    from segkit.errors import ConfigError
-
     if args.worst < 0:
         raise ConfigError(f"--worst: must be ≥ 0, got {args.worst}")
     cfg = _load_trained(args, "report")
-    from segkit.pipeline import report
+    from segkit.pipeline import report  # lazy: `segkit --help` stays numpy-free
 
     path = report(cfg, quiet=args.quiet, worst=args.worst)
     print(f"report: {path}")
@@ -119,6 +118,6 @@ def _report(args) -> int:
 
 
 def _demo(args) -> int:
-    from segkit.demo import run_demo
+    from segkit.demo import run_demo  # lazy: demo imports pandas
 
     return run_demo(args.config, args.out, args.overrides, quiet=args.quiet)

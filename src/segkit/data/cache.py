@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from segkit.progress import progress
 from segkit.storage import atomic_dir, storage_error
 from segkit.data.sample import Sample
 from segkit.errors import DataError, StorageError
@@ -245,8 +246,6 @@ def prepare(
 
 def _fill(adapter, samples: Sequence[Sample], size: tuple[int, int], folder: Path, with_masks: bool,
           quiet: bool, workers: int, name: str) -> None:
-    from segkit.progress import progress
-
     first = adapter.read_image(samples[0])
     _check_image(adapter, samples[0], first)
     n, (h, w) = len(samples), size

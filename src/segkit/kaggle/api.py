@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from segkit.errors import KaggleError
 from segkit.kaggle.config import KaggleConfig
 from segkit.kaggle.credentials import SETUP_HELP, Credentials, find_credentials
+from segkit.storage import atomic_write
 
 log = logging.getLogger("segkit.kaggle")
 T = TypeVar("T")
@@ -425,8 +426,6 @@ class KaggleClient:
             self._call(f"download {name}", download, url, target, context="download")
             written.append(target)
         if log_text:
-            from segkit.storage import atomic_write
-
             target = out_dir / f"{split_kernel(kernel)[1]}.log"
             with atomic_write(target) as fh:
                 fh.write(log_text)
@@ -694,8 +693,6 @@ def download(url: str, target: Path) -> None:
 def save_response(resp, target: Path, url: str | None = None) -> None:
     """Write a streamed HTTP response's body to target atomically, refusing error statuses, HTML error pages
     and short bodies."""
-    from segkit.storage import atomic_write
-
     url = url or getattr(resp, "url", "")
     resp.raise_for_status()
     ctype = resp.headers.get("Content-Type", "")

@@ -18,8 +18,8 @@ from segkit.config import Config
 from segkit.storage import atomic_write
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.config import KaggleConfig, kaggle_config
-from segkit.kaggle.credentials import secret_values
-from segkit.kaggle.metadata import (METADATA_FILE, kernel_metadata, load_json, title_for, title_warning,
+from segkit.kaggle.credentials import find_credentials, secret_values
+from segkit.kaggle.metadata import (METADATA_FILE, kernel_metadata, load_json, stem_slug, title_for, title_warning,
                                     validate_metadata)
 
 if TYPE_CHECKING:
@@ -114,7 +114,6 @@ def resolve_owner(kc: KaggleConfig, owner: str | None = None) -> str:
     """The kernel owner: the argument, kaggle.owner, or the user name of the local credentials."""
     if owner or kc.owner:
         return owner or kc.owner
-    from segkit.kaggle.credentials import find_credentials
 
     try:
         creds = find_credentials()
@@ -188,8 +187,6 @@ def check_no_secrets(text: str, name: str) -> None:
 
 def fold_names(kc: KaggleConfig, run_name: str, folds: list[int]) -> tuple[list[str], str]:
     """Slugs of the per-fold training kernels and of the inference kernel."""
-    from segkit.kaggle.metadata import stem_slug
-
     stem = stem_slug(kc, run_name)
     return [f"{stem}-fold{k}" for k in folds], f"{stem}-infer"
 

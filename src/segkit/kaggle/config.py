@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from segkit.config import from_dict
+from segkit.data.competitions.base import adapter_class
 from segkit.errors import ConfigError
 
 # Kaggle competition slugs of the competitions segkit has an adapter for (slug -> adapter name).
@@ -68,8 +70,6 @@ def slugify(text: str) -> str:
 
 def kaggle_config(cfg: Any) -> KaggleConfig:
     """The validated `kaggle:` section of a Config (unknown keys are named with their closest spelling)."""
-    from segkit.config import from_dict
-
     kc = from_dict(KaggleConfig, cfg.kaggle or {}, "kaggle")
     check(kc)
     return kc
@@ -144,7 +144,6 @@ def adapter_name_for(competition: str, fmt: str | None = None, cfg: Any = None) 
         return cfg.data.competition
     if competition in KNOWN_COMPETITIONS:
         return KNOWN_COMPETITIONS[competition]
-    from segkit.data.competitions.base import adapter_class
 
     try:
         adapter_class(competition)  # an adapter name given as the competition

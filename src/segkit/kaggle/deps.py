@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from segkit.errors import KaggleError, SegkitError
+from segkit.storage import atomic_write
 
 WHEELS_MANIFEST = "segkit-wheels.json"  # marks a wheels folder made by `segkit kernel wheels`
 
@@ -207,8 +208,6 @@ def download_wheels(out_dir: str | Path, image: str | Path | None = None, python
                     progress: Callable[[str], None] | None = print) -> list[Path]:
     """`pip download` the wheels (no dependencies: the image has those) of segkit's requirements missing from
     the image's package list into out_dir, with a manifest the kernel recognises; the wheel files."""
-    from segkit.storage import atomic_write
-
     say = progress or (lambda _: None)
     out = Path(out_dir)
     listed = read_image_list(image) if image else None

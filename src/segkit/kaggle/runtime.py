@@ -16,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import segkit
+from segkit import pipeline
+from segkit.config import config_from_dict
+from segkit.durations import KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S, kaggle_budget
 from segkit.errors import DataError, SegkitError, TrainingError
+from segkit.kaggle.config import kaggle_config
+from segkit.kaggle.deps import preflight
 from segkit.runs import RunDir, ensembled_tags, find_fold_dirs, fold_source_pattern, model_tags
+from segkit.storage import atomic_write
 
 
 @dataclass
@@ -75,9 +82,6 @@ def resolve_data_root(dirs: KernelDirs, kc: Any, data_dir: str = "") -> Path:
 
 def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
     """The embedded config with its paths moved into the kernel's folders (and the fold to train)."""
-    from segkit.config import config_from_dict
-    from segkit.kaggle.config import kaggle_config
-
     cfg = config_from_dict(raw)
     kc = kaggle_config(cfg)
     cfg.data.root = str(resolve_data_root(dirs, kc, kc.data_dir))
@@ -86,8 +90,6 @@ def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
         cfg.output.runs_dir = str(dirs.working / "runs")
         cfg.train.train_folds = None if fold is None else [int(fold)]
         if cfg.train.time_budget is None:  # never past the session limit: the kernel would end with no output
-            from segkit.durations import KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S, kaggle_budget
-
             session = kc.session_timeout_seconds or (KAGGLE_TPU_SESSION_S if kc.enable_tpu else KAGGLE_SESSION_S)
             cfg.train.time_budget = round(kaggle_budget(session))
     else:
@@ -99,8 +101,6 @@ def kernel_config(raw: dict, kind: str, fold: int | None, dirs: KernelDirs):
 def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
     """Link every fold of every model found in the input into the scratch run folder (copying the split and
     any tuned post-processing); TrainingError naming the missing folds."""
-    from segkit.storage import atomic_write
-
     wanted = ensembled_tags(cfg)
     found = find_fold_dirs(dirs.input, cfg.name, model_tags(cfg))
     missing = [f"{t} fold {k}" for t in wanted for k in range(cfg.train.folds) if (t, k) not in found]
@@ -133,25 +133,21 @@ def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
 
 def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False) -> Path:
     """Train the embedded config (one fold, or all) into <working>/runs/<name>/."""
-    from segkit.pipeline import train
-
     cfg, _ = kernel_config(raw, "train", fold, dirs)
     print(f"[segkit kernel] training {'all folds' if fold is None else f'fold {fold}'} of '{cfg.name}' "
           f"on {cfg.data.root} -> {cfg.run_dir}", flush=True)
-    return train(cfg, quiet=quiet)
+    return pipeline.train(cfg, quiet=quiet)
 
 
 def run_infer(raw: dict, dirs: KernelDirs, quiet: bool = False) -> Path:
     """Gather the fold checkpoints, tune post-processing on their OOF predictions when no tuned file came
     with them, predict the test set and write <working>/<submission_file>, validated."""
-    from segkit.pipeline import predict, tune
-
     cfg, kc = kernel_config(raw, "infer", None, dirs)
     run = RunDir(gather_checkpoints(cfg, dirs))
     if cfg.postprocess.tune and not run.postprocess.is_file():
-        tune(cfg, quiet=quiet)  # needs the training data and every fold's OOF predictions
+        pipeline.tune(cfg, quiet=quiet)  # needs the training data and every fold's OOF predictions
     out = dirs.working / kc.submission_file
-    predict(cfg, quiet=quiet, out=out)  # validates what it writes (against the sample submission if any)
+    pipeline.predict(cfg, quiet=quiet, out=out)  # validates what it writes (against the sample submission if any)
     if run.postprocess.is_file():
         shutil.copyfile(run.postprocess, dirs.working / run.postprocess.name)
     print(f"[segkit kernel] submission written and validated: {out}", flush=True)
@@ -172,8 +168,6 @@ def tpu_backend(raw: dict, environ: dict) -> str | None:
 
 def main(kind: str, raw: dict, fold: int | None = None, environ: dict | None = None) -> int:
     """Entry point of a built kernel script; returns the exit code (a SegkitError is printed, not raised)."""
-    import segkit
-
     note = tpu_backend(raw, os.environ if environ is None else environ)  # before anything imports keras
     if note:
         print(note, flush=True)
@@ -184,8 +178,6 @@ def main(kind: str, raw: dict, fold: int | None = None, environ: dict | None = N
     dirs.working.mkdir(parents=True, exist_ok=True)
     dirs.scratch.mkdir(parents=True, exist_ok=True)
     try:
-        from segkit.kaggle.deps import preflight
-
         preflight(raw, dirs.input, dirs.scratch, say=lambda line: print(line, flush=True))  # before any work
         if kind == "train":
             run_train(raw, fold, dirs)

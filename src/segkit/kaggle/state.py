@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import KaggleError
+from segkit.storage import atomic_write
 
 
 class StateFile:
@@ -45,8 +46,6 @@ class StateFile:
         return self._write(key, {**fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, replace=False)
 
     def _write(self, key: str, fields: dict[str, Any], replace: bool) -> dict[str, Any]:
-        from segkit.storage import atomic_write
-
         data = self._load()
         records = data.setdefault(self.section, {})
         rec = fields if replace else {**(records.get(key) or {}), **fields}

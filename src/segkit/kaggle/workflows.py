@@ -12,6 +12,7 @@ lines). The kaggle client is imported only when a call needs the network (it log
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -19,10 +20,16 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from segkit.config import Config, load_config
+from segkit.data.competitions.base import format_for
 from segkit.errors import KaggleError, SubmissionError
-from segkit.kaggle.api import KaggleClient, KernelFailed, KernelStatus, PushResult, Submission
-from segkit.kaggle.bundle import BUILD_DIR, BuiltKernel
+from segkit.kaggle.api import KaggleClient, KernelFailed, KernelStatus, PushResult, Submission, log_tail, split_kernel
+from segkit.kaggle.bundle import BUILD_DIR, BuiltKernel, build_kernel as build, fold_names, parse_folds, resolve_owner
 from segkit.kaggle.config import KaggleConfig, adapter_name_for, kaggle_config
+from segkit.kaggle.metadata import read_metadata, stem_slug
+from segkit.kaggle.state import StateFile
+from segkit.runs import RunDir
+from segkit.storage import atomic_write
+from segkit.submission import validate
 
 ConfigLike = Union[Config, str, Path]
 Progress = Union[Callable[[str], None], None]
@@ -81,16 +88,12 @@ def build_kernel(cfg: ConfigLike, name: str, *, kind: str = "train", fold: int |
     """Write out_dir/name/: a self-contained kernel script (segkit + the resolved config) and its validated
     kernel-metadata.json. `kind` is "train" (every fold, or `fold`) or "infer"; `kernel_sources` are added
     to kaggle.kernel_sources (e.g. the training kernels an inference kernel reads)."""
-    from segkit.kaggle.bundle import build_kernel as build
-
     return build(as_config(cfg), name, kind=kind, fold=fold, out_dir=out_dir, owner=owner,
                  extra_kernel_sources=list(kernel_sources))
 
 
 def fold_list(cfg: ConfigLike, folds: str | Sequence[int] | None = None) -> list[int]:
     """The folds to use: every fold of train.folds when None, else '0-4', '0,2' or a list, each checked."""
-    from segkit.kaggle.bundle import parse_folds
-
     cfg = as_config(cfg)
     if folds is None:
         return list(range(cfg.train.folds))
@@ -102,8 +105,6 @@ def build_kernels(cfg: ConfigLike, out_dir: str | Path = BUILD_DIR, *, folds: st
                   owner: str | None = None, infer: bool = True) -> list[BuiltKernel]:
     """One training kernel per fold (slug <stem>-fold<k>), then, unless infer=False, the inference kernel
     (<stem>-infer) taking every fold kernel of train.folds as a source; written under out_dir."""
-    from segkit.kaggle.bundle import fold_names, resolve_owner
-
     cfg = as_config(cfg)
     kc = kaggle_config(cfg)
     folds = fold_list(cfg, folds)
@@ -121,8 +122,6 @@ def build_kernels(cfg: ConfigLike, out_dir: str | Path = BUILD_DIR, *, folds: st
 def push_kernel(folder: str | Path, *, cfg: ConfigLike | None = None, client: KaggleClient | None = None) -> PushResult:
     """Push a built kernel folder (a new version then runs on Kaggle), after checking its metadata against
     the client's rules so nothing leaves when it would be refused."""
-    from segkit.kaggle.metadata import read_metadata
-
     read_metadata(folder)
     return _client(client, as_config(cfg)).push(folder)
 
@@ -138,8 +137,6 @@ def wait_for_kernel(kernel: str, *, cfg: ConfigLike | None = None, client: Kaggl
     """Poll kernel OWNER/SLUG (with growing intervals) until it completes, reporting each state change;
     KaggleError with Kaggle's failure message when it fails (the tail of its log printed, the whole saved in
     log_dir, default the config's run folder), is cancelled or outlasts kaggle.timeout_minutes."""
-    from segkit.runs import RunDir
-
     cfg = as_config(cfg)
     on_poll = _state_lines(progress, quiet, lambda _: kernel, lambda st: st.state)
     kaggle = _client(client, cfg)
@@ -190,8 +187,6 @@ def push_once(built: BuiltKernel, state_file: str | Path, kaggle: KaggleClient, 
     """Push a built kernel unless the state file says this very kernel (same code and metadata) was pushed
     already: (its version, True) then. An interrupted push is recognised by a newer version on Kaggle than
     the one recorded before it. `again` pushes a new version regardless."""
-    from segkit.kaggle.state import StateFile
-
     state = StateFile(state_file, "kernels")
     kernel = built.metadata["id"]
     digest = kernel_digest(built)
@@ -228,9 +223,6 @@ def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, own
     (ERROR, cancel) stops the wait at once: a KaggleError with Kaggle's message, the tail of the kernel's log
     printed and the whole log saved under RunDir.kaggle_logs. dry_run builds and validates only; wait=False
     pushes the fold kernels and leaves the inference kernel pending."""
-    from segkit.kaggle.bundle import fold_names
-    from segkit.runs import RunDir
-
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
     folds = fold_list(cfg, folds)
@@ -278,9 +270,6 @@ def push_folds(cfg: ConfigLike, *, folds: str | Sequence[int] | None = None, own
 def kernel_failed(exc: KernelFailed, kaggle: KaggleClient, log_dir: str | Path | None,
                   say: Callable[[str], None], hint: str = "") -> KaggleError:
     """The error for a failed kernel: its log fetched, the tail printed and the whole saved in log_dir."""
-    from segkit.storage import atomic_write
-    from segkit.kaggle.api import log_tail, split_kernel
-
     try:
         text = kaggle.kernel_log(exc.kernel)
     except KaggleError as log_exc:
@@ -343,8 +332,6 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
     with tempfile.TemporaryDirectory(prefix="segkit-sample-") as tmp:
         got = client.download_data_file(competition, name, Path(tmp) / Path(name).name)
         if got.suffix.lower() == ".zip":
-            from segkit.storage import atomic_write
-
             try:
                 with zipfile.ZipFile(got) as zf:
                     inner = next((n for n in zf.namelist() if n.lower().endswith(".csv")), None)
@@ -358,8 +345,6 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
         else:
             import shutil
 
-            from segkit.storage import atomic_write
-
             target = folder / got.name
             with atomic_write(target, "wb") as fh, open(got, "rb") as src:
                 shutil.copyfileobj(src, fh)
@@ -369,8 +354,6 @@ def competition_sample(competition: str, *, client: KaggleClient, progress: Prog
 
 def submissions_state(cfg: Config | None, path: Path | None) -> Path:
     """Where submit records what it submitted: the run folder's, else beside the file, else the working folder."""
-    from segkit.runs import RunDir
-
     if cfg is not None:
         return RunDir.of(cfg).kaggle_submissions
     return (path.parent if path is not None else Path.cwd()) / ".segkit-kaggle" / "submissions.json"
@@ -395,11 +378,6 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     same file (or kernel version) is not submitted twice, even when an earlier run was interrupted after
     Kaggle received it; the rerun waits for its score. `again` submits anyway. A scoring failure is a
     KaggleError with Kaggle's reason."""
-    import hashlib
-
-    from segkit.kaggle.metadata import stem_slug
-    from segkit.kaggle.state import StateFile
-
     cfg = as_config(cfg)
     say = progress or (lambda _: None)
     kc = kaggle_config(cfg) if cfg is not None else KaggleConfig()
@@ -409,64 +387,101 @@ def submit(cfg: ConfigLike | None = None, path: str | Path | None = None, *, mes
     fmt = adapter_name_for(competition, fmt, cfg)
     code = bool(kernel or kc.code_competition)
     if not code:
-        if not path:
-            raise KaggleError("submit: give the SUBMISSION file (or --kernel for a code competition)")
-        path = Path(path)
-        if not path.is_file():
-            raise SubmissionError(f"{path}: file not found")
+        path = _submission_file(path)
     kaggle = _client(client, cfg)
     state = StateFile(state_file or submissions_state(cfg, None if code else path), "submissions")
     if code:
-        kernel = kernel or f"{kc.owner or kaggle.username}/{stem_slug(kc, cfg.name)}-infer"
-        if not version:
-            version = kaggle.current_version(kernel)
-            if not version:
-                raise KaggleError(f"kernel {kernel} not found on Kaggle; push it first (segkit kernel push-folds)")
-        key = f"{competition} kernel {kernel} version {version}"
-        file_name = None
+        kernel, version = _kernel_version(kernel, version, kc, cfg, kaggle)
+        key, file_name = f"{competition} kernel {kernel} version {version}", None
     else:
-        key = f"{competition} file {hashlib.sha256(path.read_bytes()).hexdigest()}"
-        file_name = path.name
+        key, file_name = f"{competition} file {hashlib.sha256(path.read_bytes()).hexdigest()}", path.name
     result = Submitted(competition, 0, file=None if code else path, kernel=kernel if code else None,
                        version=version if code else None)
-
-    rec = state.get(key)
-    if rec and not again:
-        ref = rec.get("ref") or kaggle.find_submission(competition, set(rec.get("before", [])),
-                                                       rec.get("message", ""), rec.get("file_name"))
-        if ref:
-            if not rec.get("ref"):
-                state.update(key, ref=ref)
-            what = f"kernel {kernel} version {version}" if code else str(path)
-            say(f"{what} already submitted to {competition} as ref {ref} by an earlier run; "
-                f"{'waiting for its score' if wait else 'not submitted again'} (--again submits again)")
-            result.ref, result.resumed = int(ref), True
-            if wait:
-                result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
-            return result
-
+    if not again and _found_earlier(result, state, key, kaggle, wait, say):
+        if wait:
+            result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
+        return result
     sample_path = _sample_for(competition, sample, use_sample, kaggle, say)
-    if code:
-        with tempfile.TemporaryDirectory(prefix="segkit-submit-") as tmp:
-            csv = kaggle.output_file(kernel, kc.submission_file, Path(tmp) / kc.submission_file, version)
-            say(validate_or_refuse(csv, fmt, sample_path,
-                                   what=f"{kernel} version {version}'s {kc.submission_file}"))
-    else:
-        say(validate_or_refuse(path, fmt, sample_path, what=str(path)))
-    before = {s.ref for s in kaggle.submissions(competition)}
-    state.put(key, competition=competition, message=message, file_name=file_name, before=sorted(before), ref=None,
-              **({"kernel": kernel, "version": version} if code else {"file": str(path)}))
-    if code:
-        ref = kaggle.submit_code(competition, kernel, version, kc.submission_file, message, before=before)
-        say(f"submitted kernel {kernel} version {version} to {competition} (ref {ref})")
-    else:
-        ref = kaggle.submit(competition, path, message, before=before)
-        say(f"uploaded {path} to {competition} (ref {ref})")
-    state.update(key, ref=ref)
-    result.ref = ref
+    say(_validate_submitted(result, fmt, sample_path, kc.submission_file, kaggle))
+    result.ref = _send(result, message, file_name, kc.submission_file, state, key, kaggle, say)
     if wait:
-        result.scored = _wait_score(kaggle, competition, ref, state, key, progress, quiet)
+        result.scored = _wait_score(kaggle, competition, result.ref, state, key, progress, quiet)
     return result
+
+
+def _submission_file(path: str | Path | None) -> Path:
+    """The file a file competition uploads; KaggleError when none is given, SubmissionError when it is missing."""
+    if not path:
+        raise KaggleError("submit: give the SUBMISSION file (or --kernel for a code competition)")
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: file not found")
+    return path
+
+
+def _kernel_version(kernel: str | None, version: int | None, kc: KaggleConfig, cfg: Config | None,
+                    kaggle: KaggleClient) -> tuple[str, int]:
+    """The kernel a code competition submits (default <owner>/<stem>-infer) and its version (default: the
+    current one on Kaggle; KaggleError when the kernel is not there)."""
+    kernel = kernel or f"{kc.owner or kaggle.username}/{stem_slug(kc, cfg.name)}-infer"
+    if not version:
+        version = kaggle.current_version(kernel)
+        if not version:
+            raise KaggleError(f"kernel {kernel} not found on Kaggle; push it first (segkit kernel push-folds)")
+    return kernel, version
+
+
+def _found_earlier(result: Submitted, state: StateFile, key: str, kaggle: KaggleClient, wait: bool,
+                   say: Callable[[str], None]) -> bool:
+    """Whether an earlier run submitted this very file (or kernel version) already, as recorded under `key`
+    in `state` (its ref looked up on Kaggle when the run ended before recording it); then `result` gets
+    that ref and is marked resumed."""
+    rec = state.get(key)
+    if not rec:
+        return False
+    competition = result.competition
+    ref = rec.get("ref") or kaggle.find_submission(competition, set(rec.get("before", [])),
+                                                   rec.get("message", ""), rec.get("file_name"))
+    if not ref:
+        return False
+    if not rec.get("ref"):
+        state.update(key, ref=ref)
+    what = f"kernel {result.kernel} version {result.version}" if result.kernel is not None else str(result.file)
+    say(f"{what} already submitted to {competition} as ref {ref} by an earlier run; "
+        f"{'waiting for its score' if wait else 'not submitted again'} (--again submits again)")
+    result.ref, result.resumed = int(ref), True
+    return True
+
+
+def _validate_submitted(result: Submitted, fmt: str, sample_path: Path | None, submission_file: str,
+                        kaggle: KaggleClient) -> str:
+    """Validate what is about to be submitted (the file, or the kernel version's `submission_file` output,
+    fetched): SubmissionError when invalid, else the line saying it is valid."""
+    if result.kernel is None:
+        return validate_or_refuse(result.file, fmt, sample_path, what=str(result.file))
+    with tempfile.TemporaryDirectory(prefix="segkit-submit-") as tmp:
+        csv = kaggle.output_file(result.kernel, submission_file, Path(tmp) / submission_file, result.version)
+        return validate_or_refuse(csv, fmt, sample_path,
+                                  what=f"{result.kernel} version {result.version}'s {submission_file}")
+
+
+def _send(result: Submitted, message: str, file_name: str | None, submission_file: str, state: StateFile,
+          key: str, kaggle: KaggleClient, say: Callable[[str], None]) -> int:
+    """Record the submission under `key` in `state` (with the refs Kaggle lists before it, so an interrupted
+    run finds it again), then send the file or kernel version; returns Kaggle's ref."""
+    competition = result.competition
+    before = {s.ref for s in kaggle.submissions(competition)}
+    code = result.kernel is not None
+    state.put(key, competition=competition, message=message, file_name=file_name, before=sorted(before), ref=None,
+              **({"kernel": result.kernel, "version": result.version} if code else {"file": str(result.file)}))
+    if code:
+        ref = kaggle.submit_code(competition, result.kernel, result.version, submission_file, message, before=before)
+        say(f"submitted kernel {result.kernel} version {result.version} to {competition} (ref {ref})")
+    else:
+        ref = kaggle.submit(competition, result.file, message, before=before)
+        say(f"uploaded {result.file} to {competition} (ref {ref})")
+    state.update(key, ref=ref)
+    return ref
 
 
 def _sample_for(competition: str, sample: str | Path | None, use_sample: bool, kaggle: KaggleClient,
@@ -517,9 +532,6 @@ def submissions(competition: str, *, cfg: ConfigLike | None = None,
 def validate_or_refuse(path: str | Path, fmt: str, sample: str | Path | None = None, what: str | None = None) -> str:
     """SubmissionError listing the first problems when `path` is not a valid `fmt` submission; else a line
     saying it is valid."""
-    from segkit.data.competitions.base import format_for
-    from segkit.submission import validate
-
     what = what or str(path)
     problems = validate(path, format_for(fmt), sample).problems
     if problems:

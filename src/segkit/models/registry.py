@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from segkit.errors import TrainingError, check_kwargs, unknown_name
+from segkit.models.layers import input_normalisation_of
 from segkit.modelspec import ModelSpec
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by the architecture modules segkit.models imports
@@ -117,8 +118,6 @@ def load_model(path: str | Path, compile: bool = True, raw_input: bool = False, 
 def has_input_normalisation(model) -> bool:
     """True when the model normalises raw images itself (its first layers hold an InputNormalisation);
     False for checkpoints saved by older segkit versions, whose input the caller must normalise."""
-    from segkit.models.layers import input_normalisation_of
-
     return input_normalisation_of(model) is not None
 
 

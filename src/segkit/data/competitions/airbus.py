@@ -119,6 +119,6 @@ class AirbusAdapter(Adapter):
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Airbus' score: F2 over IoU thresholds 0.5-0.95 per image, ships = connected components, mean over
         images (no ship and no prediction = 1)."""
-        from segkit.evaluate import airbus_score
+        from segkit.evaluate import airbus_score  # lazy: evaluate imports scipy
 
         return airbus_score(np.asarray(truth), np.asarray(pred))

@@ -9,9 +9,13 @@ from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from segkit import rle
+from segkit.data.competitions.kaggle_files import image_size
+from segkit.data.io import read_image
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError, SubmissionError, check_kwargs, unknown_name
 from segkit.submission import SubmissionCheck, SubmissionFormat, validate
+from segkit.tiling import ImageCanvas
 
 
 class Adapter:
@@ -49,8 +53,6 @@ class Adapter:
 
     def read_image(self, sample: Sample) -> np.ndarray:
         """The raw image (H, W, bands) in its stored dtype; by default one RGB file (JPEG/PNG/GIF) as uint8."""
-        from segkit.data.io import read_image
-
         return read_image(sample.image[0])
 
     def read_mask(self, sample: Sample) -> np.ndarray:
@@ -110,16 +112,12 @@ class Adapter:
 
     def stored_size(self, sample: Sample) -> tuple[int, int]:
         """(H, W) of the sample's stored image, from its header (no pixels read)."""
-        from segkit.data.competitions.kaggle_files import image_size
-
         return image_size(sample.image[0])
 
     def tiling_canvases(self, samples: list[Sample]) -> list:
         """What tiled inference (`predict.tiling`) predicts whole, as `segkit.tiling.Canvas`es whose parts are
         indices into `samples`: by default each sample's image at its stored size, read when its first window
         is and dropped after its last (one image in memory at a time). 38-Cloud stitches patches into scenes."""
-        from segkit.tiling import ImageCanvas
-
         return [ImageCanvas(i, self.stored_size(s), lambda s=s: self.read_image(s), name=s.id)
                 for i, s in enumerate(samples)]
 
@@ -131,7 +129,7 @@ class Adapter:
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """The competition's metric for one class over a stack of masks (N, H, W); higher is better.
         Post-processing is tuned per class on it. Default: mean Dice per image, empty/empty = 1."""
-        from segkit.evaluate import dice_per_image
+        from segkit.evaluate import dice_per_image  # lazy: evaluate imports scipy
 
         return float(dice_per_image(truth, pred).mean())
 
@@ -153,8 +151,6 @@ def decode_planes(texts: Sequence[str], shape: tuple[int, int], order: str, file
                   labels: Sequence[str]) -> np.ndarray:
     """(H, W, len(texts)) uint8 {0, 1}: one RLE per class decoded at `shape`, for competitions that give each
     class its own row; a bad RLE is a DataError naming `file` and that class's `labels` entry."""
-    from segkit import rle
-
     planes = []
     for label, text in zip(labels, texts):
         try:
@@ -173,7 +169,7 @@ def fraction_option(value: object, key: str = "data.options.empty_fraction") -> 
 
 def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
     """Mean Dice over images (last axis) from per-image counts; 1 where both masks are empty."""
-    from segkit.evaluate import dice_of_counts
+    from segkit.evaluate import dice_of_counts  # lazy: evaluate imports scipy
 
     return dice_of_counts(inter, pred_area, true_area).mean(axis=-1)
 

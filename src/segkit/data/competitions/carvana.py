@@ -116,7 +116,7 @@ class CarvanaAdapter(Adapter):
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Carvana's score: mean Dice over images (both empty = 1)."""
-        from segkit.evaluate import carvana_score
+        from segkit.evaluate import carvana_score  # lazy: evaluate imports scipy
 
         return carvana_score(truth, pred)
 

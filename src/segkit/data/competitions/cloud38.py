@@ -30,6 +30,7 @@ from segkit.data.io import read_tiff
 from segkit.data.sample import Sample
 from segkit.errors import ConfigError, DataError
 from segkit.submission import SubmissionFormat
+from segkit.tiling import GridCanvas
 
 BANDS = ("red", "green", "blue", "nir")  # Landsat 8 B4, B3, B2, B5; the model sees them in this order
 TRAIN_DIR = "38-Cloud_training"
@@ -359,8 +360,6 @@ class Cloud38Adapter(Adapter):
         (max_row·P) x (max_col·P) grid (as the official evaluation stitches them; an unlisted position reads as
         zeros, the no-data value), predicted with overlapping windows across patch borders and cut back into
         the patches. Scenes in order of first appearance; patches are read one patch row at a time."""
-        from segkit.tiling import GridCanvas
-
         scenes: dict[str, dict[tuple[int, int], int]] = {}
         for i, s in enumerate(samples):
             pn = parse_patch_name(s.id)

@@ -94,7 +94,7 @@ class CloudsAdapter(Adapter):
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """Understanding Clouds' score for one label: mean Dice over images (both empty = 1)."""
-        from segkit.evaluate import carvana_score
+        from segkit.evaluate import carvana_score  # lazy: evaluate imports scipy
 
         return carvana_score(truth, pred)
 

@@ -188,7 +188,7 @@ class FolderAdapter(Adapter):
 
     def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
         """score_class from per-image counts (see Adapter.score_counts)."""
-        from segkit.evaluate import tgs_iou_from_counts
+        from segkit.evaluate import tgs_iou_from_counts  # lazy: evaluate imports scipy
 
         fn = tgs_iou_from_counts if self.metric == "tgs_iou" else dice_from_counts
         return fn(inter, pred_area, true_area)

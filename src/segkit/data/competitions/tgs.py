@@ -199,13 +199,13 @@ class TgsAdapter(Adapter):
 
     def score_class(self, truth: np.ndarray, pred: np.ndarray) -> float:
         """TGS Salt's score: mean over images of the share of IoU thresholds 0.50-0.95 passed (both empty = 1)."""
-        from segkit.evaluate import tgs_score
+        from segkit.evaluate import tgs_score  # lazy: evaluate imports scipy
 
         return tgs_score(truth, pred)
 
     def score_counts(self, inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
         """The same score from per-image counts (see Adapter.score_counts)."""
-        from segkit.evaluate import tgs_iou_from_counts
+        from segkit.evaluate import tgs_iou_from_counts  # lazy: evaluate imports scipy
 
         return tgs_iou_from_counts(inter, pred_area, true_area)
 

@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from segkit.progress import progress as show_progress
 from segkit.storage import atomic_dir, atomic_write
 from segkit.errors import ConfigError, DataError
 
@@ -73,9 +74,7 @@ def write_gif_mask(path: Path, mask: np.ndarray) -> None:
 
 def progress(items: Iterable[T], desc: str, quiet: bool = False, unit: str = "image") -> Iterator[T]:
     """`items` with progress on stderr (none when quiet); synthetic data at real sizes takes minutes."""
-    from segkit.progress import progress as report
-
-    return report(list(items), desc, quiet=quiet, unit=unit)
+    return show_progress(list(items), desc, quiet=quiet, unit=unit)
 
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
