@@ -3,10 +3,10 @@
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 from matplotlib.axes import Axes
 
-from segkit import plots, report
+from segkit import plots
+from segkit.report import scoring
 
 TRAIN = (64, 64)
 SUBMISSION = (101, 101)
@@ -44,8 +44,6 @@ def test_gallery_panels_are_drawn_at_the_submission_size(monkeypatch):
     assert plots.at_submission_size(bands, sized[1], sized[2], TRAIN)[0].shape == TRAIN + (4,)
 
 
-@pytest.mark.xfail(strict=True, reason="report._gallery must pass its items through plots.at_submission_size "
-                                       "(report.py is another branch's; the one-line change is in the merge note)")
 def test_report_gallery_items_are_at_the_submission_size(monkeypatch):
     n = 3
     samples = [SimpleNamespace(id=f"id{i}") for i in range(n)]
@@ -53,10 +51,8 @@ def test_report_gallery_items_are_at_the_submission_size(monkeypatch):
         samples=samples,
         cache=SimpleNamespace(images=np.zeros((n,) + TRAIN + (3,), np.uint8), masks=np.zeros((n,) + TRAIN + (1,), np.uint8)),
         adapter=SimpleNamespace(classes=("salt",), submission_size=lambda sample: SUBMISSION))
-    oof = SimpleNamespace(probs=np.zeros((n,) + TRAIN, np.float32), gate_probs=None, label=None)
-    monkeypatch.setattr(report, "load_class", lambda cfg, n_images, c: oof)
-    monkeypatch.setattr(report, "chain_class", lambda pp, c, sub, area_scale: (sub.probs > 0.5).astype(np.uint8))
-    items = report._gallery(None, run, {}, np.array([[0.5], [0.1], [0.9]]), 2, 1.0)
+    monkeypatch.setattr(scoring, "chained_masks", lambda cfg, run, chain, picks: np.zeros((len(picks),) + TRAIN + (1,), np.uint8))
+    items = scoring.gallery(None, run, None, np.array([[0.5], [0.1], [0.9]]), 2)
     assert [g.id for g in items] == ["id1", "id0"]
     assert {g.image.shape[:2] for g in items} == {g.truth.shape[:2] for g in items} == {SUBMISSION}
     assert {g.pred.shape[:2] for g in items} == {SUBMISSION}

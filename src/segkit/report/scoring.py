@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from segkit import plots
 from segkit.config import Config
 from segkit.errors import TrainingError
 from segkit.oof import OofClass, ensemble_members, load_oof_class
@@ -245,8 +246,9 @@ def gallery(cfg: Config, run: RunData, chain: ChainParams, per_image: np.ndarray
     if not len(picks):
         return []
     preds = chained_masks(cfg, run, chain, picks)
-    return [GalleryItem(run.samples[i].id, float(mean[i]), np.asarray(run.cache.images[i]),
-                        np.asarray(run.cache.masks[i]), preds[j]) for j, i in enumerate(picks)]
+    return [GalleryItem(run.samples[i].id, float(mean[i]), *plots.at_submission_size(  # as the submission draws it
+        np.asarray(run.cache.images[i]), np.asarray(run.cache.masks[i]), preds[j],
+        run.adapter.submission_size(run.samples[i]))) for j, i in enumerate(picks)]
 
 
 # --- the sweep ----------------------------------------------------------------------------------------------
