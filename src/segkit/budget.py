@@ -15,6 +15,7 @@ from typing import Any, Callable
 import keras
 
 from segkit.durations import format_duration
+from segkit.schedule import loss_switch_epoch
 
 RESERVE = 0.05  # share of the budget kept for OOF predictions and tuning
 CLOCK: Callable[[], float] = time.monotonic  # the budget's clock (tests replace it)
@@ -53,8 +54,6 @@ class Plan:
 
     def cost(self, epochs: int) -> float:
         """Seconds of `epochs` epochs for every fold × model, compiling included."""
-        from segkit.schedule import loss_switch_epoch
-
         early = loss_switch_epoch(epochs, self.late_from) if self.late_from is not None else epochs
         compiles = 1 + (early < epochs)
         late = self.late_s if self.late_s is not None else self.epoch_s
@@ -137,8 +136,6 @@ class Planner:
 
     def on_epoch(self, seconds: float, epoch: int) -> None:
         """After every epoch: plan from the first one timed, and save the plan with the seconds spent."""
-        from segkit.schedule import loss_switch_epoch
-
         plan, what = self.plan, ""
         if plan is None:
             plan = make_plan(self.clock.budget_s, seconds, self.units, self.max_epochs, late_from=self.late_from)

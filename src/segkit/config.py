@@ -14,16 +14,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from segkit.data.competitions.base import Adapter, make_adapter
+from segkit.devices import check_devices_setting, check_jit_setting, check_precision_setting
 from segkit.errors import ConfigError, check_kwargs, did_you_mean, unknown_name  # noqa: F401 (check_kwargs re-exported)
 from segkit.durations import parse_duration
 from segkit.modelspec import ModelSpec
+from segkit.storage import atomic_write
+from segkit.tiling import check_tiling
 
 LR_SCHEDULES = ("plateau", "cosine", "constant")  # train.lr_schedule (segkit.schedule runs them)
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # only for annotations (3.11+)
-
-    from segkit.data.competitions.base import Adapter
 
 BUILTIN_CONFIGS = "configs"  # folder of built-in configs inside the segkit package
 
@@ -159,8 +161,6 @@ class TrainConfig(_Checked):
 
     def check(self) -> None:
         _at_least(self._key("folds"), self.folds, 2)
-        from segkit.devices import check_devices_setting, check_jit_setting, check_precision_setting
-
         self.devices = check_devices_setting(self.devices, self._key("devices"))
         check_precision_setting(self.mixed_precision, self._key("mixed_precision"))  # null stays null (old runs)
         check_jit_setting(self.jit_compile, self._key("jit_compile"))
@@ -195,7 +195,7 @@ class TrainConfig(_Checked):
         _at_least(self._key("warmup_epochs"), self.warmup_epochs, 0)
         if self.late_loss is not None:
             _not_empty(self._key("late_loss"), self.late_loss.strip())
-            from segkit.losses import parse  # keras: only when a late loss is set
+            from segkit.losses import parse  # lazy: losses imports keras (only when a late loss is set)
 
             try:
                 parse(self.late_loss)
@@ -298,8 +298,6 @@ class TilingConfig(_Checked):
     blend: str = "gaussian"
 
     def check(self) -> None:
-        from segkit.tiling import check_tiling
-
         check_tiling(self.tile, self.overlap, self.blend, where=self.SECTION)
 
 
@@ -423,10 +421,8 @@ class Config(_Checked):
     def submission_dir(self) -> Path:
         return Path(self.output.submissions_dir) / self.name
 
-    def adapter(self) -> "Adapter":
+    def adapter(self) -> Adapter:
         """The competition's adapter for this config's data (competition, root and options)."""
-        from segkit.data.competitions.base import make_adapter
-
         return make_adapter(self.data.competition, self.data.root, self.data.options)
 
     def to_dict(self) -> dict[str, Any]:
@@ -677,7 +673,5 @@ def check_ensemble_roles(cfg: "Config", indices: Any, what: str = "") -> None:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from segkit.data.io import atomic_write
-
     with atomic_write(path) as fh:
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

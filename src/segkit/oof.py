@@ -182,7 +182,7 @@ def tune_weights(cfg: Config, run: RunData | None = None, quiet: bool = False) -
     for each fold, weights and thresholds chosen on the other folds are scored on it against equal weights;
     the tuned weights are kept only when that cross-validated gain is > 0 and > 1 SE, else equal weights
     are saved (with `postprocess.crossval: false`: whenever they raise the OOF score). Returns what was saved."""
-    from segkit.postprocess.crossval import choose_folds, judge, standard_error  # postprocess imports this module
+    from segkit.postprocess.crossval import choose_folds, judge, standard_error  # lazy: postprocess imports oof
 
     run = run or open_run_data(cfg, quiet=quiet)
     members = ensemble_members(cfg, tuned=False)

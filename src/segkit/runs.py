@@ -181,7 +181,7 @@ class FoldDir:
     @staticmethod
     def temp_for(path: Path) -> Path:
         """A hidden sibling to write `path` to before moving it into place: segkit's temporary name (swept after
-        a crash by segkit.data.io.sweep_stale), ending in the original suffix as Keras and NumPy need."""
+        a crash by segkit.storage.sweep_stale), ending in the original suffix as Keras and NumPy need."""
         return path.with_name(f"{temp_prefix(path.stem)}w.tmp{path.suffix}")
 
     def is_done(self) -> bool:

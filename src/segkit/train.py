@@ -16,13 +16,18 @@ import numpy as np
 from segkit.averaging import Averager, make_averager, optimizer_options
 from segkit.budget import Planner
 from segkit.config import Config
-from segkit.modelspec import ModelSpec
 from segkit.data import device_augment
-from segkit.data.io import atomic_save_npy, atomic_write
+from segkit.data.generator import SegmentationDataset
 from segkit.devices import DevicePlan, plan_devices
+from segkit.durations import parse_duration
 from segkit.errors import ConfigError, TrainingError
+from segkit.losses import compile_args, get_loss
+from segkit.metrics import get_metrics
+from segkit.models.registry import build_model, has_classifier, load_model, set_precision
+from segkit.modelspec import ModelSpec
 from segkit.predict import predict_ensemble, resolve_tta
 from segkit.schedule import LrSchedule, loss_switch_epoch, validates
+from segkit.storage import atomic_save_npy, atomic_write, sweep_stale
 from segkit.runs import RESTART_HINT, FoldDir, RunData, RunDir, changed_keys, fold_fingerprint, model_tags, \
     open_run_data, pseudo_round_of
 
@@ -90,8 +95,6 @@ def train(cfg: Config, quiet: bool = False, restart: bool = False, restart_fold:
 
 def make_planner(cfg: Config, rd: RunDir, units: int, quiet: bool = False) -> Planner | None:
     """The time budget's planner (segkit.budget) when train.time_budget is set, with the plan a resumed run saved."""
-    from segkit.durations import parse_duration
-
     budget = parse_duration(cfg.train.time_budget, "train.time_budget")
     if budget is None:
         return None
@@ -157,10 +160,6 @@ def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fin
     `plan` (segkit.devices; made from cfg.train when None) gives the devices, precision and XLA setting: the
     model is built or loaded and trained inside its distribution scope on batches of train.batch_size per
     device; the OOF predictions are written on one device, from best.keras."""
-    from segkit.data.generator import SegmentationDataset
-    from segkit.data.io import sweep_stale
-    from segkit.models.registry import has_classifier, load_model, set_precision
-
     fold = RunDir.of(cfg).fold(tag, k)
     state = fold.read_state()
     fold.write_fingerprint(fingerprint)
@@ -213,10 +212,6 @@ def train_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fin
 def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold: FoldDir, state: dict | None,
               plan: DevicePlan, train_ds, val_ds, quiet: bool, planner: Planner | None = None):
     """Build (or load, to resume) and compile the fold's model and fit it: (model, epoch keeper, averager)."""
-    from segkit.losses import compile_args, get_loss
-    from segkit.metrics import get_metrics
-    from segkit.models.registry import build_model, has_classifier, load_model
-
     tc = cfg.train
     n_classes = len(run.adapter.classes)
 
@@ -520,7 +515,7 @@ def _save_model(model, path: Path) -> None:
 
 def write_history_csv(path: Path, history: Sequence[dict]) -> None:
     """The per-epoch log as CSV (rewritten whole, atomically, so a resumed fold has no duplicate rows)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is heavy and only the history CSV needs it
 
     with atomic_write(path) as fh:
         pd.DataFrame(list(history)).to_csv(fh, index=False)

@@ -18,6 +18,7 @@ import numpy as np
 from segkit.config import Config
 from segkit.errors import ConfigError
 from segkit.oof import OofClass, load_oof_class
+from segkit.postprocess.chain import ChainParams
 from segkit.postprocess.crossval import (RULE, Context, CrossVal, State, chain_score, choose_folds,
                                          crossval_chain, in_sample_rule, standard_error)
 from segkit.postprocess.search import ClassTables, Scorer
@@ -271,8 +272,6 @@ def format_steps(result: dict[str, Any]) -> str:
                      + "  ".join(f"{v:9.4f}" for v in s["per_class"]) + "  " + step_decision(s, previous, names))
         previous = s["oof_score"]
     lines += [f"[tune] {line}" for line in summary_lines(result)]
-    from segkit.postprocess.chain import ChainParams
-
     for c in ChainParams.from_dict(result).classes:
         lines.append(f"[tune] {c.describe()}")
     return "\n".join(lines)
