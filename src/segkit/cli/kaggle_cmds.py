@@ -12,7 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     kernel = sub.add_parser("kernel", help="build, push, watch and fetch Kaggle kernels")
     ksub = kernel.add_subparsers(dest="kernel_command", metavar="ACTION")
     kernel.set_defaults(func=lambda args: kernel.print_help() or 2)
+    for add in (_add_build, _add_push, _add_status, _add_output, _add_push_folds, _add_wheels):
+        add(ksub)
+    _add_submit(sub)
+    _add_submissions(sub)
 
+
+def _add_build(ksub: argparse._SubParsersAction) -> None:
+    """`segkit kernel build`."""
     p = ksub.add_parser("build", help="a self-contained kernel script (segkit + resolved config) and its metadata")
     p.add_argument("name", help="kernel slug (at least 5 characters); written to build/kernels/NAME/")
     _config_with_overrides(p)
@@ -24,17 +31,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="build/kernels", help="parent folder of the built kernel")
     p.set_defaults(func=_build)
 
+
+def _add_push(ksub: argparse._SubParsersAction) -> None:
+    """`segkit kernel push`."""
     p = ksub.add_parser("push", help="push a built kernel folder (a new version runs on Kaggle)")
     p.add_argument("folder", help="kernel folder holding kernel-metadata.json")
     _client_config_arg(p)
     p.set_defaults(func=_push)
 
+
+def _add_status(ksub: argparse._SubParsersAction) -> None:
+    """`segkit kernel status`."""
     p = ksub.add_parser("status", help="a kernel's latest run state; --wait polls until it ends")
     p.add_argument("kernel", metavar="OWNER/SLUG")
     p.add_argument("--wait", action="store_true", help="poll (with growing intervals) until it finishes")
     _client_config_arg(p)
     p.set_defaults(func=_status)
 
+
+def _add_output(ksub: argparse._SubParsersAction) -> None:
+    """`segkit kernel output`."""
     p = ksub.add_parser("output", help="download a kernel's output files and log")
     p.add_argument("kernel", metavar="OWNER/SLUG")
     p.add_argument("--out", required=True, help="folder to download into")
@@ -42,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _client_config_arg(p)
     p.set_defaults(func=_output)
 
+
+def _add_push_folds(ksub: argparse._SubParsersAction) -> None:
+    """`segkit kernel push-folds`."""
     p = ksub.add_parser("push-folds", help="one training kernel per fold (run in parallel on Kaggle), then an "
                                            "inference kernel taking them as sources")
     _config_with_overrides(p)
@@ -56,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="push new versions even of kernels an earlier run of this command pushed already")
     p.set_defaults(func=_push_folds)
 
+
+def _add_wheels(ksub: argparse._SubParsersAction) -> None:
+    """`segkit kernel wheels`."""
     p = ksub.add_parser("wheels", help="download the wheels of segkit's dependencies missing from a Kaggle image, "
                                        "ready to upload as a dataset the kernels install from")
     p.add_argument("--out", required=True, help="folder to download the wheels into (upload it as a dataset)")
@@ -69,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra argument for `pip download` (e.g. --pip-arg=--index-url=URL); repeatable")
     p.set_defaults(func=_wheels)
 
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    """`segkit submit`."""
     p = sub.add_parser("submit", help="validate a submission, upload it, wait for its score (a rerun resumes)")
     p.add_argument("submission", nargs="?", help="submission CSV (not for code competitions)")
     p.add_argument("--competition", required=False, help="Kaggle competition slug (default kaggle.competition)")
@@ -88,6 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true", help="do not wait for the score")
     p.set_defaults(func=_submit)
 
+
+def _add_submissions(sub: argparse._SubParsersAction) -> None:
+    """`segkit submissions`."""
     p = sub.add_parser("submissions", help="a competition's recent submissions with status and scores")
     p.add_argument("--competition", help="Kaggle competition slug (default kaggle.competition)")
     p.add_argument("--config", help="run config: kaggle.competition, retries")
