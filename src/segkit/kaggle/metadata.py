@@ -2,9 +2,10 @@
 rules the kaggle client applies before a push (plus the traps it lets through)."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from segkit.errors import KaggleError
 from segkit.kaggle.config import SLUG_RE, KaggleConfig, check_source, machine_shape, slugify
@@ -81,79 +82,102 @@ def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, tit
 
 def validate_metadata(meta: dict, folder: str | Path | None = None) -> list[str]:
     """Check metadata with the client's rules; returns warnings (the client's soft checks) and raises
-    KaggleError naming the field for anything the client or Kaggle would refuse."""
+    KaggleError naming the field for anything the client or Kaggle would refuse (the first problem found)."""
     where = f"{Path(folder) / METADATA_FILE}" if folder else METADATA_FILE
-    warnings: list[str] = []
-
-    def fail(msg: str) -> None:
-        raise KaggleError(f"{where}: {msg}")
-
     if not isinstance(meta, dict):
-        fail("expected a JSON object")
+        raise KaggleError(f"{where}: expected a JSON object")
+    checks = (_image_problems(meta), _id_problems(meta), _code_problems(meta, folder), _flag_problems(meta),
+              _source_problems(meta), _setting_problems(meta))
+    for problem in itertools.chain.from_iterable(checks):  # lazily: stops at the first
+        raise KaggleError(f"{where}: {problem}")
+    return []
+
+
+def _image_problems(meta: dict) -> Iterator[str]:
+    """A pinned docker image (a TPU kernel on one silently runs on CPU)."""
     for key in REFUSED_FIELDS:
         if key in meta:
-            fail(f"'{key}' pins the kernel's docker image (a TPU kernel on a pinned image silently runs on CPU); "
-                 "delete it so the kernel runs on Kaggle's current image")
+            yield (f"'{key}' pins the kernel's docker image (a TPU kernel on a pinned image silently runs on CPU); "
+                   "delete it so the kernel runs on Kaggle's current image")
     if meta.get("enable_tpu") and meta.get("docker_image_pinning_type") == "original":
-        fail("'docker_image_pinning_type' is 'original' on a TPU kernel (a pinned image runs it on CPU); "
-             "use 'latest' or leave it out")
+        yield ("'docker_image_pinning_type' is 'original' on a TPU kernel (a pinned image runs it on CPU); "
+               "use 'latest' or leave it out")
+
+
+def _id_problems(meta: dict) -> Iterator[str]:
+    """'id' (owner/kernel-slug) and 'title', which must slugify to the id's slug."""
     kid = meta.get("id")
     if not kid and not meta.get("id_no"):
-        fail("'id' (owner/kernel-slug) is required")
+        yield "'id' (owner/kernel-slug) is required"
     if kid:
         parts = str(kid).split("/")
         if len(parts) != 2 or not all(parts):
-            fail(f"'id' is '{kid}'; expected owner/kernel-slug (no version)")
+            yield f"'id' is '{kid}'; expected owner/kernel-slug (no version)"
         if len(parts[1]) < 5:
-            fail(f"'id' slug '{parts[1]}' must be at least 5 characters")
+            yield f"'id' slug '{parts[1]}' must be at least 5 characters"
         if not SLUG_RE.match(parts[1]):
-            fail(f"'id' slug '{parts[1]}' may hold only a-z, 0-9 and '-'")
+            yield f"'id' slug '{parts[1]}' may hold only a-z, 0-9 and '-'"
     title = meta.get("title")
     if title is not None and len(str(title)) < 5:
-        fail(f"'title' '{title}' must be at least 5 characters")
+        yield f"'title' '{title}' must be at least 5 characters"
     if title and kid and slugify(str(title)) != str(kid).split("/")[-1].lower():
         slug = str(kid).split("/")[-1]
-        fail(f"title '{title}' does not slugify to the id's slug '{slug}': Kaggle would create the kernel under "
-             f"another slug; set 'title' to '{slug.replace('-', ' ')}'")
+        yield (f"title '{title}' does not slugify to the id's slug '{slug}': Kaggle would create the kernel under "
+               f"another slug; set 'title' to '{slug.replace('-', ' ')}'")
+
+
+def _code_problems(meta: dict, folder: str | Path | None) -> Iterator[str]:
+    """'code_file' (present in the folder when one is given), 'language' and 'kernel_type'."""
     code = meta.get("code_file")
     if not code:
-        fail("'code_file' is required")
+        yield "'code_file' is required"
     if folder is not None and not (Path(folder) / str(code)).is_file():
-        fail(f"code_file '{code}' not found in {folder}")
+        yield f"code_file '{code}' not found in {folder}"
     if meta.get("language") not in LANGUAGES:
-        fail(f"'language' is {meta.get('language')!r}; expected one of {', '.join(LANGUAGES)}")
+        yield f"'language' is {meta.get('language')!r}; expected one of {', '.join(LANGUAGES)}"
     if meta.get("kernel_type") not in KERNEL_TYPES:
-        fail(f"'kernel_type' is {meta.get('kernel_type')!r}; expected one of {', '.join(KERNEL_TYPES)}")
+        yield f"'kernel_type' is {meta.get('kernel_type')!r}; expected one of {', '.join(KERNEL_TYPES)}"
+
+
+def _flag_problems(meta: dict) -> Iterator[str]:
+    """The true/false fields: booleans, enable_internet written explicitly, not both GPU and TPU."""
     for key in BOOL_FIELDS:
         if key in meta and not isinstance(meta[key], bool):
-            fail(f"'{key}' is {meta[key]!r}; expected true or false (the client crashes on other values)")
+            yield f"'{key}' is {meta[key]!r}; expected true or false (the client crashes on other values)"
     if "enable_internet" not in meta:
-        fail("'enable_internet' is missing; the client then turns internet ON (write it explicitly)")
+        yield "'enable_internet' is missing; the client then turns internet ON (write it explicitly)"
     if meta.get("enable_gpu") and meta.get("enable_tpu"):
-        fail("'enable_gpu' and 'enable_tpu' are both true")
+        yield "'enable_gpu' and 'enable_tpu' are both true"
+
+
+def _source_problems(meta: dict) -> Iterator[str]:
+    """The list fields, and each dataset / kernel / model / competition source's shape."""
     for key in LIST_FIELDS:
         if key in meta and not (isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])):
-            fail(f"'{key}' must be a list of strings")
+            yield f"'{key}' must be a list of strings"
     shapes = {"dataset_sources": (2, 3), "kernel_sources": (2, 3), "model_sources": (5, 5)}
     for key, (lo, hi) in shapes.items():
         for src in meta.get(key, []):
             try:
                 check_source(key, src, lo, hi)
             except Exception as exc:  # ConfigError phrased for the config; re-home it to the file
-                fail(str(exc).replace("kaggle.", "", 1))
+                yield str(exc).replace("kaggle.", "", 1)
     for src in meta.get("competition_sources", []):
         if "/" in src or not src:
-            fail(f"competition source '{src}' must be a competition slug")
+            yield f"competition source '{src}' must be a competition slug"
+
+
+def _setting_problems(meta: dict) -> Iterator[str]:
+    """session_timeout_seconds, docker_image_pinning_type and machine_shape."""
     timeout = meta.get("session_timeout_seconds")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
-        fail(f"'session_timeout_seconds' is {timeout!r}; expected a positive number of seconds")
+        yield f"'session_timeout_seconds' is {timeout!r}; expected a positive number of seconds"
     pin = meta.get("docker_image_pinning_type")
     if pin is not None and pin not in ("original", "latest"):
-        fail(f"'docker_image_pinning_type' is {pin!r}; expected original or latest")
+        yield f"'docker_image_pinning_type' is {pin!r}; expected original or latest"
     shape = meta.get("machine_shape")
     if shape is not None and not (isinstance(shape, str) and shape.isalnum()):
-        fail(f"'machine_shape' is {shape!r}; expected a name like NvidiaTeslaT4")
-    return warnings
+        yield f"'machine_shape' is {shape!r}; expected a name like NvidiaTeslaT4"
 
 
 def load_json(path: str | Path | Traversable) -> dict:
