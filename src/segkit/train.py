@@ -213,34 +213,8 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
               plan: DevicePlan, train_ds, val_ds, quiet: bool, planner: Planner | None = None):
     """Build (or load, to resume) and compile the fold's model and fit it: (model, epoch keeper, averager)."""
     tc = cfg.train
-    n_classes = len(run.adapter.classes)
-
-    def compile_with(model, loss: str, optimizer) -> None:
-        model.compile(optimizer=optimizer,
-                      **compile_args(get_loss(loss, n_classes),
-                                     get_metrics(tc.metrics, n_classes, activation=spec.activation),
-                                     classifier_weight=spec.classifier_weight if has_classifier(model) else None),
-                      jit_compile=plan.jit_compile)
-
-    if state:
-        try:
-            model = load_model(fold.last, raw_input=True, fix=f"retrain the fold: {fold.restart_hint()}",
-                               expected_shape=(*cfg.data.image_size, run.adapter.bands))
-        except TrainingError as exc:
-            raise TrainingError(f"{exc} (or delete {fold.last} to restart the fold from scratch)") from None
-        model.jit_compile = plan.jit_compile  # the checkpoint's compile config holds the saving machine's choice
-        if not quiet:
-            print(f"[{tag} fold {k}] resuming after epoch {state['epoch']}")
-    else:
-        h, w = cfg.data.image_size
-        model = build_model(spec, (h, w, run.adapter.bands), n_classes, where=f"models.{cfg.models.index(spec)}",
-                            normalisation=run.adapter.input_normalisation(run.cache.images.dtype))
-        compile_with(model, tc.loss, keras.optimizers.Adam(tc.learning_rate, **optimizer_options(tc)))  # + train.ema
-    if tc.augment_on_device:  # flips / rot90 / brightness-contrast inside the train step; not in the checkpoint
-        dtype = run.cache.images.dtype
-        device_augment.attach(model, tc.augment, seed=cfg.seed + 1000 * k,
-                              value_range=(np.iinfo(dtype).min, np.iinfo(dtype).max)
-                              if np.issubdtype(dtype, np.integer) else None)
+    compile_with = _compiler(cfg, run, spec, plan)
+    model = _resume_or_build(cfg, run, spec, tag, k, fold, state, plan, compile_with, quiet)
     head = has_classifier(model)
     monitor = "val_dice" if "dice" in tc.metrics else "val_loss"
     mode = "max" if monitor != "val_loss" else "min"
@@ -272,6 +246,50 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
         fit_phases(model, fit, initial_epoch, tc, planner, lr,
                    recompile=lambda loss: compile_with(model, loss, model.optimizer), loaded=bool(state))
     return model, keeper, averager
+
+
+def _compiler(cfg: Config, run: RunData, spec: ModelSpec, plan: DevicePlan):
+    """compile_with(model, loss, optimizer): compile a fold's model with train.metrics (and the classifier
+    head's loss weight when it has one) under the plan's XLA setting."""
+    tc = cfg.train
+    n_classes = len(run.adapter.classes)
+
+    def compile_with(model, loss: str, optimizer) -> None:
+        model.compile(optimizer=optimizer,
+                      **compile_args(get_loss(loss, n_classes),
+                                     get_metrics(tc.metrics, n_classes, activation=spec.activation),
+                                     classifier_weight=spec.classifier_weight if has_classifier(model) else None),
+                      jit_compile=plan.jit_compile)
+
+    return compile_with
+
+
+def _resume_or_build(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold: FoldDir,
+                     state: dict | None, plan: DevicePlan, compile_with, quiet: bool):
+    """The fold's model: its last checkpoint when resuming (`state`), else built and compiled with train.loss;
+    with train.augment_on_device the augmentations attached to its train step."""
+    tc = cfg.train
+    if state:
+        try:
+            model = load_model(fold.last, raw_input=True, fix=f"retrain the fold: {fold.restart_hint()}",
+                               expected_shape=(*cfg.data.image_size, run.adapter.bands))
+        except TrainingError as exc:
+            raise TrainingError(f"{exc} (or delete {fold.last} to restart the fold from scratch)") from None
+        model.jit_compile = plan.jit_compile  # the checkpoint's compile config holds the saving machine's choice
+        if not quiet:
+            print(f"[{tag} fold {k}] resuming after epoch {state['epoch']}")
+    else:
+        h, w = cfg.data.image_size
+        model = build_model(spec, (h, w, run.adapter.bands), len(run.adapter.classes),
+                            where=f"models.{cfg.models.index(spec)}",
+                            normalisation=run.adapter.input_normalisation(run.cache.images.dtype))
+        compile_with(model, tc.loss, keras.optimizers.Adam(tc.learning_rate, **optimizer_options(tc)))  # + train.ema
+    if tc.augment_on_device:  # flips / rot90 / brightness-contrast inside the train step; not in the checkpoint
+        dtype = run.cache.images.dtype
+        device_augment.attach(model, tc.augment, seed=cfg.seed + 1000 * k,
+                              value_range=(np.iinfo(dtype).min, np.iinfo(dtype).max)
+                              if np.issubdtype(dtype, np.integer) else None)
+    return model
 
 
 def fit_phases(model, fit: dict, epoch: int, tc, planner: Planner | None, lr: LrSchedule | None,
