@@ -209,10 +209,12 @@ def test_encoder_unet_takes_the_blocks(tiny_resnet_preset):
     ({"name": "fpn", "deep_supervision": "yes"}, "deep_supervision: must be true, false or"),
     ({"name": "encoder_unet", "hypercolumn": 1}, "hypercolumn: must be true or false"),
     ({"name": "fpn", "dropout": 1.5}, r"dropout: must be a rate in \[0, 1\)"),
+    ({"name": "resnet_unet", "dropout": [0.1, 0.2]}, "dropout: one rate in"),  # the U-Nets' per-level lists only
 ])
 def test_block_and_decoder_keys_are_checked_at_config_load(raw, match):
     with pytest.raises(ConfigError, match=match):
         ModelSpec.of(raw)
+    ModelSpec.of({"name": "unet", "dropout": [0.1] * 5, "attention": "scse", "deep_supervision": 0.3})  # valid
 
 
 @pytest.mark.parametrize("params, match", [

@@ -43,11 +43,13 @@ AUX_WEIGHT = 0.4  # `deep_supervision: true`: the auxiliary heads' losses weigh 
 
 
 def decoder_blocks(attention: Any = None, hypercolumn: Any = False, deep_supervision: Any = False,
-                   dropout: Any = None, where: str = "models.0") -> tuple[str | None, bool, float, float | None]:
+                   dropout: Any = None, where: str = "models.0",
+                   per_level: bool = False) -> tuple[str | None, bool, float, Any]:
     """(attention, hypercolumn, auxiliary loss weight, dropout) from a spec's decoder-block keys, checked:
     `attention` null or "scse"; `hypercolumn` true/false; `deep_supervision` true/false or the auxiliary heads'
-    total loss weight (> 0; true = AUX_WEIGHT); `dropout` a rate in [0, 1) (a list, the U-Net's per-level rates,
-    is the builder's to check). ConfigError naming the key."""
+    total loss weight (> 0; true = AUX_WEIGHT); `dropout` a rate in [0, 1) before the head (`per_level`: the
+    U-Nets' dropout, which may also be a list of per-level rates, the builder's to check). ConfigError naming
+    the key."""
     if attention is not None and attention not in ATTENTIONS:
         if isinstance(attention, str):
             raise unknown_name(f"{where}.attention", "attention", attention, ATTENTIONS, listed="valid")
@@ -61,6 +63,8 @@ def decoder_blocks(attention: Any = None, hypercolumn: Any = False, deep_supervi
     else:
         raise ConfigError(f"{where}.deep_supervision: must be true, false or the auxiliary heads' total loss weight "
                           f"(a number > 0; true = {AUX_WEIGHT}), got {deep_supervision!r}")
+    if isinstance(dropout, (list, tuple)) and not per_level:
+        raise ConfigError(f"{where}.dropout: one rate in [0, 1) for the dropout before the head, got {dropout!r}")
     if dropout is not None and not isinstance(dropout, (list, tuple)):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError(f"{where}.dropout: must be a rate in [0, 1), got {dropout!r}")
@@ -156,7 +160,9 @@ class ModelSpec(Mapping):
                               "classifier: true or drop the weight")
         if self.positive_only is not None and not isinstance(self.positive_only, bool):
             raise ConfigError(f"{where}.positive_only: must be true or false, got {self.positive_only!r}")
-        decoder_blocks(**{k: self.params[k] for k in (*_BLOCKS, "dropout") if k in self.params}, where=where)
+        if self.name in BUILTIN_PARAMS:  # a model registered from Python checks its own keys
+            decoder_blocks(**{k: self.params[k] for k in (*_BLOCKS, "dropout") if k in self.params}, where=where,
+                           per_level=self.name in ("unet", "fractal_unet"))
 
     def trains_positive_only(self, default: bool = False) -> bool:
         """Whether the model trains on non-empty masks only: its own `positive_only`, else train.positive_only."""

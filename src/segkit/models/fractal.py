@@ -185,7 +185,7 @@ def fractal_unet(
     `attention`, `hypercolumn`, `deep_supervision`: the decoder blocks, as for the U-Net.
     """
     attention, hypercolumn, aux_weight, _ = decoder_blocks(attention, hypercolumn, deep_supervision,
-                                                           where="fractal_unet")
+                                                           where="fractal_unet", per_level=True)
     columns, depth = int(columns), int(depth)
     if not 1 <= columns <= 6:
         raise ConfigError(f"columns: must be between 1 and 6, got {columns}")

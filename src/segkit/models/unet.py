@@ -39,7 +39,8 @@ def unet(
     an auxiliary head on each decoder level but the last, trained with the mask loss, and kept out of the
     prediction (see segkit.models.layers.DeepSupervision).
     """
-    attention, hypercolumn, aux_weight, _ = decoder_blocks(attention, hypercolumn, deep_supervision, where="unet")
+    attention, hypercolumn, aux_weight, _ = decoder_blocks(attention, hypercolumn, deep_supervision, where="unet",
+                                                           per_level=True)
     rates = per_level(dropout, int(depth), "dropout")
 
     def block(x, filters, level, name):
