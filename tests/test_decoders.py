@@ -43,6 +43,8 @@ def targets(rng, n, softmax, batch=2):
 
 
 def compile_model(model, n, activation, head, loss="bce_dice", eager=True):
+    """Compiled with segkit's loss and metrics; one step of a tiny model traces far slower than it runs, so it
+    runs eagerly unless `eager=False` (the deep-supervision test checks the traced step)."""
     model.compile(keras.optimizers.Adam(1e-3),
                   **compile_args(get_loss(loss, n), get_metrics(["dice"], n, activation=activation),
                                  0.5 if head else None),
