@@ -21,6 +21,7 @@ import keras
 from keras import layers
 
 from segkit.errors import ConfigError, unknown_name
+from segkit.models.encoders import BACKBONES, hub_encoder
 from segkit.models.layers import (Normalisation, attend, check_choice, check_input_shape, conv_block, model_input,
                                   segmentation_model, upsample)
 from segkit.models.registry import register_model
@@ -44,8 +45,6 @@ def encoder_features(input_shape: Sequence[int], normalisation: Normalisation | 
         if given:
             raise ConfigError(f"{where}.{given[0]}: shapes the plain encoder only (backbone: plain); the KerasHub "
                               f"{'preset' if preset else 'backbone ' + repr(backbone)} has its own")
-        from segkit.models.encoders import BACKBONES, hub_encoder
-
         if not preset and backbone not in BACKBONES:
             raise unknown_name(f"{where}.backbone", "backbone", backbone, [PLAIN, *BACKBONES])
         return hub_encoder(input_shape, backbone, preset, rgb_bands, encoder_trainable, normalisation, where=where)
