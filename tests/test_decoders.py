@@ -25,7 +25,8 @@ SMALL = {  # tiny decoder widths
 
 @pytest.fixture(scope="module")
 def tiny_resnet_preset(tmp_path_factory):
-    """A 4-stage ResNet (64 filters in the stem and first stage, as KerasHub requires, then 8) saved as a local KerasHub preset (RGB, as ImageNet ones)."""
+    """A 4-stage ResNet (64 filters in the stem and first stage, as KerasHub requires, then 8) saved as a local
+    KerasHub preset (RGB, as ImageNet ones)."""
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 8, 8, 8],
@@ -111,6 +112,8 @@ def test_blocks_change_the_graph(spec, stages):
     shape = (H, W, 3)
     plain = build_model(spec, shape, 2)
     base = layer_names(plain)
+    bns = [la for la in plain.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and all(la.momentum == pytest.approx(0.9) for la in bns)  # segkit's BN_MOMENTUM in every decoder
 
     scse = build_model({**spec, "attention": "scse"}, shape, 2)
     added = layer_names(scse) - base
@@ -121,7 +124,8 @@ def test_blocks_change_the_graph(spec, stages):
     hyper = build_model({**spec, "hypercolumn": True}, shape, 2)
     assert "hypercolumn" in layer_names(hyper)
     concat = hyper.get_layer("hypercolumn")
-    assert len(concat.input) >= 2 and hyper.get_layer("logits").input.shape[-1] > plain.get_layer("logits").input.shape[-1]
+    assert len(concat.input) >= 2
+    assert hyper.get_layer("logits").input.shape[-1] > plain.get_layer("logits").input.shape[-1]
 
     drop = build_model({**spec, "dropout": 0.3} if spec["name"] not in ("unet", "fractal_unet") else spec, shape, 2)
     if spec["name"] not in ("unet", "fractal_unet"):  # the U-Nets' dropout stays in their blocks

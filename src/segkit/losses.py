@@ -29,9 +29,10 @@ softmax outputs (multi-class, y_true one-hot over all n_classes channels, backgr
 
 A term takes its arguments inline: "0.5*bce+0.5*tversky(alpha=0.3)", "focal(gamma=3,alpha=0.25)",
 "dice(smooth=0)", "focal_tversky(alpha=0.3,beta=0.7,gamma=0.75)". Inline arguments win over the loss-wide
-`smooth` / `gamma` / `alpha` given to `get`; an unknown or ill-typed argument is a ConfigError naming it. Older names: bce_dice = bce+dice, bce_jaccard =
-bce+jaccard, cce_dice = cce+dice; the classes of earlier versions (BceDiceLoss ...) stay registered so
-checkpoints compiled with them still load.
+`smooth` / `gamma` / `alpha` given to `get`; an unknown or ill-typed argument is a ConfigError naming it.
+
+Older names: bce_dice = bce+dice, bce_jaccard = bce+jaccard, cce_dice = cce+dice; the classes of earlier
+versions (BceDiceLoss ...) stay registered so checkpoints compiled with them still load.
 """
 from __future__ import annotations
 
@@ -89,9 +90,9 @@ def soft_jaccard_loss(y_true, y_pred, smooth: float = 1.0):
 
 
 def tversky_index(y_true, y_pred, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0):
-    """(2·TP + s) / (2·TP + 2α·FP + 2β·FN + s) per image and class, i.e. the Tversky index TP / (TP + α·FP + β·FN)
-    smoothed like the Dice term, so α = β = 0.5 gives exactly the soft Dice coefficient (empty truth and
-    prediction → 1). Soft counts: TP = Σ t·p, FP = Σ (1 − t)·p, FN = Σ t·(1 − p)."""
+    """(2·TP + s) / (2·TP + 2α·FP + 2β·FN + s) per image and class, i.e. the Tversky index
+    TP / (TP + α·FP + β·FN) smoothed like the Dice term, so α = β = 0.5 gives exactly the soft Dice coefficient
+    (empty truth and prediction → 1). Soft counts: TP = Σ t·p, FP = Σ (1 − t)·p, FN = Σ t·(1 − p)."""
     y_true, y_pred = _as_float(y_true, y_pred)
     axes = _pixel_axes(y_true)
     tp = ops.sum(y_true * y_pred, axis=axes)

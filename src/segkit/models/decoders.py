@@ -22,8 +22,8 @@ from keras import layers
 
 from segkit.errors import ConfigError, unknown_name
 from segkit.models.encoders import BACKBONES, hub_encoder
-from segkit.models.layers import (Normalisation, attend, check_choice, check_input_shape, conv_block, model_input,
-                                  segmentation_model, upsample)
+from segkit.models.layers import (BN_MOMENTUM, Normalisation, attend, check_choice, check_input_shape, conv_block,
+                                  model_input, segmentation_model, upsample)
 from segkit.models.registry import register_model
 from segkit.modelspec import decoder_blocks
 
@@ -69,11 +69,11 @@ def encoder_features(input_shape: Sequence[int], normalisation: Normalisation | 
 
 
 def conv_bn_relu(x, filters: int, kernel: int, name: str, batch_norm: bool = True, dilation: int = 1):
-    """Conv (no bias before BatchNorm) → BatchNorm → ReLU."""
+    """Conv (no bias before BatchNorm) → BatchNorm (momentum BN_MOMENTUM, as every segkit block) → ReLU."""
     x = layers.Conv2D(int(filters), kernel, padding="same", dilation_rate=dilation, use_bias=not batch_norm,
                       name=f"{name}_conv")(x)
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
