@@ -226,7 +226,7 @@ class DeepSupervisedModel(keras.Model):
     Its outputs are those of the same model without them (the mask, or `mask` and `label`), so `predict`,
     a checkpoint reloaded with plain `keras.models.load_model` and every caller see one mask. Training adds
     Σ_k w_k · loss(mask target, aux_k) to the compiled loss, with the compiled mask loss (the first of a list, or
-    the `mask` entry of a dict); the compiled metrics see the main output only. No change to how it is compiled
+    the entry of a dict keyed by the mask output's name); the compiled metrics see the main output only. No change to how it is compiled
     or fit.
     """
 
@@ -251,7 +251,7 @@ class DeepSupervisedModel(keras.Model):
     def _mask_loss(self):
         loss = self.loss
         if isinstance(loss, dict):
-            loss = loss.get(MASK_OUTPUT)
+            loss = loss.get(self.output_names[0])
         elif isinstance(loss, (list, tuple)):
             loss = loss[0] if loss else None
         return None if loss is None else keras.losses.get(loss)
@@ -264,8 +264,8 @@ class DeepSupervisedModel(keras.Model):
             return total
         target, weight = y, sample_weight
         if isinstance(y, dict):
-            target = y[MASK_OUTPUT]
-            weight = sample_weight.get(MASK_OUTPUT) if isinstance(sample_weight, dict) else sample_weight
+            target = y[self.output_names[0]]
+            weight = sample_weight.get(self.output_names[0]) if isinstance(sample_weight, dict) else sample_weight
         elif isinstance(y, (list, tuple)):
             target = y[0]
             weight = sample_weight[0] if isinstance(sample_weight, (list, tuple)) else sample_weight
