@@ -286,3 +286,71 @@ def test_metrics_softmax_argmax_and_unknown_name():
     assert float(dice.result()) == pytest.approx((2 / 3 + 0.0) / 2)
     with pytest.raises(ConfigError, match="did you mean 'iou'"):
         get_metrics(["iuo"])
+
+
+# --- Tversky and focal Tversky, and inline term arguments ----------------------------------------------------
+
+def test_tversky_with_equal_weights_is_dice(random_batch):
+    t, p = random_batch
+    assert batch_value("tversky", t, p) == pytest.approx(batch_value("dice", t, p), rel=1e-6)
+    assert batch_value("tversky(alpha=0.5,beta=0.5,smooth=2)", t, p) == pytest.approx(
+        batch_value("dice", t, p, smooth=2.0), rel=1e-6)
+
+
+def test_tversky_and_focal_tversky_hand_values():
+    # T = 1 1 1 0 0, P = .9 .6 .2 .5 .1: TP = 1.7, FP = 0.6, FN = 1.3
+    t, p = img([1, 1, 1, 0, 0]), img([0.9, 0.6, 0.2, 0.5, 0.1])
+    # α = 0.7 on FP, β = 1 − α = 0.3 on FN, smooth 1 as the dice term: (2·TP + 1) / (2·TP + 2αFP + 2βFN + 1)
+    index = (3.4 + 1) / (3.4 + 2 * 0.7 * 0.6 + 2 * 0.3 * 1.3 + 1)
+    assert value("tversky(alpha=0.7)", t, p) == pytest.approx(1 - index, abs=1e-6)
+    # α = 0.3, β = 0.7 weighs the missed pixels more: a larger loss here
+    recall = (3.4 + 1) / (3.4 + 2 * 0.3 * 0.6 + 2 * 0.7 * 1.3 + 1)
+    assert value("tversky(beta=0.7)", t, p) == pytest.approx(1 - recall, abs=1e-6) and recall < index
+    assert value("focal_tversky(alpha=0.3,beta=0.7)", t, p) == pytest.approx((1 - recall) ** 0.75, abs=1e-6)
+    assert value("focal_tversky(alpha=0.3,beta=0.7,gamma=2)", t, p) == pytest.approx((1 - recall) ** 2, abs=1e-6)
+    # in the algebra, beside another term; the loss-wide smooth reaches it, an inline smooth wins
+    bce = float(np.mean(-np.log(np.clip([0.9, 0.6, 0.2, 0.5, 0.9], 1e-7, 1))))
+    assert value("0.5*bce+0.5*tversky(alpha=0.7)", t, p) == pytest.approx(0.5 * bce + 0.5 * (1 - index), abs=1e-6)
+    smooth0 = 1.7 / (1.7 + 0.7 * 0.6 + 0.3 * 1.3)
+    assert value("tversky(alpha=0.7)", t, p, smooth=0.0) == pytest.approx(1 - smooth0, abs=1e-6)
+    assert value("tversky(alpha=0.7,smooth=0)", t, p, smooth=5.0) == pytest.approx(1 - smooth0, abs=1e-6)
+
+
+def test_inline_arguments_reach_the_older_terms_too(random_batch):
+    t, p = random_batch
+    t64, p64 = t.astype("float64"), p.astype("float64")
+    assert batch_value("focal(gamma=1.5)+dice(smooth=2)", t, p) == pytest.approx(
+        (ref_focal(t64, p64, 1.5) + ref_dice(t64, p64, 2.0)).mean(), rel=1e-5)
+    loss = losses.get(" 0.5 * bce + tversky( beta = 0.7 , alpha=.3 ) + tversky(alpha=0.3,beta=0.7)")
+    assert loss.expression == "0.5*bce+2*tversky(alpha=0.3,beta=0.7)"  # canonical text, same terms added up
+
+
+@pytest.mark.parametrize("expression, match", [
+    ("tversky(alpa=0.7)", r"unknown argument 'alpa' of loss term 'tversky'; did you mean 'alpha'\? "
+                          r"\(valid: alpha, beta, smooth\)"),
+    ("0.5*bce+0.5*tversky(alpha=high)", r"tversky\(alpha=...\) must be a number in \[0, 1\], got 'high'"),
+    ("focal_tversky(gamma=-1)", r"focal_tversky\(gamma=...\) must be a number >= 0"),
+    ("tversky(alpha=0.1,alpha=0.2)", "argument 'alpha' given twice"),
+    ("bce(smooth=1)", "unknown argument 'smooth' of loss term 'bce'.*valid: none"),
+    ("bce_dice(smooth=1)", "'bce_dice' takes no arguments"),
+    ("tversky(0.7)", "write the arguments as key=value"),
+    ("tversky(alpha=0.3", "cannot read"),
+    ("tversy(alpha=0.3)", "did you mean 'tversky'"),
+])
+def test_bad_term_arguments_are_config_errors(expression, match):
+    with pytest.raises(ConfigError, match=match):
+        losses.get(expression)
+
+
+def test_a_loss_wide_parameter_only_a_term_takes_inline_says_so():
+    with pytest.raises(ConfigError, match=r"give it inline: tversky\(alpha=...\)"):
+        losses.get("tversky", alpha=0.3)
+
+
+def test_a_checkpoint_with_tversky_arguments_reloads(random_batch, tmp_path):
+    t, p = random_batch
+    expression = "0.5*bce+0.5*focal_tversky(alpha=0.3,beta=0.7,gamma=1.5)"
+    tiny_model(losses.get(expression)).save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.loss.expression == expression
+    assert float(np.asarray(loaded.loss(t, p))) == pytest.approx(batch_value(expression, t, p))

@@ -15,16 +15,28 @@ sigmoid outputs (binary or multi-label masks, one channel per class)
     jaccard         1 − soft Jaccard (IoU), per image and class (smooth 1), mean over classes
     focal           binary focal loss (gamma 2; alpha balancing off by default)
     lovasz          Lovász hinge, per image and class (on the logits recovered from the probabilities)
+    tversky         1 − Tversky index TP / (TP + α·FP + β·FN), per image and class, mean over classes
+                    (Salehi et al. 2017; α weighs false positives, β false negatives, as in
+                    segmentation_models_pytorch); α = β = 0.5 is exactly `dice`. Defaults α = β = 0.5; give one
+                    of them and the other is 1 − it: `tversky(alpha=0.3)` favours recall (β = 0.7)
+    focal_tversky   mean over classes of (1 − Tversky index)^γ (Abraham & Khan 2019), γ = 0.75 by default
+                    (their 1/γ with γ = 4/3); α, β as tversky
 softmax outputs (multi-class, y_true one-hot over all n_classes channels, background included)
     cce             categorical cross-entropy, mean over pixels
     categorical_focal   categorical focal loss (gamma 2)
     lovasz_softmax  Lovász-softmax, per image, averaged over the classes present in the image
-"dice" and "jaccard" work for both output kinds. Older names: bce_dice = bce+dice, bce_jaccard =
-bce+jaccard, cce_dice = cce+dice; the classes of earlier versions (BceDiceLoss ...) stay registered so
-checkpoints compiled with them still load.
+"dice", "jaccard", "tversky" and "focal_tversky" work for both output kinds.
+
+A term takes its arguments inline: "0.5*bce+0.5*tversky(alpha=0.3)", "focal(gamma=3,alpha=0.25)",
+"dice(smooth=0)", "focal_tversky(alpha=0.3,beta=0.7,gamma=0.75)". Inline arguments win over the loss-wide
+`smooth` / `gamma` / `alpha` given to `get`; an unknown or ill-typed argument is a ConfigError naming it.
+
+Older names: bce_dice = bce+dice, bce_jaccard = bce+jaccard, cce_dice = cce+dice; the classes of earlier
+versions (BceDiceLoss ...) stay registered so checkpoints compiled with them still load.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -75,6 +87,43 @@ def soft_jaccard_loss(y_true, y_pred, smooth: float = 1.0):
     inter = ops.sum(y_true * y_pred, axis=axes)
     total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
     return 1.0 - ops.mean((inter + smooth) / (total - inter + smooth), axis=-1)
+
+
+def tversky_index(y_true, y_pred, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0):
+    """(2·TP + s) / (2·TP + 2α·FP + 2β·FN + s) per image and class, i.e. the Tversky index
+    TP / (TP + α·FP + β·FN) smoothed like the Dice term, so α = β = 0.5 gives exactly the soft Dice coefficient
+    (empty truth and prediction → 1). Soft counts: TP = Σ t·p, FP = Σ (1 − t)·p, FN = Σ t·(1 − p)."""
+    y_true, y_pred = _as_float(y_true, y_pred)
+    axes = _pixel_axes(y_true)
+    tp = ops.sum(y_true * y_pred, axis=axes)
+    fp = ops.sum((1.0 - y_true) * y_pred, axis=axes)
+    fn = ops.sum(y_true * (1.0 - y_pred), axis=axes)
+    return (2.0 * tp + smooth) / (2.0 * tp + 2.0 * alpha * fp + 2.0 * beta * fn + smooth)
+
+
+def _tversky_weights(alpha: float | None, beta: float | None) -> tuple[float, float]:
+    """α, β with the defaults 0.5, 0.5, or 1 − the other where only one is given."""
+    if alpha is None and beta is None:
+        return 0.5, 0.5
+    if beta is None:
+        return alpha, 1.0 - alpha
+    if alpha is None:
+        return 1.0 - beta, beta
+    return alpha, beta
+
+
+def tversky_loss(y_true, y_pred, alpha: float | None = None, beta: float | None = None, smooth: float = 1.0):
+    """1 − mean over classes of the Tversky index (see `tversky_index`), per image."""
+    alpha, beta = _tversky_weights(alpha, beta)
+    return 1.0 - ops.mean(tversky_index(y_true, y_pred, alpha, beta, smooth), axis=-1)
+
+
+def focal_tversky_loss(y_true, y_pred, alpha: float | None = None, beta: float | None = None, gamma: float = 0.75,
+                       smooth: float = 1.0):
+    """Mean over classes of (1 − Tversky index)^γ, per image (Abraham & Khan 2019 with their 1/γ as γ)."""
+    alpha, beta = _tversky_weights(alpha, beta)
+    loss = ops.maximum(1.0 - tversky_index(y_true, y_pred, alpha, beta, smooth), 0.0)
+    return ops.mean(ops.power(loss + EPSILON, gamma) if gamma < 1 else ops.power(loss, gamma), axis=-1)
 
 
 def binary_focal_loss(y_true, y_pred, gamma: float = 2.0, alpha: float | None = None):
@@ -161,11 +210,18 @@ def lovasz_softmax_loss(y_true, y_pred):
 
 @dataclass(frozen=True)
 class Term:
-    """One named loss term: its per-image function, the parameters it takes, the outputs it is for."""
+    """One named loss term: its per-image function, the loss-wide parameters it takes (`get(..., smooth=2)`),
+    the further arguments it takes inline only (`tversky(alpha=0.3)`), the outputs it is for."""
 
     fn: Callable
     params: tuple[str, ...] = ()
     softmax_only: bool = False
+    inline: tuple[str, ...] = ()
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """Every argument the term takes inline, in its canonical order."""
+        return (*self.inline, *self.params)
 
 
 TERMS: dict[str, Term] = {
@@ -174,6 +230,8 @@ TERMS: dict[str, Term] = {
     "jaccard": Term(soft_jaccard_loss, ("smooth",)),
     "focal": Term(binary_focal_loss, ("gamma", "alpha")),
     "lovasz": Term(lovasz_hinge_loss),
+    "tversky": Term(tversky_loss, ("smooth",), inline=("alpha", "beta")),
+    "focal_tversky": Term(focal_tversky_loss, ("smooth",), inline=("alpha", "beta", "gamma")),
     "cce": Term(categorical_crossentropy, softmax_only=True),
     "categorical_focal": Term(categorical_focal_loss, ("gamma",), softmax_only=True),
     "lovasz_softmax": Term(lovasz_softmax_loss, softmax_only=True),
@@ -181,33 +239,94 @@ TERMS: dict[str, Term] = {
 # Names from before losses were composed; `train.loss: bce_dice` in existing configs.
 ALIASES: dict[str, str] = {"bce_dice": "bce+dice", "bce_jaccard": "bce+jaccard", "cce_dice": "cce+dice"}
 DEFAULTS: dict[str, Any] = {"smooth": 1.0, "gamma": 2.0, "alpha": None}
+# what each argument may be: (check, what the error says it must be)
+_ARGUMENTS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "smooth": (lambda v: v >= 0, "a number >= 0"),
+    "gamma": (lambda v: v >= 0, "a number >= 0"),
+    "alpha": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "beta": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+}
 
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_TERM_RE = re.compile(rf"^\s*(?:({_NUMBER})\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_TERM_RE = re.compile(rf"\s*(?:({_NUMBER})\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*(\+|$)")
+_VALUE_RE = re.compile(rf"^[-+]?{_NUMBER}$")
 
 
 def _unknown(what: str, name: str, known: list[str], cutoff: float = 0.6) -> str:
     return str(unknown_name("train.loss", what, name, sorted(known), cutoff))
 
 
-def parse(expression: str) -> list[tuple[float, str]]:
-    """'0.75*bce+0.25*lovasz' → [(0.75, 'bce'), (0.25, 'lovasz')]; aliases expand, repeated terms add up.
+def _term_arguments(name: str, text: str, expression: str) -> dict[str, float]:
+    """The inline arguments `alpha=0.3, beta=0.7` of term `name`, checked: ConfigError for an unknown, repeated,
+    non-numeric or out-of-range argument, naming the term and the valid arguments."""
+    valid = TERMS[name].arguments
+    args: dict[str, float] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item and not args and not text.strip():
+            break  # `dice()`: no arguments
+        key, eq, raw = (x.strip() for x in item.partition("="))
+        if not eq or not key:
+            raise ConfigError(f"train.loss: cannot read '{item}' in '{name}({text})' of '{expression}'; write the "
+                              f"arguments as key=value, e.g. {name}({valid[0] if valid else 'key'}=0.5)")
+        if key not in valid:
+            hint = did_you_mean(key, valid, cutoff=0.5)
+            raise ConfigError(f"train.loss: unknown argument '{key}' of loss term '{name}'{hint} "
+                              f"(valid: {', '.join(valid) or 'none'})")
+        if key in args:
+            raise ConfigError(f"train.loss: argument '{key}' given twice to '{name}' in '{expression}'")
+        check, must = _ARGUMENTS[key]
+        number = float(raw) if _VALUE_RE.match(raw) else None
+        if number is None or not math.isfinite(number) or not check(number):
+            raise ConfigError(f"train.loss: {name}({key}=...) must be {must}, got '{raw}' in '{expression}'")
+        args[key] = number
+    return args
 
-    ConfigError for an unknown term (with the closest name) or text that is not a weighted sum of terms."""
+
+def format_term(name: str, args: dict[str, float]) -> str:
+    """The canonical text of one term: 'dice', 'tversky(alpha=0.3)' (arguments in the term's order)."""
+    if not args:
+        return name
+    order = TERMS[name].arguments
+    return f"{name}(" + ",".join(f"{k}={_weight_text(args[k])}" for k in order if k in args) + ")"
+
+
+def split_term(text: str) -> tuple[str, dict[str, float]]:
+    """'tversky(alpha=0.3)' → ('tversky', {'alpha': 0.3}); the inverse of `format_term`."""
+    name, _, rest = text.partition("(")
+    return name, (_term_arguments(name, rest.rstrip(")"), text) if rest else {})
+
+
+def parse(expression: str) -> list[tuple[float, str]]:
+    """'0.75*bce+0.25*tversky(alpha=0.3)' → [(0.75, 'bce'), (0.25, 'tversky(alpha=0.3)')]; aliases expand,
+    repeated terms (same arguments) add up.
+
+    ConfigError for an unknown term (with the closest name), a bad inline argument, or text that is not a
+    weighted sum of terms."""
+    text = str(expression)
     weights: dict[str, float] = {}
-    for part in str(expression).split("+"):
-        m = _TERM_RE.match(part)
-        if not m:
+    pos, parts = 0, []
+    while True:
+        m = _TERM_RE.match(text, pos)
+        if not m or (m.end() == pos and pos) or (not m.group(4) and m.end() < len(text)):
             raise ConfigError(f"train.loss: cannot read '{expression}' as a loss; expected a term name or a weighted "
-                              "sum such as 'bce+dice' or '0.75*bce+0.25*lovasz'")
+                              "sum such as 'bce+dice', '0.75*bce+0.25*lovasz' or '0.5*bce+0.5*tversky(alpha=0.3)'")
+        parts.append(m)
+        pos = m.end()
+        if not m.group(4):
+            break
+    for m in parts:
         weight = float(m.group(1)) if m.group(1) else 1.0
-        name = m.group(2)
+        name, args_text = m.group(2), m.group(3)
         if name in ALIASES:
+            if args_text is not None:
+                raise ConfigError(f"train.loss: '{name}' takes no arguments (it stands for '{ALIASES[name]}'); "
+                                  "write the terms with their arguments instead")
             inner = parse(ALIASES[name])
         elif name in TERMS:
-            inner = [(1.0, name)]
+            args = _term_arguments(name, args_text, expression) if args_text is not None else {}
+            inner = [(1.0, format_term(name, args))]
         else:
-            raise ConfigError(_unknown("loss" if part.strip() == str(expression).strip() else "loss term",
+            raise ConfigError(_unknown("loss" if len(parts) == 1 and args_text is None else "loss term",
                                        name, list(TERMS) + list(ALIASES)))
         for w, term in inner:
             weights[term] = weights.get(term, 0.0) + weight * w
@@ -230,7 +349,8 @@ def format_expression(terms: list[tuple[float, str]]) -> str:
 class SegmentationLoss(keras.losses.Loss):
     """A weighted sum of named terms, e.g. SegmentationLoss("0.75*bce+0.25*lovasz").
 
-    `smooth` goes to dice/jaccard, `gamma` to the focal terms, `alpha` to binary focal. Saved with its
+    `smooth` goes to dice/jaccard/tversky terms, `gamma` to focal and categorical_focal, `alpha` to binary focal;
+    a term's inline arguments (`tversky(alpha=0.3)`, `focal(gamma=3)`) win over these. Saved with its
     expression, so a model compiled with it reloads with `keras.models.load_model` after `import segkit.losses`.
     Losses add and scale: `get("bce") + 0.5 * get("dice")`.
     """
@@ -241,6 +361,12 @@ class SegmentationLoss(keras.losses.Loss):
         self.expression = format_expression(self.terms)
         self.smooth, self.gamma = float(smooth), float(gamma)
         self.alpha = None if alpha is None else float(alpha)
+        params = self.params()
+        self._resolved = []  # (weight, per-image function, its keyword arguments)
+        for w, text in self.terms:
+            term_name, args = split_term(text)
+            term = TERMS[term_name]
+            self._resolved.append((w, term.fn, {**{k: params[k] for k in term.params}, **args}))
         super().__init__(name=name or _scope_name(self.expression), **kwargs)
 
     def params(self) -> dict[str, Any]:
@@ -248,11 +374,9 @@ class SegmentationLoss(keras.losses.Loss):
         return {"smooth": self.smooth, "gamma": self.gamma, "alpha": self.alpha}
 
     def call(self, y_true, y_pred):
-        params = self.params()
         total = None
-        for w, name in self.terms:
-            term = TERMS[name]
-            value = term.fn(y_true, y_pred, **{k: params[k] for k in term.params})
+        for w, fn, kwargs in self._resolved:
+            value = fn(y_true, y_pred, **kwargs)
             if w != 1.0:
                 value = w * value
             total = value if total is None else total + value
@@ -338,21 +462,25 @@ def loss_names() -> list[str]:
 
 
 def get(name: str, n_classes: int = 1, **params: Any) -> SegmentationLoss:
-    """The loss `name`: a term ('focal'), an old pair name ('bce_dice') or a weighted sum ('0.75*bce+0.25*lovasz'),
-    with optional term parameters (smooth, gamma, alpha).
+    """The loss `name`: a term ('focal'), an old pair name ('bce_dice') or a weighted sum ('0.75*bce+0.25*lovasz',
+    '0.5*bce+0.5*tversky(alpha=0.3)'), with optional loss-wide term parameters (smooth, gamma, alpha).
 
     ConfigError, naming the closest valid spelling, for an unknown term or a parameter no term of the
     expression takes; also for a softmax-only term with n_classes < 2 (a one-channel softmax is constant).
     """
     terms = parse(name)
-    softmax = [t for _, t in terms if TERMS[t].softmax_only]
+    names = [split_term(t)[0] for _, t in terms]
+    softmax = [t for t in names if TERMS[t].softmax_only]
     if softmax and n_classes < 2:
         raise ConfigError(f"train.loss: '{softmax[0]}' in '{name}' is for softmax outputs with n_classes >= 2, "
                           f"got n_classes={n_classes}")
-    valid = sorted({p for _, t in terms for p in TERMS[t].params})
+    valid = sorted({p for t in names for p in TERMS[t].params})
     for key in params:
         if key not in valid:
             hint = did_you_mean(key, valid, cutoff=0.5)
+            inline = [t for t in names if key in TERMS[t].inline]
+            if inline:
+                hint += f"; give it inline: {inline[0]}({key}=...)"
             raise ConfigError(f"train.loss.{key}: unknown parameter of '{name}'{hint} "
                               f"(valid: {', '.join(valid) or 'none'})")
     return SegmentationLoss(format_expression(terms), name=_scope_name(str(name).replace(" ", "")),

@@ -20,17 +20,56 @@ ACTIVATIONS = ("sigmoid", "softmax")
 # keys segkit reads itself; `activation` and `classifier` also go to the builder
 SEGKIT_KEYS = ("name", "tag", "classifier_weight", "positive_only")
 
-_UNET = ("depth", "base_filters", "batch_norm", "dropout", "upsampling", "activation", "classifier")
+_BLOCKS = ("attention", "hypercolumn", "deep_supervision")  # decoder blocks every decoder takes (and `dropout`)
+_UNET = ("depth", "base_filters", "batch_norm", "dropout", "upsampling", "activation", "classifier", *_BLOCKS)
 _FRACTAL = ("columns", "depth", "base_filters", "dropout", "drop_path_local", "global_ratio", "deepest_only",
-            "upsampling", "activation", "seed", "classifier")
+            "upsampling", "activation", "seed", "classifier", *_BLOCKS)
 _ENCODER = ("backbone", "preset", "rgb_bands", "decoder_filters", "decoder_batch_norm", "upsampling",
-            "encoder_trainable", "activation", "classifier")
+            "encoder_trainable", "activation", "classifier", "dropout", *_BLOCKS)
+# the decoders over any encoder (segkit.models.decoders): the encoder's keys, then the decoder's own
+_ANY_ENCODER = ("backbone", "preset", "rgb_bands", "encoder_trainable", "depth", "base_filters", "batch_norm",
+                "activation", "classifier", "dropout", *_BLOCKS)
 # The built-in builders' keywords (segkit.models; tests/test_modelspec.py checks them against the signatures),
 # known here without importing Keras.
 BUILTIN_PARAMS: dict[str, tuple[str, ...]] = {
     "unet": _UNET, "fractal_unet": _FRACTAL,
     "encoder_unet": _ENCODER, "resnet_unet": _ENCODER, "efficientnet_unet": _ENCODER,
+    "fpn": (*_ANY_ENCODER, "pyramid_filters", "segmentation_filters"),
+    "unet_plus_plus": (*_ANY_ENCODER, "decoder_filters", "decoder_batch_norm", "upsampling"),
+    "deeplabv3_plus": (*_ANY_ENCODER, "aspp_filters", "atrous_rates", "low_level_filters", "decoder_filters"),
 }
+ATTENTIONS = ("scse",)
+AUX_WEIGHT = 0.4  # `deep_supervision: true`: the auxiliary heads' losses weigh 0.4 in all (PSPNet's weight)
+
+
+def decoder_blocks(attention: Any = None, hypercolumn: Any = False, deep_supervision: Any = False,
+                   dropout: Any = None, where: str = "models.0",
+                   per_level: bool = False) -> tuple[str | None, bool, float, Any]:
+    """(attention, hypercolumn, auxiliary loss weight, dropout) from a spec's decoder-block keys, checked:
+    `attention` null or "scse"; `hypercolumn` true/false; `deep_supervision` true/false or the auxiliary heads'
+    total loss weight (> 0; true = AUX_WEIGHT); `dropout` a rate in [0, 1) before the head (`per_level`: the
+    U-Nets' dropout, which may also be a list of per-level rates, the builder's to check). ConfigError naming
+    the key."""
+    if attention is not None and attention not in ATTENTIONS:
+        if isinstance(attention, str):
+            raise unknown_name(f"{where}.attention", "attention", attention, ATTENTIONS, listed="valid")
+        raise ConfigError(f"{where}.attention: must be scse or null, got {attention!r}")
+    if not isinstance(hypercolumn, bool):
+        raise ConfigError(f"{where}.hypercolumn: must be true or false, got {hypercolumn!r}")
+    if isinstance(deep_supervision, bool):
+        weight = AUX_WEIGHT if deep_supervision else 0.0
+    elif isinstance(deep_supervision, (int, float)) and math.isfinite(deep_supervision) and deep_supervision > 0:
+        weight = float(deep_supervision)
+    else:
+        raise ConfigError(f"{where}.deep_supervision: must be true, false or the auxiliary heads' total loss weight "
+                          f"(a number > 0; true = {AUX_WEIGHT}), got {deep_supervision!r}")
+    if isinstance(dropout, (list, tuple)) and not per_level:
+        raise ConfigError(f"{where}.dropout: one rate in [0, 1) for the dropout before the head, got {dropout!r}")
+    if dropout is not None and not isinstance(dropout, (list, tuple)):
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"{where}.dropout: must be a rate in [0, 1), got {dropout!r}")
+        dropout = float(dropout)
+    return attention, hypercolumn, weight, dropout
 _BUILDER_ONLY = ("input_shape", "n_classes", "normalisation")
 
 
@@ -121,6 +160,9 @@ class ModelSpec(Mapping):
                               "classifier: true or drop the weight")
         if self.positive_only is not None and not isinstance(self.positive_only, bool):
             raise ConfigError(f"{where}.positive_only: must be true or false, got {self.positive_only!r}")
+        if self.name in BUILTIN_PARAMS:  # a model registered from Python checks its own keys
+            decoder_blocks(**{k: self.params[k] for k in (*_BLOCKS, "dropout") if k in self.params}, where=where,
+                           per_level=self.name in ("unet", "fractal_unet"))
 
     def trains_positive_only(self, default: bool = False) -> bool:
         """Whether the model trains on non-empty masks only: its own `positive_only`, else train.positive_only."""

@@ -25,9 +25,10 @@ import numpy as np
 from keras import layers
 
 from segkit.errors import ConfigError, did_you_mean, unknown_name
-from segkit.models.layers import (Normalisation, check_choice, check_input_shape, conv_block, model_input,
+from segkit.models.layers import (Normalisation, attend, check_choice, check_input_shape, conv_block, model_input,
                                   segmentation_model, upsample)
 from segkit.models.registry import register_model
+from segkit.modelspec import decoder_blocks
 
 # Architectures of KerasHub's converted timm checkpoints (same hyper-parameters as their presets).
 _RESNET = {
@@ -194,6 +195,35 @@ def _stride_features(backbone, height: int) -> dict[int, Any]:
     return feats
 
 
+def hub_encoder(input_shape: Sequence[int], backbone: str = "resnet34", preset: str | None = None,
+                rgb_bands: Sequence[int] = (0, 1, 2), encoder_trainable: bool = True,
+                normalisation: Normalisation | None = None, where: str = "encoder_unet"):
+    """(inputs, {stride: features}) of a KerasHub backbone (`backbone` from BACKBONES with random weights, or a
+    `preset` with its weights, adapted to the image's bands) wrapped as the nested model "encoder" after the
+    model's input (and InputNormalisation): the features every decoder reads, strides 2, 4, … up to the
+    deepest (32 for the built-in backbones), which H and W must divide."""
+    h, w, bands = check_input_shape(input_shape, 0, where)
+    rgb_bands = [int(b) for b in rgb_bands]
+    if bands == 2 or (bands >= 3 and (len(rgb_bands) != 3 or len(set(rgb_bands)) != 3
+                                      or not all(0 <= b < bands for b in rgb_bands))):
+        raise ConfigError(f"rgb_bands: need three distinct band indices below {bands} (and 1 or >= 3 bands), "
+                          f"got {rgb_bands} for {bands} bands")
+    if preset:
+        hub_backbone = rebuild_for_bands(load_preset_backbone(preset), (h, w, bands), rgb_bands)
+    else:
+        hub_backbone = random_backbone(backbone, (h, w, bands))
+    feats = _stride_features(hub_backbone, h)
+    deepest = max(feats)
+    check_input_shape((h, w, bands), int(np.log2(deepest)), where)
+
+    strides = sorted(feats)
+    encoder = keras.Model(hub_backbone.inputs, [feats[s] for s in strides], name="encoder")
+    encoder.trainable = bool(encoder_trainable)
+    inputs, x = model_input((h, w, bands), normalisation)
+    outs = encoder(x)
+    return inputs, dict(zip(strides, outs if isinstance(outs, (list, tuple)) else [outs]))
+
+
 @register_model("encoder_unet")
 def encoder_unet(
     input_shape: Sequence[int],
@@ -208,6 +238,10 @@ def encoder_unet(
     activation: str = "sigmoid",
     normalisation: Normalisation | None = None,
     classifier: bool = False,
+    dropout: float = 0.0,
+    attention: str | None = None,
+    hypercolumn: bool = False,
+    deep_supervision: bool | float = False,
 ) -> keras.Model:
     """U-Net decoder on a KerasHub backbone (`backbone` from BACKBONES, random weights) or a `preset`.
 
@@ -216,45 +250,32 @@ def encoder_unet(
     `encoder_trainable=False` freezes the backbone (its BatchNorms then run in inference mode).
     `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
     `classifier`: also output per-class "mask non-empty" probabilities from the deepest backbone feature
-    (outputs `mask`, `label`).
+    (outputs `mask`, `label`). Decoder blocks: `dropout` (spatial dropout before the head), `attention: scse`
+    after each decoder step, `hypercolumn`, `deep_supervision` (as for the U-Net).
     """
+    attention, hypercolumn, aux_weight, dropout = decoder_blocks(attention, hypercolumn, deep_supervision, dropout,
+                                                                 where="encoder_unet")
     check_choice(upsampling, ("transpose", "bilinear"), "upsampling")
-    h, w, bands = check_input_shape(input_shape, 0, "encoder_unet")
-    rgb_bands = [int(b) for b in rgb_bands]
-    if bands == 2 or (bands >= 3 and (len(rgb_bands) != 3 or len(set(rgb_bands)) != 3
-                                      or not all(0 <= b < bands for b in rgb_bands))):
-        raise ConfigError(f"rgb_bands: need three distinct band indices below {bands} (and 1 or >= 3 bands), "
-                          f"got {rgb_bands} for {bands} bands")
-    if preset:
-        hub_backbone = rebuild_for_bands(load_preset_backbone(preset), (h, w, bands), rgb_bands)
-    else:
-        hub_backbone = random_backbone(backbone, (h, w, bands))
-    feats = _stride_features(hub_backbone, h)
-    deepest = max(feats)
-    check_input_shape((h, w, bands), int(np.log2(deepest)), "encoder_unet")
-
-    strides = sorted(feats)
-    encoder = keras.Model(hub_backbone.inputs, [feats[s] for s in strides], name="encoder")
-    encoder.trainable = bool(encoder_trainable)
-    inputs, x = model_input((h, w, bands), normalisation)
-    outs = encoder(x)
-    by_stride = dict(zip(strides, outs if isinstance(outs, (list, tuple)) else [outs]))
-
+    inputs, by_stride = hub_encoder(input_shape, backbone, preset, rgb_bands, encoder_trainable, normalisation)
+    deepest = max(by_stride)
     x = by_stride[deepest]
     stride, step = deepest, 0
     filters = list(decoder_filters)
     if not filters:
         raise ConfigError("decoder_filters: needs at least one width")
+    stages = []
     while stride > 1:
         stride //= 2
         width = int(filters[min(step, len(filters) - 1)])
         x = upsample(x, width, upsampling, f"dec{stride}")
         if stride in by_stride:
             x = layers.Concatenate(name=f"dec{stride}_concat")([x, by_stride[stride]])
-        x = conv_block(x, width, f"dec{stride}", batch_norm=bool(decoder_batch_norm))
+        x = attend(conv_block(x, width, f"dec{stride}", batch_norm=bool(decoder_batch_norm)), attention, f"dec{stride}")
+        stages.append((stride, x))
         step += 1
     return segmentation_model(inputs, x, by_stride[deepest], int(n_classes), activation, bool(classifier),
-                              "encoder_unet")
+                              "encoder_unet", stages=stages, hypercolumn=hypercolumn, aux_weight=aux_weight,
+                              dropout=dropout)
 
 
 @register_model("resnet_unet")
@@ -262,7 +283,8 @@ def resnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str = "res
                 rgb_bands: Sequence[int] = (0, 1, 2), decoder_filters: Sequence[int] = (256, 128, 64, 32, 16),
                 decoder_batch_norm: bool = True, upsampling: str = "transpose", encoder_trainable: bool = True,
                 activation: str = "sigmoid", normalisation: Normalisation | None = None,
-                classifier: bool = False) -> keras.Model:
+                classifier: bool = False, dropout: float = 0.0, attention: str | None = None,
+                hypercolumn: bool = False, deep_supervision: bool | float = False) -> keras.Model:
     """`encoder_unet` with a ResNet (resnet18/34/50/101/152, resnet_v2_50/101) by default."""
     return encoder_unet(**{k: v for k, v in locals().items()})
 
@@ -273,6 +295,7 @@ def efficientnet_unet(input_shape: Sequence[int], n_classes: int, backbone: str 
                       decoder_filters: Sequence[int] = (256, 128, 64, 32, 16), decoder_batch_norm: bool = True,
                       upsampling: str = "transpose", encoder_trainable: bool = True,
                       activation: str = "sigmoid", normalisation: Normalisation | None = None,
-                      classifier: bool = False) -> keras.Model:
+                      classifier: bool = False, dropout: float = 0.0, attention: str | None = None,
+                      hypercolumn: bool = False, deep_supervision: bool | float = False) -> keras.Model:
     """`encoder_unet` with an EfficientNet (efficientnet_b0 … b5) by default."""
     return encoder_unet(**{k: v for k, v in locals().items()})

@@ -26,6 +26,7 @@ from keras import layers, ops
 from segkit.errors import ConfigError
 from segkit.models.layers import BN_MOMENTUM, Normalisation, check_choice, per_level, unet_skeleton
 from segkit.models.registry import register_model
+from segkit.modelspec import decoder_blocks
 
 INFERENCE_MODES = ("mean", "deepest")
 
@@ -168,6 +169,9 @@ def fractal_unet(
     seed: int | None = None,
     normalisation: Normalisation | None = None,
     classifier: bool = False,
+    attention: str | None = None,
+    hypercolumn: bool = False,
+    deep_supervision: bool | float = False,
 ) -> keras.Model:
     """FractalNet-U-Net with `columns` columns per block (see the module docstring).
 
@@ -178,7 +182,10 @@ def fractal_unet(
     about as much as a base-32 U-Net (a 3-column block costs ≈ 3.4 U-Net blocks of equal width).
     `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
     `classifier`: also output per-class "mask non-empty" probabilities from the bridge (outputs `mask`, `label`).
+    `attention`, `hypercolumn`, `deep_supervision`: the decoder blocks, as for the U-Net.
     """
+    attention, hypercolumn, aux_weight, _ = decoder_blocks(attention, hypercolumn, deep_supervision,
+                                                           where="fractal_unet", per_level=True)
     columns, depth = int(columns), int(depth)
     if not 1 <= columns <= 6:
         raise ConfigError(f"columns: must be between 1 and 6, got {columns}")
@@ -197,7 +204,8 @@ def fractal_unet(
 
     return unet_skeleton(input_shape, int(n_classes), block, depth, int(base_filters), upsampling, activation,
                          name="fractal_unet", extra_inputs=sampler, normalisation=normalisation,
-                         classifier=bool(classifier))
+                         classifier=bool(classifier), attention=attention, hypercolumn=hypercolumn,
+                         aux_weight=aux_weight)
 
 
 def set_join_inference(model: keras.Model, mode: str) -> keras.Model:

@@ -1,5 +1,6 @@
-"""Building blocks shared by the U-Net family: the input normalisation layer, the encoder/decoder skeleton,
-the (Conv → BN → ReLU) × 2 block, up-sampling, the output head.
+"""Building blocks shared by the U-Net family and the other decoders: the input normalisation layer, the
+encoder/decoder skeleton, the (Conv → BN → ReLU) × 2 block, up-sampling, the output head, and the decoder blocks
+every decoder takes as options: scSE attention, hypercolumns, deep supervision, dropout before the head.
 
 A U-Net and a FractalNet-U-Net differ only in the block that replaces each double convolution, so both are
 built by `unet_skeleton` with their own `block(x, filters, level, name)` function; the encoder U-Net's
@@ -137,17 +138,22 @@ def upsample(x, filters: int, mode: str, name: str):
     return layers.Conv2D(filters, 1, padding="same", name=f"{name}_upproj")(x)
 
 
-def output_head(x, n_classes: int, activation: str, name: str = "probabilities"):
+def output_head(x, n_classes: int, activation: str, name: str = "probabilities", upsampling: int = 1,
+                logits: str = "logits"):
     """1×1 convolution to the class channels and the final activation, always in float32.
 
     The activation layer has dtype float32 so the model's output (and hence losses and saved
     probabilities) stays float32 under a mixed-precision policy. `name` names that layer, hence the output:
-    "probabilities" for a one-output model, MASK_OUTPUT beside a classification head.
+    "probabilities" for a one-output model, MASK_OUTPUT beside a classification head. `upsampling` > 1
+    (features at a stride of the input, as FPN's and DeepLabV3+'s) resizes the logits bilinearly to the input
+    size before the activation. `logits` names the convolution.
     """
     check_choice(activation, ACTIVATIONS, "activation")
     if activation == "softmax" and n_classes < 2:
         raise ConfigError("activation: softmax needs n_classes >= 2 (use sigmoid for a single binary mask)")
-    x = layers.Conv2D(n_classes, 1, padding="same", name="logits")(x)
+    x = layers.Conv2D(n_classes, 1, padding="same", name=logits)(x)
+    if upsampling > 1:
+        x = layers.UpSampling2D(int(upsampling), interpolation="bilinear", name=f"{logits}_upsample")(x)
     return layers.Activation(activation, dtype="float32", name=name)(x)
 
 
@@ -163,14 +169,151 @@ def classifier_head(bottleneck, n_classes: int):
     return layers.Activation("sigmoid", dtype="float32", name=LABEL_OUTPUT)(x)
 
 
+def scse(x, name: str, reduction: int = 16):
+    """Concurrent spatial and channel squeeze & excitation (Roy et al. 2018): x·cSE(x) + x·sSE(x), where cSE
+    gates each channel from the globally pooled features (1×1 convs C → C/r → C, ReLU then sigmoid) and sSE each
+    position from a 1×1 conv to one sigmoid channel."""
+    channels = int(x.shape[-1])
+    g = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_cse_pool")(x)
+    g = layers.Conv2D(max(1, channels // reduction), 1, activation="relu", name=f"{name}_cse_reduce")(g)
+    g = layers.Conv2D(channels, 1, activation="sigmoid", name=f"{name}_cse_expand")(g)
+    s = layers.Conv2D(1, 1, activation="sigmoid", name=f"{name}_sse")(x)
+    return layers.Add(name=f"{name}_scse")([layers.Multiply(name=f"{name}_cse")([x, g]),
+                                            layers.Multiply(name=f"{name}_sse_gate")([x, s])])
+
+
+def attend(x, attention: str | None, name: str):
+    """The decoder stage's attention block: scSE for "scse", nothing for None."""
+    return scse(x, name) if attention == "scse" else x
+
+
+def resize_to(x, factor: int, name: str):
+    """Bilinear up-sampling by an integer factor (nothing for 1)."""
+    if factor == 1:
+        return x
+    return layers.UpSampling2D(int(factor), interpolation="bilinear", name=name)(x)
+
+
+@keras.saving.register_keras_serializable(package="segkit")
+class DeepSupervision(layers.Layer):
+    """The mask output of a deeply supervised model: inputs [main, aux_1, …, aux_K] (probabilities at the input
+    size); at inference (and in `predict`, and the saved model's prediction) the main probabilities alone. In
+    training, the K auxiliary maps ride along as extra channels of the same output, [main | aux_1 | … | aux_K],
+    which `DeepSupervisedModel` splits off again before its compiled loss and metrics see the main part; the
+    auxiliary losses (the compiled mask loss on each map) weigh `aux_weights`."""
+
+    def __init__(self, aux_weights: Sequence[float], **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.aux_weights = [float(w) for w in aux_weights]
+
+    def call(self, inputs, training=None):
+        if training:
+            return ops.concatenate([ops.cast(t, "float32") for t in inputs], axis=-1)
+        return ops.cast(inputs[0], "float32")
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes[0])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "aux_weights": self.aux_weights}
+
+
+@keras.saving.register_keras_serializable(package="segkit")
+class DeepSupervisedModel(keras.Model):
+    """A functional segmentation model with auxiliary heads (a `DeepSupervision` output layer).
+
+    Its outputs are those of the same model without them (the mask, or `mask` and `label`), so `predict`,
+    a checkpoint reloaded with plain `keras.models.load_model` and every caller see one mask. Training adds
+    Σ_k w_k · loss(mask target, aux_k) to the compiled loss, with the compiled mask loss (the first of a list, or
+    the entry of a dict keyed by the mask output's name); the compiled metrics see the main output only. No change to how it is compiled
+    or fit.
+    """
+
+    def _supervision(self) -> DeepSupervision | None:
+        for layer in self.layers:
+            if isinstance(layer, DeepSupervision):
+                return layer
+        return None
+
+    def split_auxiliary(self, y_pred):
+        """(y_pred with the main mask only, [(weight, aux map), …]); no auxiliary maps outside training."""
+        structured = isinstance(y_pred, (list, tuple))
+        mask = y_pred[0] if structured else y_pred
+        layer = self._supervision()
+        n = int(self.outputs[0].shape[-1])
+        if layer is None or mask.shape[-1] == n:
+            return y_pred, []
+        aux = [(w, mask[..., n * (i + 1):n * (i + 2)]) for i, w in enumerate(layer.aux_weights)]
+        main = mask[..., :n]
+        return ([main, *y_pred[1:]] if structured else main), aux
+
+    def _mask_loss(self):
+        loss = self.loss
+        if isinstance(loss, dict):
+            loss = loss.get(self.output_names[0])
+        elif isinstance(loss, (list, tuple)):
+            loss = loss[0] if loss else None
+        return None if loss is None else keras.losses.get(loss)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        y_main, aux = self.split_auxiliary(y_pred)
+        total = super().compute_loss(x, y, y_main, sample_weight, training=training)
+        loss = self._mask_loss() if aux else None
+        if loss is None:
+            return total
+        target, weight = y, sample_weight
+        if isinstance(y, dict):
+            target = y[self.output_names[0]]
+            weight = sample_weight.get(self.output_names[0]) if isinstance(sample_weight, dict) else sample_weight
+        elif isinstance(y, (list, tuple)):
+            target = y[0]
+            weight = sample_weight[0] if isinstance(sample_weight, (list, tuple)) else sample_weight
+        for w, pred in aux:
+            total = total + w * ops.cast(loss(target, pred, sample_weight=weight), "float32")
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, self.split_auxiliary(y_pred)[0], sample_weight)
+
+
+Stage = tuple[int, Any]  # (stride, features) of one decoder stage
+
+
 def segmentation_model(inputs, features, bottleneck, n_classes: int, activation: str, classifier: bool,
-                       name: str) -> keras.Model:
-    """The model from its decoder's last features: one output (the mask probabilities, as before) or, with
-    `classifier`, two outputs in this order, `mask` (B, H, W, C) and `label` (B, C) from the bottleneck."""
+                       name: str, stride: int = 1, stages: Sequence[Stage] = (), hypercolumn: bool = False,
+                       aux: Sequence[Stage] | None = None, aux_weight: float = 0.0,
+                       dropout: float = 0.0) -> keras.Model:
+    """The model from its decoder's last features (at `stride` of the input): one output (the mask
+    probabilities, as before) or, with `classifier`, two outputs in this order, `mask` (B, H, W, C) and `label`
+    (B, C) from the bottleneck.
+
+    The decoder blocks: `hypercolumn` concatenates every decoder stage of `stages` ((stride, features), deepest
+    first, the last one `features`), resized to `stride`, before the head; `dropout` (> 0) puts a spatial
+    dropout before the head; `aux_weight` > 0 puts an auxiliary head (1×1 conv, bilinear resize to the input,
+    activation) on each stage of `aux` (default: `stages` but the last) whose losses weigh `aux_weight` in all
+    during training (see DeepSupervision); the model is then a DeepSupervisedModel with the same outputs.
+    """
+    stages = list(stages)
+    if hypercolumn and len(stages) > 1:
+        parts = [resize_to(t, s // stride, f"hypercolumn{i}_resize") for i, (s, t) in enumerate(stages)]
+        features = layers.Concatenate(name="hypercolumn")(parts)
+    if dropout:
+        features = layers.SpatialDropout2D(float(dropout), name="head_dropout")(features)
+    out = MASK_OUTPUT if classifier else "probabilities"
+    aux = list(stages[:-1] if aux is None else aux) if aux_weight > 0 else []
+    model_class = keras.Model
+    if not aux:
+        mask = output_head(features, n_classes, activation, out, upsampling=stride)
+    else:
+        main = output_head(features, n_classes, activation, f"{out}_main", upsampling=stride)
+        heads = [output_head(t, n_classes, activation, f"aux{i}_probabilities", upsampling=s, logits=f"aux{i}_logits")
+                 for i, (s, t) in enumerate(aux)]
+        mask = DeepSupervision([aux_weight / len(aux)] * len(aux), name=out)([main, *heads])
+        model_class = DeepSupervisedModel
     if not classifier:
-        return keras.Model(inputs, output_head(features, n_classes, activation), name=name)
-    mask = output_head(features, n_classes, activation, name=MASK_OUTPUT)
-    return keras.Model(inputs, [mask, classifier_head(bottleneck, n_classes)], name=name)
+        return model_class(inputs, mask, name=name)
+    return model_class(inputs, [mask, classifier_head(bottleneck, n_classes)], name=name)
 
 
 def unet_skeleton(
@@ -185,6 +328,9 @@ def unet_skeleton(
     extra_inputs: Callable | None = None,
     normalisation: Normalisation | None = None,
     classifier: bool = False,
+    attention: str | None = None,
+    hypercolumn: bool = False,
+    aux_weight: float = 0.0,
 ) -> keras.Model:
     """Encoder (block + 2×2 max-pool per level), bridge block, decoder (up-sample, concat skip, block).
 
@@ -194,6 +340,8 @@ def unet_skeleton(
     it to draw its per-batch drop-path decision) and its result is passed to every block as `context=`.
     `normalisation` (per-band scale, offset) puts an InputNormalisation layer first, so the model takes raw
     images. `classifier` adds the classification head on the bridge (see `segmentation_model`).
+    `attention` ("scse") follows each decoder block; `hypercolumn` and `aux_weight` (deep supervision) work on
+    the decoder's levels, see `segmentation_model`.
     """
     if int(depth) < 1:
         raise ConfigError(f"depth: must be >= 1, got {depth}")
@@ -211,9 +359,12 @@ def unet_skeleton(
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
     x = bottleneck = block(x, base_filters * 2**depth, depth, "bridge", **kw)
+    stages = []
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = upsample(x, filters, upsampling, f"dec{level}")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = block(x, filters, level, f"dec{level}", **kw)
-    return segmentation_model(inputs, x, bottleneck, n_classes, activation, bool(classifier), name)
+        x = attend(block(x, filters, level, f"dec{level}", **kw), attention, f"dec{level}")
+        stages.append((2**level, x))
+    return segmentation_model(inputs, x, bottleneck, n_classes, activation, bool(classifier), name, stages=stages,
+                              hypercolumn=hypercolumn, aux_weight=aux_weight)

@@ -7,6 +7,7 @@ import keras
 
 from segkit.models.layers import Normalisation, conv_block, per_level, unet_skeleton
 from segkit.models.registry import register_model
+from segkit.modelspec import decoder_blocks
 
 
 @register_model("unet")
@@ -21,6 +22,9 @@ def unet(
     activation: str = "sigmoid",
     normalisation: Normalisation | None = None,
     classifier: bool = False,
+    attention: str | None = None,
+    hypercolumn: bool = False,
+    deep_supervision: bool | float = False,
 ) -> keras.Model:
     """A U-Net of `depth` down-samplings (H and W must divide by 2**depth).
 
@@ -30,7 +34,13 @@ def unet(
     The output is float32 (N, H, W, n_classes) probabilities, also under mixed precision.
     `normalisation`: the adapter's per-band (scale, offset), applied by the model's first layer to raw images.
     `classifier`: also output per-class "mask non-empty" probabilities from the bridge (outputs `mask`, `label`).
+    Decoder blocks: `attention: scse` after each decoder block; `hypercolumn` concatenates every decoder level,
+    resized to the input, before the head; `deep_supervision` (true, or the auxiliary losses' total weight) puts
+    an auxiliary head on each decoder level but the last, trained with the mask loss, and kept out of the
+    prediction (see segkit.models.layers.DeepSupervision).
     """
+    attention, hypercolumn, aux_weight, _ = decoder_blocks(attention, hypercolumn, deep_supervision, where="unet",
+                                                           per_level=True)
     rates = per_level(dropout, int(depth), "dropout")
 
     def block(x, filters, level, name):
@@ -38,5 +48,6 @@ def unet(
 
     return unet_skeleton(
         input_shape, int(n_classes), block, int(depth), int(base_filters), upsampling, activation, name="unet",
-        normalisation=normalisation, classifier=bool(classifier),
+        normalisation=normalisation, classifier=bool(classifier), attention=attention, hypercolumn=hypercolumn,
+        aux_weight=aux_weight,
     )
