@@ -30,6 +30,9 @@ _ENCODER = ("backbone", "preset", "rgb_bands", "decoder_filters", "decoder_batch
 BUILTIN_PARAMS: dict[str, tuple[str, ...]] = {
     "unet": _UNET, "fractal_unet": _FRACTAL,
     "encoder_unet": _ENCODER, "resnet_unet": _ENCODER, "efficientnet_unet": _ENCODER,
+    "mobilenet_unet": _ENCODER, "densenet_unet": _ENCODER, "mit_unet": _ENCODER,
+    "segformer": ("backbone", "preset", "rgb_bands", "projection_filters", "dropout", "encoder_trainable",
+                  "activation", "classifier"),
 }
 _BUILDER_ONLY = ("input_shape", "n_classes", "normalisation")
 
