@@ -237,7 +237,7 @@ def _stride_features(backbone, height: int) -> dict[int, Any]:
     for tensor, dim in zip(pyramid.values(), dims):
         if tensor.shape[-1] is None and dim:  # MiT's 1×1 deepest map loses its static channel count
             tensor = layers.Reshape((int(tensor.shape[1]), int(tensor.shape[2]), int(dim)))(tensor)
-        feats[height // int(tensor.shape[1])] = tensor
+        feats[_stride_of(height, int(tensor.shape[1]))] = tensor
     if pyramid and 2 in feats:
         return feats
     stem = (layers.Activation, layers.ReLU, layers.Conv2D, layers.BatchNormalization)
@@ -248,12 +248,18 @@ def _stride_features(backbone, height: int) -> dict[int, Any]:
             out = layer.output
         except (AttributeError, ValueError):
             continue
-        if isinstance(out, (list, tuple)) or len(out.shape) != 4 or not out.shape[1] or height % out.shape[1]:
+        if isinstance(out, (list, tuple)) or len(out.shape) != 4 or not out.shape[1]:
             continue
-        stride = height // int(out.shape[1])
-        if (stride == 2 if pyramid else stride > 1 and stride & (stride - 1) == 0):
+        stride = _stride_of(height, int(out.shape[1]))
+        if abs(height / stride - out.shape[1]) < 1 and (stride == 2 if pyramid else stride > 1):
             feats[stride] = out
     return feats
+
+
+def _stride_of(height: int, size: int) -> int:
+    """The power-of-two stride of a feature `size` high from a `height` image (rounded, so a 48 px image's
+    2 px stride-32 map reads 32 and the size check names the deepest stride)."""
+    return 2 ** int(round(np.log2(height / size)))
 
 
 @register_model("encoder_unet")
