@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODEL_TESTS = ["tests/test_unet.py", "tests/test_fractal.py", "tests/test_encoders.py", "tests/test_losses.py",
                "tests/test_decoders.py",
+               "tests/test_hub_encoders.py",
                "tests/test_ensemble_analytic.py",
                # the classification head's loss wiring and a two-output U-Net training step (the CLI run is TF's)
                "tests/test_classifier_head.py::test_classifier_loss_and_its_weight_in_the_compiled_loss",

@@ -37,6 +37,9 @@ BUILTIN_PARAMS: dict[str, tuple[str, ...]] = {
     "fpn": (*_ANY_ENCODER, "pyramid_filters", "segmentation_filters"),
     "unet_plus_plus": (*_ANY_ENCODER, "decoder_filters", "decoder_batch_norm", "upsampling"),
     "deeplabv3_plus": (*_ANY_ENCODER, "aspp_filters", "atrous_rates", "low_level_filters", "decoder_filters"),
+    "mobilenet_unet": _ENCODER, "densenet_unet": _ENCODER, "mit_unet": _ENCODER,
+    "segformer": ("backbone", "preset", "rgb_bands", "projection_filters", "dropout", "encoder_trainable",
+                  "activation", "classifier"),
 }
 ATTENTIONS = ("scse",)
 AUX_WEIGHT = 0.4  # `deep_supervision: true`: the auxiliary heads' losses weigh 0.4 in all (PSPNet's weight)

@@ -67,7 +67,25 @@ _EFFICIENTNET = {  # width, depth coefficient
     "efficientnet_b4": (1.4, 1.8),
     "efficientnet_b5": (1.6, 2.2),
 }
-BACKBONES = sorted(_RESNET) + sorted(_EFFICIENTNET)
+_MOBILENET = {  # timm architecture of KerasHub's MobileNetV3 presets (keras_hub's timm converter holds the tables)
+    "mobilenet_v3_small_050": "mobilenetv3_small_050",
+    "mobilenet_v3_small_100": "mobilenetv3_small_100",
+    "mobilenet_v3_large_100": "mobilenetv3_large_100",
+}
+_DENSENET = {"densenet121": [6, 12, 24, 16], "densenet169": [6, 12, 32, 32], "densenet201": [6, 12, 48, 32]}
+_MIT_BASE = {"num_layers": 4, "layerwise_num_heads": [1, 2, 5, 8], "layerwise_sr_ratios": [8, 4, 2, 1],
+             "max_drop_path_rate": 0.1, "layerwise_patch_sizes": [7, 3, 3, 3], "layerwise_strides": [4, 2, 2, 2]}
+_MIT = {  # MixTransformer (SegFormer's encoder): hidden dims, depths per stage
+    "mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]),
+    "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),
+    "mit_b2": ([64, 128, 320, 512], [3, 4, 6, 3]),
+    "mit_b3": ([64, 128, 320, 512], [3, 4, 18, 3]),
+    "mit_b4": ([64, 128, 320, 512], [3, 8, 27, 3]),
+    "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3]),
+}
+BACKBONES = sorted(_RESNET) + sorted(_EFFICIENTNET) + sorted(_MOBILENET) + sorted(_DENSENET) + sorted(_MIT)
+FAMILIES = {"resnet": sorted(_RESNET), "efficientnet": sorted(_EFFICIENTNET), "mobilenet": sorted(_MOBILENET),
+            "densenet": sorted(_DENSENET), "mit": sorted(_MIT)}
 
 
 def _hub():
@@ -89,7 +107,38 @@ def random_backbone(name: str, image_shape: Sequence[int]):
     if name in _EFFICIENTNET:
         width, depth = _EFFICIENTNET[name]
         return efficientnet_backbone(width, depth, input_shape=tuple(image_shape), **_EFFICIENTNET_BASE)
+    if name in _MOBILENET:
+        try:
+            from keras_hub.src.utils.timm.convert_mobilenet import convert_backbone_config
+        except ImportError as exc:
+            raise ConfigError(f"backbone: {name} needs keras-hub >= 0.17 (installed {hub.__version__})") from exc
+        return hub.models.MobileNetBackbone(image_shape=tuple(image_shape),
+                                            **convert_backbone_config({"architecture": _MOBILENET[name]}))
+    if name in _DENSENET:
+        return hub.models.DenseNetBackbone(stackwise_num_repeats=_DENSENET[name], image_shape=tuple(image_shape))
+    if name in _MIT:
+        return mit_backbone(*_MIT[name], image_shape=image_shape)
     raise unknown_name("backbone", "backbone", name, BACKBONES)
+
+
+def check_square_mit(kind: str, image_shape: Sequence[int]) -> None:
+    """ConfigError for a non-square image on a MiT: KerasHub's MiT attention takes H = W = sqrt(tokens)."""
+    if kind == "MiTBackbone" and image_shape[0] != image_shape[1]:
+        raise ConfigError(f"backbone: the MiT encoder (mit_unet, segformer) takes square images only (KerasHub's "
+                          f"MiT attention assumes H = W), got {image_shape[0]}x{image_shape[1]}; use a square "
+                          "data.image_size or tiles")
+
+
+def mit_backbone(hidden_dims: Sequence[int], depths: Sequence[int], image_shape: Sequence[int], **kwargs: Any):
+    """KerasHub's MiTBackbone (MixTransformer) with `_MIT_BASE`'s settings unless `kwargs` say otherwise; H and W
+    must be known (it reshapes its tokens to the image grid)."""
+    hub = _hub()
+    check_square_mit("MiTBackbone", image_shape)
+    if not hasattr(hub.models, "MiTBackbone"):
+        raise ConfigError(f"backbone: the MiT encoder needs keras-hub >= 0.17 (installed {hub.__version__})")
+    settings = {**_MIT_BASE, **kwargs}
+    return hub.models.MiTBackbone(layerwise_depths=list(depths), hidden_dims=list(hidden_dims),
+                                  image_shape=tuple(image_shape), **settings)
 
 
 def efficientnet_backbone(width: float, depth: float, **kwargs: Any):
@@ -157,10 +206,12 @@ def rebuild_for_bands(backbone, image_shape: Sequence[int], rgb_bands: Sequence[
         raise ConfigError(f"preset: N-band adaptation needs an RGB backbone, this one takes {shape[-1]} bands")
     config.pop("dtype", None)  # follow the global (possibly mixed) precision policy
     config[key] = tuple(int(v) for v in image_shape)
+    check_square_mit(type(backbone).__name__, image_shape)
     new = type(backbone).from_config(config)
     old_layers = [la for la in backbone.layers if la.weights]
     new_layers = [la for la in new.layers if la.weights]
-    if [la.name for la in old_layers] != [la.name for la in new_layers]:
+    # matched in order by class (MiT's LayerNormalizations have generated names, numbered afresh per build)
+    if [type(la) for la in old_layers] != [type(la) for la in new_layers]:
         raise ConfigError(f"preset: could not match the layers of the rebuilt {type(backbone).__name__}")
     for old, fresh in zip(old_layers, new_layers):
         weights = old.get_weights()
@@ -178,20 +229,31 @@ def rebuild_for_bands(backbone, image_shape: Sequence[int], rgb_bands: Sequence[
 
 
 def _stride_features(backbone, height: int) -> dict[int, Any]:
-    """Backbone features by stride (2, 4, …): the pyramid outputs, plus a stride-2 map when it has none."""
+    """Backbone features by stride (2, 4, …): the pyramid outputs (their stride read from their height, since
+    MiT numbers its levels from stride 4 as P1), plus a stride-2 map when they have none; a backbone without
+    pyramid outputs (MobileNet) gives the last layer output at each stride."""
+    pyramid = getattr(backbone, "pyramid_outputs", None) or {}
     feats = {}
-    for key, tensor in backbone.pyramid_outputs.items():
-        feats[2 ** int(key.lstrip("P"))] = tensor
-    if 2 not in feats:  # ResNets start their pyramid at stride 4: take the stem's last stride-2 activation
-        for layer in backbone.layers:
-            try:
-                out = layer.output
-            except (AttributeError, ValueError):
-                continue
-            if not isinstance(out, (list, tuple)) and out.shape[1] == height // 2 and isinstance(
-                layer, (layers.Activation, layers.ReLU, layers.Conv2D, layers.BatchNormalization)
-            ):
-                feats[2] = out
+    dims = getattr(backbone, "hidden_dims", None) or [None] * len(pyramid)
+    for tensor, dim in zip(pyramid.values(), dims):
+        if tensor.shape[-1] is None and dim:  # MiT's 1×1 deepest map loses its static channel count
+            tensor = layers.Reshape((int(tensor.shape[1]), int(tensor.shape[2]), int(dim)))(tensor)
+        feats[_stride_of(height, int(tensor.shape[1]))] = tensor
+    if pyramid and 2 in feats:
+        return feats
+    stem = (layers.Activation, layers.ReLU, layers.Conv2D, layers.BatchNormalization)
+    for layer in backbone.layers:  # in order, so the deepest output at a stride is the last one kept
+        if (pyramid and not isinstance(layer, stem)) or isinstance(layer, layers.ZeroPadding2D):
+            continue  # with a pyramid (ResNets start theirs at stride 4) only the stem's stride-2 map
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(out, (list, tuple)) or len(out.shape) != 4 or not out.shape[1]:
+            continue
+        stride = _stride_of(height, int(out.shape[1]))
+        if abs(height / stride - out.shape[1]) < 1 and (stride == 2 if pyramid else stride > 1):
+            feats[stride] = out
     return feats
 
 
@@ -222,6 +284,10 @@ def hub_encoder(input_shape: Sequence[int], backbone: str = "resnet34", preset: 
     inputs, x = model_input((h, w, bands), normalisation)
     outs = encoder(x)
     return inputs, dict(zip(strides, outs if isinstance(outs, (list, tuple)) else [outs]))
+def _stride_of(height: int, size: int) -> int:
+    """The power-of-two stride of a feature `size` high from a `height` image (rounded, so a 48 px image's
+    2 px stride-32 map reads 32 and the size check names the deepest stride)."""
+    return 2 ** int(round(np.log2(height / size)))
 
 
 @register_model("encoder_unet")
