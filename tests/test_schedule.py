@@ -2,6 +2,7 @@
 switch, the validation cadence, durations, the budget's plan and guard under an injected clock, the config keys'
 errors, and tiny real runs (`segkit train`) that follow a saved plan and switch the loss."""
 import json
+import warnings
 from pathlib import Path
 
 import keras
@@ -208,7 +209,10 @@ def test_budget_run_follows_its_plan_and_a_resumed_run_keeps_it(base, monkeypatc
 def test_late_loss_recompiles_and_only_validated_epochs_have_val_columns(base):
     args = overrides(base, "late", "train.epochs=4", "train.late_loss=lovasz", "train.late_loss_from=0.5",
                      "train.val_every=3")
-    assert main(["train", "demo", *args, "train.train_folds=[0]"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "demo", *args, "train.train_folds=[0]"]) == 0
+    assert not [w for w in caught if "not available" in str(w.message)]  # Keras' per-epoch "val_dice" warnings
     import pandas as pd
 
     from segkit.models.registry import load_model
@@ -218,6 +222,30 @@ def test_late_loss_recompiles_and_only_validated_epochs_have_val_columns(base):
     assert history["val_loss"].notna().tolist() == [False, False, True, True]
     model = load_model(fold / "best.keras")
     assert "lovasz" in json.dumps(keras.saving.serialize_keras_object(model.loss))
+
+
+def test_early_stopping_and_plateau_count_validated_epochs_only():
+    """With train.val_every > 1 the epochs without validation neither count towards patience nor warn."""
+    from segkit.train import ValidatedEarlyStopping, ValidatedReduceLROnPlateau
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.1), loss="mse")
+    early = ValidatedEarlyStopping(monitor="val_dice", mode="max", patience=2)
+    reduce = ValidatedReduceLROnPlateau(monitor="val_dice", mode="max", patience=1, factor=0.5)
+    for cb in (early, reduce):
+        cb.set_model(model)
+        cb.on_train_begin()
+    logs = [{"loss": 1.0, "val_dice": 0.5}, {"loss": 0.9}, {"loss": 0.8}, {"loss": 0.7}, {"loss": 0.6, "val_dice": 0.4}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch, log in enumerate(logs):
+            for cb in (early, reduce):
+                cb.on_epoch_end(epoch, dict(log))
+    assert not [w for w in caught if "not available" in str(w.message)]
+    assert early.wait == 1 and not model.stop_training  # one validation without improvement, not four epochs
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.05)
+    early.on_epoch_end(5, {"val_dice": 0.3})
+    assert model.stop_training
 
 
 @pytest.mark.parametrize("kaggle, expected", [

@@ -218,8 +218,8 @@ def _fit_fold(cfg: Config, run: RunData, spec: ModelSpec, tag: str, k: int, fold
     head = has_classifier(model)
     monitor = "val_dice" if "dice" in tc.metrics else "val_loss"
     mode = "max" if monitor != "val_loss" else "min"
-    early = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)
-    reduce = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=tc.reduce_lr_patience,
+    early = ValidatedEarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)
+    reduce = ValidatedReduceLROnPlateau(monitor=monitor, mode=mode, patience=tc.reduce_lr_patience,
                                                factor=tc.reduce_lr_factor, verbose=0)
     averager = make_averager(tc, fold, monitor, mode, val_feed=lambda: _eval_feed(val_ds, head), state=state,
                              bn_batches=lambda n: _input_batches(train_ds, tc.epochs, n))  # train.ema / train.swa
@@ -431,6 +431,24 @@ class _BothOutputs(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.inner.on_epoch_end()
+
+
+class ValidatedEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that looks only at the epochs that validated (train.val_every): its patience counts
+    validations, and an epoch without `val_*` logs neither counts nor warns "metric not available"."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs and self.monitor in logs:
+            super().on_epoch_end(epoch, logs)
+
+
+class ValidatedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau on the epochs that validated only (train.val_every), without Keras' per-epoch warning
+    on the others."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs and self.monitor in logs:
+            super().on_epoch_end(epoch, logs)
 
 
 class MaskMetricNames(keras.callbacks.Callback):
