@@ -1,0 +1,1 @@
+"""segkit.postprocess where mutation testing found it unchecked (`make mutate`)."""

@@ -1,0 +1,1 @@
+"""segkit.tiling where mutation testing found it unchecked (`make mutate`)."""
