@@ -1,1 +1,197 @@
-"""segkit.postprocess where mutation testing found it unchecked (`make mutate`)."""
+"""segkit.postprocess where mutation testing found it unchecked (`make mutate`): each step of the chain at its
+boundaries (worked by hand on tiny arrays), the tuned file read back (v1 and v2) with its messages in full, and
+what predict is told about the chain in force. Pure numpy, no training."""
+import json
+
+import numpy as np
+import pytest
+
+from segkit.config import config_from_dict
+from segkit.errors import TrainingError
+from segkit.postprocess import chain as ch
+from segkit.runs import RunDir
+
+
+def test_binarise_is_strictly_above_the_threshold():
+    out = ch.binarise(np.array([[0.3, 0.5, 0.5000001, 0.9]], np.float32), 0.5)
+    assert out.tolist() == [[0, 0, 1, 1]] and out.dtype == np.uint8
+
+
+def test_remove_small_keeps_components_of_exactly_min_area():
+    m = np.zeros((6, 6), np.uint8)
+    m[0, 0:3] = 1        # 3 pixels
+    m[3:5, 3:5] = 1      # 4 pixels
+    m[5, 0] = 1          # 1 pixel
+    out = ch.remove_small(m, 3)
+    assert out.tolist() == (m * (np.arange(6)[:, None] < 5)).tolist()  # only the lone pixel of row 5 goes
+    assert out.dtype == np.uint8
+    assert ch.remove_small(m, 4).sum() == 4 and ch.remove_small(m, 5).sum() == 0
+    assert ch.remove_small(m, 1).sum() == 8
+    assert ch.remove_small(m, 0) is m and ch.remove_small(m, -1) is m  # 0 and below: nothing to do
+    blank = np.zeros((3, 3), np.uint8)
+    assert ch.remove_small(blank, 2) is blank
+
+
+def test_topk_mean_of_the_largest_k():
+    p = np.array([[0.1, 0.9], [0.4, 0.6]], np.float32)
+    assert ch.topk_mean(p, 1) == pytest.approx(0.9)
+    assert ch.topk_mean(p, 2) == pytest.approx(0.75)
+    assert ch.topk_mean(p, 3) == pytest.approx((0.9 + 0.6 + 0.4) / 3)
+    assert ch.topk_mean(p, 4) == pytest.approx(0.5) == ch.topk_mean(p, 99)  # k capped at the pixels
+    assert ch.topk_mean(p, 0) == pytest.approx(0.9) == ch.topk_mean(p, -3)  # at least one pixel
+    assert isinstance(ch.topk_mean(p, 2), float)
+
+
+def test_gate_scores_and_the_label_gate_without_a_head():
+    p = np.array([[0.2, 0.7], [0.5, 0.9]], np.float32)
+    assert ch.gate_score({"kind": "topk", "k": 2}, p, 0.5, None) == pytest.approx(0.8)
+    assert ch.gate_score({"kind": "topk", "k": 2.7}, p, 0.5, None) == pytest.approx(0.8)  # k read as int
+    assert ch.gate_score({"kind": "area"}, p, 0.5, None) == 2.0  # strictly above 0.5: 0.7 and 0.9
+    assert ch.gate_score({"kind": "label"}, p, 0.5, 0.25) == 0.25
+    with pytest.raises(TrainingError) as info:
+        ch.gate_score({"kind": "label"}, p, 0.5, None)
+    assert str(info.value) == ("post-processing gates on the classification head ('label'), but the ensemble has no "
+                               "head; re-tune (segkit tune CONFIG) or set postprocess.gate to topk/area/none")
+
+
+def test_passes_top_needs_top_k_pixels_strictly_above():
+    p = np.array([[0.8, 0.9, 0.95]], np.float32)
+    assert ch.passes_top(p, None, 10)
+    assert ch.passes_top(p, 0.85, 2) and not ch.passes_top(p, 0.85, 3)
+    assert not ch.passes_top(p, 0.95, 1)  # 0.95 is not above 0.95
+    assert ch.passes_top(p, 0.9, 0) and not ch.passes_top(np.zeros((1, 2)), 0.5, 0)  # top_k 0 counts as 1
+
+
+def test_describe_each_part_of_a_class_chain():
+    assert ch.ClassParams("salt", 0.45, 10).describe() == "salt: threshold 0.45, min_area 10"
+    gated = ch.ClassParams("ship", 0.5, 0, {"kind": "topk", "k": 20, "cut": 0.625}, 0.85, 3)
+    assert gated.describe() == "ship: threshold 0.5, min_area 0, gate topk k=20 > 0.625, top 0.85 (k=3)"
+    area = ch.ClassParams("c", 0.3, 4, {"kind": "area", "k": None, "cut": 12.0})
+    assert area.describe() == "c: threshold 0.3, min_area 4, gate area > 12"
+
+
+def test_chain_params_from_v1_and_v2_files():
+    v1 = ch.ChainParams.from_dict({"classes": [{"threshold": 0.4, "min_area": 5}, {"threshold": 1, "min_area": 0}]},
+                                  "src")
+    assert v1.source == "src" and [c.name for c in v1.classes] == ["0", "1"]
+    assert v1.thresholds == [0.4, 1.0] and v1.min_areas == [5, 0] and not v1.uses_label
+    assert isinstance(v1.thresholds[1], float) and isinstance(v1.min_areas[0], int)
+    assert all(c.gate is None and c.top_threshold is None and c.top_k == 1 for c in v1.classes)
+    gate = {"kind": "label", "k": None, "cut": 0.5}
+    v2 = ch.ChainParams.from_dict({"classes": [
+        {"name": "a", "threshold": 0.5, "min_area": 2.0, "gate": gate, "top_threshold": 0.9, "top_k": 4},
+        {"name": "b", "threshold": 0.5, "min_area": 0, "gate": None, "top_threshold": None, "top_k": None}]})
+    a, b = v2.classes
+    assert (a.name, a.gate, a.top_threshold, a.top_k, a.min_area) == ("a", gate, 0.9, 4, 2)
+    assert a.gate is not gate  # a copy
+    assert (b.gate, b.top_threshold, b.top_k) == (None, None, 1) and v2.uses_label
+    plain = ch.ChainParams.plain([0.3, 0.6], [0, 7])
+    assert [c.name for c in plain.classes] == ["0", "1"] and plain.min_areas == [0, 7]
+    assert [c.name for c in ch.ChainParams.plain([0.3], [1], ["x"], "s").classes] == ["x"]
+
+
+def test_apply_chain_gate_cut_and_triplet_by_hand():
+    probs = np.zeros((3, 3, 3), np.float32)
+    probs[..., 0] = [[0.6, 0.6, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.7]]  # a 2-pixel blob and a lone pixel
+    probs[..., 1] = 0.55
+    probs[..., 2] = [[0.9, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    params = ch.ChainParams([
+        ch.ClassParams("a", 0.5, 2),                                                   # lone pixel removed
+        ch.ClassParams("b", 0.5, 0, {"kind": "area", "k": None, "cut": 9.0}),          # 9 pixels: not > 9
+        ch.ClassParams("c", 0.5, 0, None, 0.85, 1)])                                   # 0.9 passes the top
+    out = ch.apply_chain(probs, params)
+    assert out.dtype == np.uint8
+    assert out[..., 0].tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert out[..., 1].sum() == 0 and out[..., 2].tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    params.classes[1].gate["cut"] = 8.0  # now 9 > 8
+    params.classes[2].top_threshold = 0.9  # 0.9 is not above 0.9
+    out = ch.apply_chain(probs, params)
+    assert out[..., 1].sum() == 9 and out[..., 2].sum() == 0
+    # the gate looks at gate_probs (not probs), the label gate at its own class's head output
+    label_params = {"classes": [{"threshold": 0.5, "min_area": 0, "gate": {"kind": "label", "cut": 0.5}}] * 3}
+    out = ch.apply_chain(probs, label_params, label=np.array([[0.4, 0.6, 0.5]]))
+    assert out[..., 0].sum() == 0 and out[..., 1].sum() == 9 and out[..., 2].sum() == 0
+    area_gate = ch.ChainParams([ch.ClassParams(str(c), 0.5, 0, {"kind": "area", "cut": 0.0}) for c in range(3)])
+    gate_probs = np.zeros_like(probs)
+    gate_probs[0, 0, 2] = 1.0
+    out = ch.apply_chain(probs, area_gate, gate_probs=gate_probs)
+    assert out[..., :2].sum() == 0 and out[..., 2].sum() == 1
+    with pytest.raises(TrainingError) as info:
+        ch.apply_chain(probs[..., :2], params)
+    assert str(info.value) == ("post-processing is tuned for 3 classes, the probabilities have shape (3, 3, 2); "
+                               "re-tune (segkit tune CONFIG)")
+    with pytest.raises(TrainingError, match=r"shape \(3, 3\); "):
+        ch.apply_chain(probs[..., 0], params)
+
+
+def test_apply_first_two_steps_per_class():
+    p = np.zeros((4, 4, 2), np.float32)
+    p[0, 0, 0] = p[0, 1, 0] = 0.6
+    p[3, 3, 0] = 0.6
+    p[..., 1] = 0.5
+    out = ch.apply(p, [0.5, 0.5], [2, 0])
+    assert out[..., 0].sum() == 2 and out[0, 0, 0] == 1 and out[..., 1].sum() == 0  # 0.5 is not above 0.5
+    assert ch.apply(p, [0.5, 0.4], [1, 1])[..., 1].sum() == 16 and ch.apply(p, [0.5, 0.4], [0, 0])[..., 0].sum() == 3
+
+
+def cfg_for(tmp_path, **post):
+    return config_from_dict({"name": "r", "output": {"runs_dir": str(tmp_path / "runs")}, "postprocess": post})
+
+
+def test_the_chain_in_force_from_the_config(tmp_path):
+    cfg = cfg_for(tmp_path, tune=False, threshold=0.35, min_area=12)
+    chain = ch.load_chain(cfg, ["a", "b"])
+    assert chain.thresholds == [0.35, 0.35] and chain.min_areas == [12, 12]
+    assert [c.name for c in chain.classes] == ["a", "b"]
+    assert chain.source == "from config (postprocess.tune=false): threshold 0.35, min_area 12"
+    run = RunDir.of(cfg)
+    run.path.mkdir(parents=True)
+    run.postprocess.write_text("{}")
+    one = ch.load_chain(cfg)
+    assert [c.name for c in one.classes] == ["0"] and one.thresholds == [0.35]
+    assert one.source == (f"from config (postprocess.tune=false): threshold 0.35, min_area 12; {run.postprocess} "
+                          "not used")
+    post = ch.load_postprocess(cfg, ["a"])
+    assert post == ch.Postprocess([0.35], [12], one.source)
+
+
+def test_the_tuned_chain_read_back_and_its_damage(tmp_path):
+    cfg = cfg_for(tmp_path)
+    run = RunDir.of(cfg)
+    with pytest.raises(TrainingError) as info:
+        ch.load_chain(cfg, ["a"])
+    assert str(info.value) == (f"{run.postprocess}: post-processing not tuned yet; finish training (segkit train) "
+                               "or run `segkit tune CONFIG`, or set postprocess.tune=false")
+    run.path.mkdir(parents=True)
+    gate = {"kind": "topk", "k": 5, "cut": 0.5}
+    run.write_postprocess({"classes": [{"name": "a", "threshold": 0.4, "min_area": 3, "gate": gate}]})
+    chain = ch.load_chain(cfg, ["a"])
+    assert chain.classes[0].gate == gate
+    assert chain.source == (f"tuned on OOF ({run.postprocess}): a: threshold 0.4, min_area 3, gate topk k=5 > 0.5")
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3}, {"threshold": 0.6, "min_area": 0}]})
+    assert ch.load_chain(cfg, ["a", "b"]).source == (f"tuned on OOF ({run.postprocess}): 0: threshold 0.4, "
+                                                     "min_area 3; 1: threshold 0.6, min_area 0")
+    assert ch.load_postprocess(cfg, ["a", "b"]).thresholds == [0.4, 0.6]
+    bad_gates = [{"kind": "top", "k": 5, "cut": 0.5}, {"kind": "topk", "k": 5}, {"kind": "topk", "cut": 0.5},
+                 {"kind": "topk", "k": 0, "cut": 0.5}, {"cut": 0.5}]
+    for bad in bad_gates:
+        run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "gate": bad}]})
+        with pytest.raises(TrainingError) as info:
+            ch.load_chain(cfg, ["a"])
+        assert str(info.value) == (f"{run.postprocess}: damaged (bad gate {bad}); delete it and run `segkit tune "
+                                   "CONFIG` to tune it again"), bad
+    for gate in ({"kind": "area", "cut": 3}, {"kind": "label", "cut": 0.5}):
+        run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "gate": gate}]})
+        assert ch.load_chain(cfg, ["a"]).classes[0].gate == gate
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "top_threshold": "high"}]})
+    with pytest.raises(TrainingError) as info:
+        ch.load_chain(cfg, ["a"])
+    assert str(info.value) == (f"{run.postprocess}: damaged (could not convert string to float: 'high'); delete it "
+                               "and run `segkit tune CONFIG` to tune it again")
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "gate": {"kind": "topk", "cut": 0.5,
+                                                                               "x": "a  b\n" * 40}}]})
+    with pytest.raises(TrainingError) as info:
+        ch.load_chain(cfg, ["a"])
+    inside = str(info.value).split(": damaged (", 1)[1].rsplit("); delete it", 1)[0]
+    assert len(inside) == 120 and "  " not in inside and "\n" not in inside
+    assert json.loads(run.postprocess.read_text())["classes"][0]["min_area"] == 3
