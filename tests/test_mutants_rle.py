@@ -194,3 +194,23 @@ def test_encode_instances_keeps_each_objects_runs_in_pixel_order():
     assert one == " ".join(f"{4 * k + 1} 2" for k in range(30))
     assert two == " ".join(f"{4 * k + 3} 2" for k in range(30))
     assert rle.encode_instances(np.zeros((0, 3), np.int64)) == []  # no pixels, no objects
+
+
+def test_parsed_runs_are_int64_in_both_schemes_empty_or_not():
+    for rle_text, scheme in (("-1", "relative"), (" -1 ", "relative"), ("", "standard"), ("2 1", "standard"),
+                             ("1 1", "relative"), (None, "relative")):
+        starts, lengths = rle.parse_runs(rle_text, 10, scheme)
+        assert starts.dtype == np.int64 and lengths.dtype == np.int64, (rle_text, scheme)
+
+
+def test_relative_runs_of_an_unbounded_image_are_exact():
+    """Eighteen-digit values (the largest admitted) on an image with no fixed size (the validator's bound is
+    2**62 pixels): sums are exact integers, not floats rounded to 16 digits."""
+    big = 1 << 62
+    # 0-based first pixel 123456789012345678, one pixel long: 1-based start 123456789012345679
+    assert rle.to_standard("123456789012345678 1", big) == "123456789012345679 1"
+    starts, lengths = rle.parse_runs("123456789012345678 3 5 7", big, "relative")
+    assert starts.tolist() == [123456789012345678, 123456789012345678 + 3 + 5] and lengths.tolist() == [3, 7]
+    assert starts.dtype == np.int64
+    # a small image: the same runs through the int64 path
+    assert rle.to_standard("3 2 0 1 4 1", 20) == "4 2 6 1 11 1"

@@ -277,3 +277,35 @@ def test_sample_problems_are_summarised_under_their_kind(tmp_path):
     # 21 unreadable rows and the wrong header: 22 problems of the kind 'sample', 20 listed
     assert problems[0].startswith(f"{sample}, line 2: not valid CSV")
     assert problems[-1] == f"{tmp_path / 's.csv'}: ... and 2 more problems of the kind 'sample'"
+
+
+def test_missing_and_unknown_ids_are_summarised_under_their_kinds(tmp_path):
+    n = MAX_PER_KIND + 3
+    sample = csv(tmp_path, "id,rle\n" + "".join(f"s{i},\n" for i in range(n)), "sample.csv")
+    sub = csv(tmp_path, "id,rle\n" + "".join(f"u{i},\n" for i in range(n)))
+    problems = validate_submission(sub, PLAIN, sample)
+    assert len(problems) == 2 * MAX_PER_KIND + 2
+    assert problems[MAX_PER_KIND - 1] == f"{sample}, line {MAX_PER_KIND + 1}, id 's{MAX_PER_KIND - 1}': this id of " \
+                                         f"the sample has no row in {sub}"
+    assert problems[-2:] == [f"{sub}: ... and 3 more problems of the kind 'missing id'",
+                             f"{sub}: ... and 3 more problems of the kind 'unknown id'"]
+
+
+def test_rows_out_of_sample_order_spool_beside_the_output(tmp_path, monkeypatch):
+    """The out-of-order rows go to a temporary file in the output's folder (the disk the submission is written
+    to, not a small /tmp), and come back in sample order."""
+    import tempfile
+
+    made = []
+    real = tempfile.TemporaryFile
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spy)
+    out = tmp_path / "deep" / "sub.csv"
+    out.parent.mkdir()
+    write_rows(out, PLAIN, [("b", "1 1"), ("a", "")], sample_ids=["a", "b"])
+    assert out.read_text() == "id,rle\na,\nb,1 1\n"
+    assert len(made) == 1 and made[0].get("dir") == out.parent
