@@ -195,3 +195,70 @@ def test_the_tuned_chain_read_back_and_its_damage(tmp_path):
     inside = str(info.value).split(": damaged (", 1)[1].rsplit("); delete it", 1)[0]
     assert len(inside) == 120 and "  " not in inside and "\n" not in inside
     assert json.loads(run.postprocess.read_text())["classes"][0]["min_area"] == 3
+
+
+# --- cross-validation's rule and folds (segkit.postprocess.crossval) --------------------------------------
+
+def test_standard_error_and_the_keep_rule_messages():
+    from segkit.postprocess.crossval import judge, standard_error
+
+    assert standard_error([0.7]) == 0.0 and standard_error([]) == 0.0
+    assert standard_error([1.0, 3.0]) == pytest.approx(1.0)  # std (ddof 1) √2, over √2
+    assert standard_error([1.0, 2.0, 3.0]) == pytest.approx(1 / np.sqrt(3))
+    assert judge([]) == (False, "cannot be judged out of sample (too few images)")
+    assert judge([0.1, -0.1]) == (False, "CV gain +0.0000 ≤ 0")
+    assert judge([-0.2, -0.1]) == (False, "CV gain -0.1500 ≤ 0")
+    assert judge([0.1, 0.3]) == (True, "CV gain +0.2000 > SE 0.1000")  # SE 0.1414 / √2 = 0.1
+    assert judge([0.05, 0.15], se_floor=0.2) == (False, "CV gain +0.1000 within noise (SE 0.2000)")
+    assert judge([0.1], se_floor=0.1) == (False, "CV gain +0.1000 within noise (SE 0.1000)")  # not > 1 SE
+    assert judge([0.1, 0.3], se_floor=0.05) == (True, "CV gain +0.2000 > SE 0.1000")  # the larger SE counts
+
+
+def test_in_sample_rule_and_why_a_step_is_not_searched():
+    from segkit.postprocess.crossval import Context, in_sample_rule, not_searched
+
+    assert in_sample_rule([], 0.25) == (True, "OOF gain +0.2500 > 0 (postprocess.crossval: false)")
+    assert in_sample_rule([1.0], 1e-12) == (False, "no OOF gain") == in_sample_rule([], -0.1)
+    ctx = Context(grid=[0.5], areas=[0], tops=[0.9], kinds=[], cut_grid=None, triplet=False)
+    assert not_searched("threshold", ctx) == ""
+    assert not_searched("min area", ctx) == "not searched (postprocess.min_area_grid has no area > 0)"
+    assert not_searched("gate", ctx) == "not searched (postprocess.gate: none)"
+    assert not_searched("triplet", ctx) == "not searched (postprocess.triplet: false)"
+    on = Context(grid=[0.5], areas=[0, 4], tops=[0.9], kinds=["topk"], cut_grid=None, triplet=True)
+    assert [not_searched(s, on) for s in ("min area", "gate", "triplet")] == ["", "", ""]
+
+
+def test_step_record_gain_and_its_standard_error():
+    from segkit.postprocess.crossval import StepRecord
+
+    rec = StepRecord("gate")
+    assert rec.cv_gain is None and rec.cv_se is None
+    rec.fold_gains = [0.1, 0.3]
+    assert rec.cv_gain == pytest.approx(0.2) and rec.cv_se == pytest.approx(0.1)
+    rec.boot_se = 0.25
+    assert rec.cv_se == 0.25
+
+
+def test_gate_cut_candidates_per_image_count():
+    from segkit.postprocess.crossval import max_cuts
+
+    assert [max_cuts(n) for n in (0, 10, 44, 45, 100, 1280, 1285, 10 ** 6)] == [8, 8, 8, 9, 20, 256, 256, 256]
+
+
+def test_folds_to_cross_validate_over():
+    from segkit.postprocess.crossval import choose_folds
+
+    run = np.array([0, 1, 0, 1, 1, 0])  # two folds of 3 images: the run's own
+    folds, source = choose_folds(run, 6)
+    assert folds.tolist() == run.tolist() and source == "the run's 2 training folds"
+    for bad in (np.array([0, 0, 0, 0, 1, 1]), np.zeros(6, int), None):  # a fold of 2, one fold, no folds
+        folds, source = choose_folds(bad, 6, seed=3)
+        assert source == "a seeded random split into 2 folds" and folds.dtype == np.int64
+        assert sorted(np.bincount(folds).tolist()) == [3, 3]
+    assert choose_folds(None, 5) == (None, "5 images: too few to judge any step out of sample")
+    assert choose_folds(np.array([0, 0, 1, 1]), 4)[0] is None
+    folds, source = choose_folds(None, 23, seed=1)  # 23 // 3 = 7 folds possible, at most 5
+    assert source == "a seeded random split into 5 folds" and sorted(np.bincount(folds).tolist()) == [4, 4, 5, 5, 5]
+    assert choose_folds(None, 23, seed=1)[0].tolist() == folds.tolist()  # seeded
+    assert choose_folds(None, 23, seed=2)[0].tolist() != folds.tolist()
+    assert choose_folds(None, 9)[1] == "a seeded random split into 3 folds"
