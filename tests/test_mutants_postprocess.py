@@ -262,3 +262,71 @@ def test_folds_to_cross_validate_over():
     assert choose_folds(None, 23, seed=1)[0].tolist() == folds.tolist()  # seeded
     assert choose_folds(None, 23, seed=2)[0].tolist() != folds.tolist()
     assert choose_folds(None, 9)[1] == "a seeded random split into 3 folds"
+
+
+# --- the searches' helpers (segkit.postprocess.search) ----------------------------------------------------
+
+def test_coarse_to_fine_visits_every_other_value_then_the_neighbours_of_the_best():
+    from segkit.postprocess.search import coarse_to_fine
+
+    grid = [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.3]  # 9 distinct values: stride ⌈9 / 6⌉ = 2
+    calls = []
+
+    def peak_at(p):
+        def evaluate(b):
+            calls.append(b)
+            return -(b - p) ** 2, f"at {b}"
+        return evaluate
+
+    tried = []
+    score, b, extra = coarse_to_fine(grid, 0.5, peak_at(0.4), tried=tried)
+    # coarse: 0.5 first, then 0.1, 0.3, 0.7, 0.9; 0.3 ties 0.5 (both 0.01 off), the current one keeps it;
+    # fine: 0.5's neighbours 0.4 (better) and 0.6
+    assert calls == [0.5, 0.1, 0.3, 0.7, 0.9, 0.4, 0.6]
+    assert (score, b, extra) == (0.0, 0.4, "at 0.4") and tried == [7]
+    calls.clear()
+    score, b, _ = coarse_to_fine(grid, 0.45, lambda x: (0.0, None), n_coarse=3)  # flat: the current value wins
+    assert b == 0.45 and score == 0.0
+    calls.clear()
+    coarse_to_fine([0.2, 0.4], 0.3, peak_at(0.2))  # the current value joins the grid; stride 1: all of it
+    assert calls == [0.3, 0.2, 0.4]
+
+
+def test_gate_cut_candidates():
+    from segkit.postprocess.search import gate_cuts
+
+    assert gate_cuts(np.array([5.0]), [0.5, 0.2, 0.5]).tolist() == [0.2, 0.5]  # a given grid, sorted, once each
+    # midpoints between distinct scores, then the largest (every image declared empty)
+    assert gate_cuts(np.array([0.3, 0.1, 0.9, 0.3])).tolist() == pytest.approx([0.2, 0.6, 0.9])
+    assert gate_cuts(np.array([0.4, 0.4])).tolist() == [0.4]
+    scores = np.arange(10.0)  # 9 midpoints 0.5 ... 8.5; room for 3: the first, the middle, the last
+    assert gate_cuts(scores, max_cuts=4).tolist() == [0.5, 4.5, 8.5, 9.0]
+    assert gate_cuts(scores, max_cuts=10).tolist() == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.0]
+    assert gate_cuts(scores, max_cuts=1).tolist() == [0.5, 9.0]
+
+
+def test_counts_are_used_only_when_they_score_the_same_metric():
+    from segkit.postprocess.search import count_metric
+
+    class Counts:
+        def score_class(self, truth, pred):
+            return 0.0
+
+        def score_counts(self, inter, pred_area, true_area):
+            return 0.0
+
+    class OwnScore(Counts):  # overrides the metric, not the counts form: the counts would score another metric
+        def score_class(self, truth, pred):
+            return 1.0
+
+    class OwnCounts(Counts):  # a counts form for its parent's metric
+        def score_counts(self, inter, pred_area, true_area):
+            return 1.0
+
+    class NoCounts:
+        def score_class(self, truth, pred):
+            return 0.0
+
+    assert count_metric(Counts()).__func__ is Counts.score_counts
+    assert count_metric(OwnScore()) is None and count_metric(NoCounts()) is None
+    assert count_metric(OwnCounts()).__func__ is OwnCounts.score_counts
