@@ -330,3 +330,75 @@ def test_counts_are_used_only_when_they_score_the_same_metric():
     assert count_metric(Counts()).__func__ is Counts.score_counts
     assert count_metric(OwnScore()) is None and count_metric(NoCounts()) is None
     assert count_metric(OwnCounts()).__func__ is OwnCounts.score_counts
+
+
+# --- the tuned file and its table (segkit.postprocess.tuning) ---------------------------------------------
+
+def test_gate_kinds_searched_per_config():
+    from segkit.errors import ConfigError
+    from segkit.postprocess.tuning import _gate_kinds
+
+    def kinds(gate, has_label):
+        return _gate_kinds(config_from_dict({"postprocess": {"gate": gate}}), has_label)
+
+    assert kinds("none", True) == [] and kinds("topk", False) == ["topk"] and kinds("area", True) == ["area"]
+    assert kinds("auto", False) == ["topk", "area"] and kinds("auto", True) == ["topk", "area", "label"]
+    assert kinds("label", True) == ["label"]
+    with pytest.raises(ConfigError) as info:
+        kinds("label", False)
+    assert str(info.value) == ("postprocess.gate: 'label' needs a classification head (a model with classifier: true "
+                               "that wrote oof_label.npy); use topk, area, auto or none")
+
+
+def test_a_state_in_oof_pixels_becomes_a_row_in_submission_pixels():
+    from segkit.postprocess.crossval import State
+    from segkit.postprocess.tuning import _row_of
+
+    # OOF images at a quarter of the submission's pixels (area_scale 0.25); top-k fractions 0.5 % and 2 %
+    gate = {"kind": "topk", "k": 50, "cut": 0.7}
+    state = State(threshold=0.45, area=4, gate=gate, top=0.9)
+    row = _row_of(state, {4: 16, 0: 0}, [0.005, 0.02], [10, 50], 1000, 0.25, 2)
+    assert row == {"threshold": 0.45, "min_area": 16, "gate": {"kind": "topk", "k": 20, "cut": 0.7},
+                   "top_threshold": 0.9, "top_k": 2}  # k: 2 % of 1000 submission pixels
+    assert gate["k"] == 50  # the state is not changed
+    row = _row_of(State(0.5, 3, {"kind": "topk", "k": 10, "cut": 0.1}), {}, [0.0001, 0.02], [10, 50], 1000, 0.25, 1)
+    assert row["gate"]["k"] == 1 and row["min_area"] == 3  # at least one pixel; an area not on the grid as is
+    row = _row_of(State(0.5, 0, {"kind": "area", "k": None, "cut": 8.0}), {0: 0}, [], [], 1000, 0.25, 1)
+    assert row["gate"] == {"kind": "area", "k": None, "cut": 32.0}  # 8 OOF pixels = 32 submission pixels
+    row = _row_of(State(0.5, 0, {"kind": "label", "k": None, "cut": 0.3}), {0: 0}, [], [], 1000, 0.25, 1)
+    assert row["gate"] == {"kind": "label", "k": None, "cut": 0.3} and row["top_threshold"] is None
+    assert isinstance(_row_of(State(1, 0), {0: 0}, [], [], 10, 1.0, 1)["threshold"], float)
+    assert _row_of(State(), {0: 0}, [], [], 10, 1.0, 1)["gate"] is None
+
+
+def test_step_decisions_as_printed():
+    from segkit.postprocess.tuning import step_decision
+
+    names = ["c1", "c2"]
+    assert step_decision({"oof_score": 0.5}, None, names) == ""
+    assert step_decision({"oof_score": 0.5}, 0.4, names) == ""
+    assert step_decision({"oof_score": 0.5}, 0.5, names) == "(no gain: kept neutral)"
+    assert step_decision({"oof_score": 0.5, "kept": []}, 0.6, names) == "(no gain: kept neutral)"
+    same = {"oof_score": 0.5, "kept": [True, True], "reason": ["CV gain +0.1000 > SE 0.0100"] * 2}
+    assert step_decision(same, None, names) == "kept: CV gain +0.1000 > SE 0.0100"
+    assert step_decision({"kept": [False, False], "reason": ["x", "x"]}, None, names) == "dropped: x"
+    assert step_decision({"kept": [True, False], "reason": ["a", "b"]}, None, names) == "c1 kept (a); c2 dropped (b)"
+    assert step_decision({"kept": [True, True], "reason": ["a", "b"]}, None, names) == "c1 kept (a); c2 kept (b)"
+    assert step_decision({"kept": [True]}, None, names) == "kept: "
+
+
+def test_summary_lines_with_and_without_the_crossval_score():
+    from segkit.postprocess.tuning import summary_lines
+
+    assert summary_lines({}) == [] and summary_lines({"crossval": "x"}) == []
+    assert summary_lines({"crossval": {}}) == ["rule: ", "cross-validated over ?"]
+    cv = {"rule": "R", "folds": "the run's 3 training folds", "cv_score": 0.61234, "cv_score_plain": 0.5,
+          "cv_score_empty": 0.6, "cv_gain_over_empty": 0.01234, "cv_se_over_empty": 0.02, "within_noise_of_empty": True}
+    assert summary_lines({"crossval": cv}) == [
+        "rule: R", "cross-validated over the run's 3 training folds",
+        "cross-validated score of the chain 0.6123 (plain 0.5: 0.5000, all empty: 0.6000; gain over all empty "
+        "+0.0123 ± 0.0200)",
+        "warning: the final score is within noise (1 SE) of submitting all-empty masks: the model has not learnt "
+        "to beat the trivial baseline"]
+    cv["within_noise_of_empty"] = False
+    assert len(summary_lines({"crossval": cv})) == 3
