@@ -214,3 +214,22 @@ def test_relative_runs_of_an_unbounded_image_are_exact():
     assert starts.dtype == np.int64
     # a small image: the same runs through the int64 path
     assert rle.to_standard("3 2 0 1 4 1", 20) == "4 2 6 1 11 1"
+
+
+def test_numbers_at_two_to_the_31_are_written_exactly():
+    big = 1 << 62
+    # relative start 2147483647 (0-based) = standard 1-based start 2**31
+    assert rle.to_standard("2147483647 1", big) == "2147483648 1"
+    assert rle.to_standard("2147483646 1", big) == "2147483647 1"
+
+
+def test_nineteen_digit_values_are_refused_on_any_image():
+    with pytest.raises(RLEError, match="^RLE holds a number too large for any image$"):
+        rle.parse_runs("1000000000000000000 1", 1 << 62)  # 10**18: 19 digits
+    assert rle.parse_runs("999999999999999999 1", 1 << 62)[0].tolist() == [999999999999999998]
+
+
+def test_a_short_rle_out_of_order_is_refused():
+    # pairs (1, 1), (5, 2), (3, 1): the third starts before the second ends
+    with pytest.raises(RLEError, match=r"^RLE pair 3 \(start 3\) is out of order after pair 2 \(start 5, length 2\)"):
+        rle.parse_runs("1 1 5 2 3 1", 100)

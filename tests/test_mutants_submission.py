@@ -441,3 +441,15 @@ def test_a_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
     with pytest.raises(SubmissionError) as info:
         check_submission(path, PLAIN)
     assert str(info.value) == f"{path}: cannot read the submission (Permission denied)"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scheme": "relative", "rows": "object"}, "SubmissionFormat.scheme: object rows are written in the standard "
+                                               "scheme only"),
+    ({"rows": "label"}, "SubmissionFormat.labels: give labels exactly when rows='label'"),
+    ({"own_size": True}, "SubmissionFormat.own_size: needs `shape`, the size in the real data"),
+])
+def test_a_format_declaration_error_in_full(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        SubmissionFormat(header=("a", "b"), **kwargs)
+    assert str(info.value) == message
