@@ -233,3 +233,22 @@ def test_a_short_rle_out_of_order_is_refused():
     # pairs (1, 1), (5, 2), (3, 1): the third starts before the second ends
     with pytest.raises(RLEError, match=r"^RLE pair 3 \(start 3\) is out of order after pair 2 \(start 5, length 2\)"):
         rle.parse_runs("1 1 5 2 3 1", 100)
+
+
+def test_a_colon_or_a_control_character_is_not_a_number_or_a_separator():
+    # ':' follows '9' in ASCII; '\x0e' follows '\r': neither is part of an RLE
+    for text, token in (("1 2 3:4", "3:4"), ("1 2 " + "5 1 " * 80 + "900 1:2", "1:2")):
+        with pytest.raises(RLEError, match=f"^RLE value '{token}' is not a whole number$"):
+            rle.parse_runs(text, 10000)
+    long_text = " ".join(f"{2 * k + 1} 1" for k in range(60))  # 300+ characters: the numpy parser
+    with pytest.raises(RLEError, match=r"^RLE value '1\\x0e3' is not a whole number$"):  # shown escaped
+        rle.parse_runs(long_text.replace("1 3", "1\x0e3", 1), 10000)
+
+
+def test_every_ascii_whitespace_separates_values_in_a_long_rle():
+    pairs = [(2 * k + 1, 1) for k in range(60)]
+    seps = [" ", "\t", "\n", "\v", "\f", "\r"]
+    text = "".join(f"{s}{seps[i % 6]}{n}{seps[(i + 1) % 6]}" for i, (s, n) in enumerate(pairs))
+    assert len(text) > 256
+    starts, lengths = rle.parse_runs(text, 200)
+    assert starts.tolist() == [2 * k for k in range(60)] and lengths.tolist() == [1] * 60
