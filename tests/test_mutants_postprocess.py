@@ -402,3 +402,11 @@ def test_summary_lines_with_and_without_the_crossval_score():
         "to beat the trivial baseline"]
     cv["within_noise_of_empty"] = False
     assert len(summary_lines({"crossval": cv})) == 3
+
+
+def test_a_probability_equal_to_the_threshold_is_not_above_it_in_float32():
+    p = np.full((2, 2, 1), 0.3, np.float32)  # float32(0.3) is 0.30000001 as a float64
+    assert ch.apply(p, [0.3], [0]).sum() == 0
+    assert ch.apply_chain(p, ch.ChainParams.plain([0.3], [0])).sum() == 0  # the whole chain agrees
+    assert ch.apply(p, [0.29], [0]).sum() == 4
+    assert ch.ChainParams.plain([0.3], [0]).source == ""

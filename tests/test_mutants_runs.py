@@ -339,3 +339,66 @@ def test_changed_keys_show_unset_and_structured_values():
                                       "gone: 'x' → '(unset)'"]
     assert changed_keys(new, new) == []
     assert np.array_equal(np.array(changed_keys({}, {"k": None})), np.array(["k: '(unset)' → None"]))
+
+
+class FakeCache:
+    """What RunData reads of a cache: images, masks, ids and a length."""
+
+    def __init__(self, masks, prefix):
+        self.masks = np.asarray(masks, np.uint8)
+        self.images = np.zeros(self.masks.shape[:3] + (1,), np.uint8)
+        self.ids = [f"{prefix}{i}" for i in range(len(self.masks))]
+        self.path = prefix
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def test_a_fold_trains_on_its_split_plus_the_pseudo_images():
+    from segkit.runs import RunData
+
+    train = FakeCache(np.zeros((5, 2, 2, 2)), "t")
+    masks = np.zeros((3, 2, 2, 2))
+    masks[0, 0, 0, 0] = 1  # pseudo image 0: only channel 0 (a softmax model's background)
+    masks[2, 1, 1, 1] = 1  # pseudo image 2: channel 1; pseudo image 1: empty
+    pseudo = PseudoData(PseudoRoundDir("r/pseudo/round_1"), {"n_kept": 3, "digest": "d"}, FakeCache(masks, "p"))
+    plain = RunData(None, [], train, np.zeros(5))
+    cache, idx = plain.training_source(np.array([0, 2]))
+    assert cache is train and idx.tolist() == [0, 2]
+    data = RunData(None, [], train, np.zeros(5), pseudo)
+    cache, idx = data.training_source(np.array([0, 2], np.int32))
+    assert idx.tolist() == [0, 2, 5, 6, 7] and idx.dtype == np.int64  # pseudo images after the 5 training ones
+    assert len(cache) == 8 and cache.ids == ["t0", "t1", "t2", "t3", "t4", "p0", "p1", "p2"]
+    assert np.asarray(cache.masks[7]).tolist() == masks[2].tolist()
+    assert data.training_source(np.array([1]), nonempty_only=True)[1].tolist() == [1, 5, 7]
+    assert data.training_source(np.array([1]), nonempty_only=True, skip_first=True)[1].tolist() == [1, 7]
+    assert data.training_source(np.array([1]), skip_first=True)[1].tolist() == [1, 5, 6, 7]
+
+
+def test_fingerprint_names_the_samples_split_models_and_pseudo_round(tmp_path):
+    import hashlib
+
+    from segkit.runs import fold_fingerprint
+
+    cfg = cfg_for(tmp_path)
+    ids = ["a", "b", "c"]
+    folds = np.array([0, 1, 0])
+    fp = fold_fingerprint(cfg, "unet", ids, folds)
+    assert fp["data.samples"] == f"3 ids, sha1 {hashlib.sha1(b'a' + bytes([10]) + b'b' + bytes([10]) + b'c').hexdigest()[:12]}"
+    assert fp["train.split"] == f"sha1 {hashlib.sha1(np.array([0, 1, 0], np.int64).tobytes()).hexdigest()[:12]}"
+    assert fold_fingerprint(cfg, "unet", ids, folds.astype(np.int32)) == fp  # the split, not its dtype
+    assert fold_fingerprint(cfg, "unet", ids, [0, 1, 0]) == fp
+    assert "train.pseudo_data" not in fp
+    pseudo = PseudoData(PseudoRoundDir(tmp_path / "round_1"), {"n_kept": 3, "digest": "abc"}, None)
+    assert fold_fingerprint(cfg, "unet", ids, folds, pseudo)["train.pseudo_data"] == "3 images, sha1 abc"
+    deeper = cfg_for(tmp_path, models=[{"name": "unet", "tag": "unet", "depth": 3}, {"name": "unet", "tag": "u2"}])
+    assert [k.split(":")[0] for k in changed_keys(fp, fold_fingerprint(deeper, "unet", ids, folds))] == ["models.unet"]
+    assert fp["models.unet"]["name"] == "unet"
+
+
+def test_between_two_unfinished_folds_the_first_found_stays(tmp_path):
+    for parent in ("a", "b"):
+        fold = tmp_path / parent / "demo" / "unet" / "fold_2"
+        fold.mkdir(parents=True)
+        (fold / "best.keras").write_bytes(b"")
+    assert find_fold_dirs(tmp_path, "demo", ["unet"]) == {("unet", 2): tmp_path / "a" / "demo" / "unet" / "fold_2"}

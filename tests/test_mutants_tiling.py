@@ -244,3 +244,47 @@ def test_gate_and_labels_follow_each_part():
     assert parts[0].gate_probs is not parts[0].probs
     plain = list(tl.predict_canvases([canvas], 16, 0.0, "gaussian", identity()))
     assert plain[0].label is None and plain[1].gate_probs is plain[1].probs
+
+
+def test_the_warning_is_flushed_at_once(monkeypatch):
+    monkeypatch.setattr(tl, "_NOTED", set())
+
+    class Stream:
+        def __init__(self):
+            self.text, self.flushes = "", 0
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            self.flushes += 1
+
+    stream = Stream()
+    tl.note_tile_size(128, (64, 64), stream)
+    assert stream.text.startswith("segkit: warning: predict.tiling.tile 128 ") and stream.flushes >= 1
+
+
+def test_grid_rows_across_cell_rows_read_each_cell_row_once():
+    reads = []
+    scene = np.arange(12 * 4, dtype=np.float32).reshape(12, 4)
+
+    def read(i):
+        reads.append(i)
+        return scene[4 * i:4 * i + 4]
+
+    canvas = tl.GridCanvas({(0, 0): 0, (1, 0): 1, (2, 0): 2}, 3, 1, 4, read, "s")
+    np.testing.assert_array_equal(canvas.rows(0, 5)[..., 0], scene[0:5])  # row 4 is the first of cell row 1
+    np.testing.assert_array_equal(canvas.rows(3, 9)[..., 0], scene[3:9])
+    np.testing.assert_array_equal(canvas.rows(8, 10)[..., 0], scene[8:10])  # inside cell row 2 only
+    np.testing.assert_array_equal(canvas.rows(9, 12)[..., 0], scene[9:12])
+    assert reads == [0, 1, 2]  # every cell row read once, then held until the windows pass it
+
+
+def test_a_wrong_sized_cell_read_for_an_empty_row_is_named():
+    def read(i):
+        return np.zeros((4, 3), np.uint8)
+
+    canvas = tl.GridCanvas({(1, 0): 7}, 2, 1, 4, read, "scene")  # row 0 has no cell: shaped like cell (1, 0)
+    with pytest.raises(DataError) as info:
+        canvas.rows(0, 4)
+    assert str(info.value) == "scene: the cell at row 2, col 1 is 4x3, expected 4x4 like the others"
