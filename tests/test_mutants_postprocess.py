@@ -410,3 +410,12 @@ def test_a_probability_equal_to_the_threshold_is_not_above_it_in_float32():
     assert ch.apply_chain(p, ch.ChainParams.plain([0.3], [0])).sum() == 0  # the whole chain agrees
     assert ch.apply(p, [0.29], [0]).sum() == 4
     assert ch.ChainParams.plain([0.3], [0]).source == ""
+
+
+def test_the_chain_in_force_must_match_the_classes(tmp_path):
+    cfg = cfg_for(tmp_path)
+    run = RunDir.of(cfg)
+    run.path.mkdir(parents=True)
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3}]})
+    with pytest.raises(TrainingError, match="tuned for 1 classes, the data has 2"):
+        ch.load_postprocess(cfg, ["a", "b"])

@@ -402,3 +402,51 @@ def test_between_two_unfinished_folds_the_first_found_stays(tmp_path):
         fold.mkdir(parents=True)
         (fold / "best.keras").write_bytes(b"")
     assert find_fold_dirs(tmp_path, "demo", ["unet"]) == {("unet", 2): tmp_path / "a" / "demo" / "unet" / "fold_2"}
+
+
+def test_open_pseudo_checks_the_round_against_the_training_cache(tmp_path, monkeypatch):
+    import segkit.data.cache
+
+    cfg = cfg_for(tmp_path, train={"folds": 2, "pseudo": "demo/1"})
+    rnd = RunDir(tmp_path / "runs" / "demo").pseudo_round(1)
+    rnd.path.mkdir(parents=True)
+    rnd.write_report({"n_kept": 2, "classes": ["a"], "digest": "d"})
+    mine = FakeCache(np.zeros((4, 8, 8, 2)), "t")
+    theirs = FakeCache(np.zeros((2, 8, 8, 2)), "p")
+    monkeypatch.setattr(segkit.data.cache.Cache, "open", staticmethod(lambda path: theirs))
+    data = open_pseudo(cfg, mine)
+    assert data.round.path == rnd.path and data.report["digest"] == "d" and data.cache is theirs
+    for images, masks, said in (((2, 16, 16, 1), (2, 16, 16, 2), "images (16, 16, 1) uint8 / masks (16, 16, 2)"),
+                                ((2, 8, 8, 1), (2, 8, 8, 3), "images (8, 8, 1) uint8 / masks (8, 8, 3)")):
+        theirs.images, theirs.masks = np.zeros(images, np.uint8), np.zeros(masks, np.uint8)
+        with pytest.raises(TrainingError) as info:
+            open_pseudo(cfg, mine)
+        assert str(info.value) == (f"train.pseudo: 'demo/1': round {rnd.path} holds {said}, the training cache "
+                                   "(8, 8, 1) uint8 / (8, 8, 2); write the round with the same data settings "
+                                   "(data.image_size, data.competition)")
+    theirs.images, theirs.masks = np.zeros((2, 8, 8, 1), np.float32), np.zeros((2, 8, 8, 2), np.uint8)
+    with pytest.raises(TrainingError, match=r"holds images \(8, 8, 1\) float32 / masks \(8, 8, 2\), the training "):
+        open_pseudo(cfg, mine)
+
+
+def test_run_json_files_are_indented_for_reading(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    for write, path in ((run.write_metrics, run.metrics), (run.write_plan, run.plan),
+                        (run.write_postprocess, run.postprocess), (run.write_weights, run.weights)):
+        write({"k": [1]})
+        assert path.read_text() == '{\n  "k": [\n    1\n  ]\n}', path.name
+
+
+def test_a_fingerprint_is_rewritten_in_place_and_a_report_needs_its_digest(tmp_path):
+    fold = FoldDir(tmp_path / "f", "unet", 0)
+    fold.write_fingerprint({"seed": 1})
+    fold.write_fingerprint({"seed": 2})  # the folder exists already
+    assert fold.read_fingerprint() == {"seed": 2}
+    rnd = PseudoRoundDir(tmp_path / "round_1")
+    rnd.path.mkdir()
+    rnd.report.write_text('{"n_kept": 1, "classes": []}')
+    with pytest.raises(TrainingError) as info:
+        rnd.read_report()
+    assert str(info.value) == (f"{rnd.report}: damaged (expected a JSON object with n_kept, classes, digest); run "
+                               "`segkit pseudo CONFIG` again to rewrite the round")

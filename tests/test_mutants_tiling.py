@@ -288,3 +288,51 @@ def test_a_wrong_sized_cell_read_for_an_empty_row_is_named():
     with pytest.raises(DataError) as info:
         canvas.rows(0, 4)
     assert str(info.value) == "scene: the cell at row 2, col 1 is 4x3, expected 4x4 like the others"
+
+
+def test_blend_windows_of_two_outputs_and_the_default_step():
+    lay = tl.Layout((4, 4), 4, 0.0)
+    (band,) = tl.blend_windows(lay, [(np.ones((4, 4, 1), np.float32), np.full((4, 4, 2), 3.0, np.float32))], n=2)
+    assert band.arrays[0].shape == (4, 4, 1) and (band.arrays[1] == 3.0).all()
+    tl.check_tiling(33, 0.25, "gaussian")  # the default step 1: any positive tile
+    with pytest.raises(ConfigError) as info:
+        tl.check_tiling(5, 0.25, "gaussian", 2)
+    assert str(info.value) == ("predict.tiling.tile: must be an integer ≥ the models' size step 2 and a multiple of it, "
+                               "got 5; use 4")  # round(2.5) is 2: 2 x 2
+
+
+def test_a_uniform_blend_through_the_whole_loop_is_the_mean_of_the_windows():
+    def window_index(source, indices):
+        for i in indices:
+            yield Out(np.full((1, 4, 4, 1), float(i), np.float32))
+
+    canvas = tl.ImageCanvas(0, image=np.zeros((4, 6, 1), np.float32))
+    # windows at x 0 and 2 (stride 2): columns 0-1 see window 0, 2-3 both, 4-5 window 1
+    (part,) = tl.predict_canvases([canvas], 4, 0.5, "uniform", window_index)
+    assert part.probs[0, :, 0].tolist() == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    assert part.probs.dtype == np.float32
+
+
+def test_parts_come_out_in_the_order_their_rows_are_final_whatever_their_index():
+    scene = np.arange(8 * 4, dtype=np.float32).reshape(8, 4)
+    cells = {(0, 0): 5, (1, 0): 2}  # the upper cell has the larger index
+    canvas = tl.GridCanvas(cells, 2, 1, 4, lambda i: scene[:4] if i == 5 else scene[4:], "s")
+    parts = list(tl.predict_canvases([canvas], 2, 0.0, "gaussian", identity()))  # 2-px tiles: 2 bands per cell
+    assert [p.index for p in parts] == [5, 2]
+    np.testing.assert_array_equal(parts[0].probs[..., 0], scene[:4])
+    np.testing.assert_array_equal(parts[1].probs[..., 0], scene[4:])
+
+
+def test_a_reader_giving_bands_and_a_lone_canvas_released_at_the_end():
+    released = []
+
+    class Tracked(tl.ImageCanvas):
+        def release(self):
+            released.append(self.parts[0].index)
+            super().release()
+
+    image = np.ones((5, 6, 2), np.float32)
+    canvas = Tracked(3, (5, 6), lambda: image)
+    assert canvas.rows(0, 5).shape == (5, 6, 2)
+    (part,) = tl.predict_canvases([canvas], 4, 0.5, "gaussian", identity())
+    assert part.probs.shape == (5, 6, 2) and released == [3]
