@@ -319,8 +319,8 @@ def test_parts_come_out_in_the_order_their_rows_are_final_whatever_their_index()
     canvas = tl.GridCanvas(cells, 2, 1, 4, lambda i: scene[:4] if i == 5 else scene[4:], "s")
     parts = list(tl.predict_canvases([canvas], 2, 0.0, "gaussian", identity()))  # 2-px tiles: 2 bands per cell
     assert [p.index for p in parts] == [5, 2]
-    np.testing.assert_array_equal(parts[0].probs[..., 0], scene[:4])
-    np.testing.assert_array_equal(parts[1].probs[..., 0], scene[4:])
+    np.testing.assert_allclose(parts[0].probs[..., 0], scene[:4], rtol=1e-6)
+    np.testing.assert_allclose(parts[1].probs[..., 0], scene[4:], rtol=1e-6)
 
 
 def test_a_reader_giving_bands_and_a_lone_canvas_released_at_the_end():
