@@ -419,3 +419,76 @@ def test_the_chain_in_force_must_match_the_classes(tmp_path):
     run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3}]})
     with pytest.raises(TrainingError, match="tuned for 1 classes, the data has 2"):
         ch.load_postprocess(cfg, ["a", "b"])
+
+
+def _tuned(empty, n_folds, final, plain, base, records=()):
+    from segkit.postprocess.crossval import CrossVal, State
+    from segkit.postprocess.tuning import ClassTuning
+
+    cv = CrossVal(State(), list(records), "the run's 2 training folds", n_folds, base, plain, final)
+    return ClassTuning({}, [], cv, empty)
+
+
+def test_crossval_summary_against_all_empty_worked_by_hand():
+    from segkit.postprocess.crossval import RULE
+    from segkit.postprocess.tuning import crossval_summary
+
+    cfg = config_from_dict({})
+    a = _tuned(0.5, 2, [0.8, 0.6], [0.7, 0.5], [0.5, 0.5])
+    b = _tuned(0.3, 2, [0.6, 0.6], [0.5, 0.5], [0.4, 0.6])
+    out = crossval_summary(cfg, [a, b])
+    assert out["baseline"] == {"step": "all empty", "oof_score": pytest.approx(0.4), "per_class": [0.5, 0.3]}
+    cv = out["crossval"]
+    assert cv["rule"] == RULE and cv["folds"] == "the run's 2 training folds" and cv["n_folds"] == 2
+    # per fold, mean over classes: final [0.7, 0.6], plain [0.6, 0.5], empty [0.45, 0.55]; over empty [0.25, 0.05]
+    assert cv["cv_score"] == pytest.approx(0.65) and cv["cv_score_plain"] == pytest.approx(0.55)
+    assert cv["cv_score_empty"] == pytest.approx(0.5) and cv["cv_gain_over_empty"] == pytest.approx(0.15)
+    assert cv["cv_se_over_empty"] == pytest.approx(0.1) and cv["within_noise_of_empty"] is False
+    near = crossval_summary(cfg, [_tuned(0.5, 2, [0.6, 0.45], [0.5, 0.5], [0.5, 0.5])])  # over [0.1, -0.05]
+    assert near["crossval"]["within_noise_of_empty"] is True  # mean 0.025 ≤ SE 0.075
+    uneven = crossval_summary(cfg, [a, _tuned(0.3, 0, [], [], [])])
+    assert set(uneven["crossval"]) == {"rule", "folds", "n_folds"}
+    assert set(crossval_summary(cfg, [ch_tuning_without_cv(0.2)])) == {"baseline"}
+    free = crossval_summary(config_from_dict({"postprocess": {"crossval": False}}), [a])
+    assert free["crossval"]["rule"] == ("postprocess.crossval: false: every step that improves the OOF is kept (not "
+                                        "judged out of sample)")
+
+
+def ch_tuning_without_cv(empty):
+    from segkit.postprocess.tuning import ClassTuning
+
+    return ClassTuning({}, [], None, empty)
+
+
+def test_step_records_evidence_worked_by_hand():
+    from segkit.postprocess.crossval import StepRecord
+    from segkit.postprocess.tuning import ClassTuning, step_records
+
+    def rec(step, gain, folds, boot=0.0, tried=3, kept=False, reason="r"):
+        return StepRecord(step, oof_gain=gain, fold_gains=folds, boot_se=boot, tried=tried, kept=kept, reason=reason)
+
+    ra = [rec("threshold", 0.1, [0.1, 0.3], tried=17, kept=True, reason="up"), rec("min area", 0.0, []),
+          rec("gate", 0.0, [0.1]), rec("triplet", 0.2, [0.1, 0.1], boot=0.3)]
+    rb = [rec("threshold", 0.0, [0.0, -0.1], tried=17, reason="down"), rec("min area", 0.0, [0.2, 0.2]),
+          rec("gate", 0.0, [0.1, 0.2]), rec("triplet", 0.0, [0.1, 0.1], boot=0.4)]
+    sa = [(0.5, {"threshold": 0.5}), (0.6, {"threshold": 0.4}), (0.6, {}), (0.7, {}), (0.7, {})]
+    sb = [(0.3, {"threshold": 0.5}), (0.3, {"threshold": 0.5}), (0.4, {}), (0.4, {}), (0.5, {})]
+    tuned = [ClassTuning({}, sa, _tuned(0.1, 2, [], [], [], ra).cv), ClassTuning({}, sb, _tuned(0.1, 2, [], [], [], rb).cv)]
+    classes = [{"name": "a"}, {"name": "b"}]
+    out = step_records(config_from_dict({}), classes, tuned)
+    assert [e["step"] for e in out] == ["plain (0.5)", "threshold", "min area", "gate", "triplet"]
+    assert out[0] == {"step": "plain (0.5)", "oof_score": pytest.approx(0.4), "per_class": [0.5, 0.3],
+                      "params": {"a": {"threshold": 0.5}, "b": {"threshold": 0.5}}}
+    t = out[1]
+    assert t["oof_score"] == pytest.approx(0.45) and t["params"] == {"a": {"threshold": 0.4}, "b": {"threshold": 0.5}}
+    assert t["oof_gain"] == pytest.approx(0.05) and t["oof_gain_per_class"] == [0.1, 0.0]
+    # per fold, mean over classes: [0.05, 0.1] -> CV gain 0.075, SE 0.0354 / √2 = 0.025
+    assert t["cv_gain"] == pytest.approx(0.075) and t["cv_se"] == pytest.approx(0.025)
+    assert t["cv_gain_per_class"] == pytest.approx([0.2, -0.05]) and t["cv_se_per_class"] == pytest.approx([0.1, 0.05])
+    assert (t["tried"], t["kept"], t["reason"]) == ([17, 17], [True, False], ["up", "down"])
+    assert out[2]["cv_gain"] is None and out[2]["cv_se"] is None  # class a could not be judged
+    assert out[3]["cv_gain"] is None  # 1 fold against 2
+    # triplet: fold gains agree (SE 0); the bootstrap SE of the class mean √((0.3² + 0.4²) / 2 / 2) = 0.25
+    assert out[4]["cv_gain"] == pytest.approx(0.1) and out[4]["cv_se"] == pytest.approx(0.25)
+    fixed = step_records(config_from_dict({"postprocess": {"tune": False}}), classes, tuned)
+    assert [e["step"] for e in fixed] == ["plain (0.5)", "config"] and "oof_gain" not in fixed[1]
