@@ -336,3 +336,33 @@ def test_a_reader_giving_bands_and_a_lone_canvas_released_at_the_end():
     assert canvas.rows(0, 5).shape == (5, 6, 2)
     (part,) = tl.predict_canvases([canvas], 4, 0.5, "gaussian", identity())
     assert part.probs.shape == (5, 6, 2) and released == [3]
+
+
+def test_gaussian_blend_runs_down_the_rows_too():
+    lay = tl.Layout((112, 64), 64, 0.5, "gaussian")  # ys 0, 24, 48; one window across
+    assert lay.ys.tolist() == [0, 24, 48]
+    outs = [np.full((64, 64, 1), float(y), np.float32) for y, _ in lay.windows()]
+    column = np.concatenate([b.arrays[0] for b in tl.blend_windows(lay, outs)])[:, 0, 0]
+    assert column[0] == 0 and column[-1] == 48 and (np.diff(column) >= -1e-4).all()
+    assert np.abs(np.diff(column)).max() < 6  # a uniform blend would jump by 12 where a window starts
+
+
+def test_a_canvas_one_pixel_wide():
+    image = np.arange(5, dtype=np.float32).reshape(5, 1, 1)
+    (part,) = tl.predict_canvases([tl.ImageCanvas(0, image=image)], 4, 0.25, "gaussian", identity())
+    np.testing.assert_allclose(part.probs, image, atol=1e-6)
+
+
+@pytest.mark.parametrize("values", [(0.1, 0.2, 0.3, 0.4), (0.4, 0.3, 0.2, 0.1)])
+def test_a_window_that_only_touches_a_part_edge_does_not_label_it(values):
+    """2 x 2 cells of 4 px and 4-px windows without overlap: each window is exactly one cell, so each part's
+    label is its own cell's value, not a neighbour's (a window ending where a part begins does not touch it)."""
+    def run(source, indices):
+        for i in indices:
+            w = np.asarray(source.images[i], np.float32)
+            yield Out(w[None], label=np.array([[float(w.max())]]))
+
+    cells = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}
+    canvas = tl.GridCanvas(cells, 2, 2, 4, lambda i: np.full((4, 4), values[i], np.float32), "s")
+    parts = {p.index: p for p in tl.predict_canvases([canvas], 4, 0.0, "gaussian", run)}
+    assert {i: float(p.label[0]) for i, p in parts.items()} == {i: pytest.approx(v) for i, v in enumerate(values)}
