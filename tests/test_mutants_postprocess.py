@@ -492,3 +492,12 @@ def test_step_records_evidence_worked_by_hand():
     assert out[4]["cv_gain"] == pytest.approx(0.1) and out[4]["cv_se"] == pytest.approx(0.25)
     fixed = step_records(config_from_dict({"postprocess": {"tune": False}}), classes, tuned)
     assert [e["step"] for e in fixed] == ["plain (0.5)", "config"] and "oof_gain" not in fixed[1]
+
+
+def test_a_class_failing_its_top_threshold_leaves_the_next_classes_alone():
+    probs = np.zeros((2, 2, 2), np.float32)
+    probs[..., 0] = 0.6  # above its threshold, but no pixel above its top threshold 0.9
+    probs[..., 1] = 0.7
+    params = ch.ChainParams([ch.ClassParams("a", 0.5, 0, None, 0.9, 1), ch.ClassParams("b", 0.5, 0)])
+    out = ch.apply_chain(probs, params)
+    assert out[..., 0].sum() == 0 and out[..., 1].sum() == 4
