@@ -160,3 +160,42 @@ def test_one_pixel_ships_and_images_without_pixels():
     assert airbus_f2_image(truth, truth) == 1.0
     assert airbus_f2_image(truth, pred) == pytest.approx(5 / (5 + 4))  # TP 1, FN 1
     assert iou_matrix(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)).shape == (0, 0)
+
+
+def test_iou_of_a_label_absent_from_both_images_is_zero_without_warnings():
+    import warnings
+
+    labels = np.zeros((3, 3), np.int64)
+    labels[0, 0], labels[2, 2] = 1, 3  # label 2 in neither image: union 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = iou_matrix(labels, labels)
+    assert got.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_label_images_of_any_numeric_dtype():
+    """Label images read as floats (an image reader's default) score as their integer labels."""
+    truth = np.zeros((4, 4), np.float32)
+    truth[0, 0:2] = 1.0  # ship 1: 2 pixels
+    truth[3, 3] = 2.0    # ship 2: 1 pixel
+    pred = np.zeros((4, 4), np.float64)
+    pred[0, 0:2] = 5.0   # ship 1 exactly (label 5: labels need not be 1..n)
+    # IoU 1 with ship 1, nothing for ship 2: 1 TP, 1 FN at every threshold -> 5 / (5 + 4) each
+    assert airbus_f2_image(truth, pred) == pytest.approx(5 / 9)
+    assert iou_matrix(truth, (pred > 0).astype(np.float32)).tolist() == [[1.0], [0.0]]
+
+
+def test_counts_in_small_integer_dtypes_do_not_wrap():
+    """Counts given as uint8 (a 16 x 16 mask's areas fit): 200 + 100 pixels must not wrap around 256."""
+    from segkit.evaluate import dice_of_counts
+
+    inter, pred_area, true_area = np.uint8([100]), np.uint8([200]), np.uint8([100])
+    assert dice_of_counts(inter, pred_area, true_area).tolist() == [pytest.approx(2 * 100 / 300)]
+    # IoU 100 / 200 = 0.5: above no threshold
+    assert tgs_iou_from_counts(inter, pred_area, true_area) == 0.0
+    # IoU 100 / 160 = 0.625: above 0.50, 0.55 and 0.60 -> 3 of 10
+    assert tgs_iou_from_counts(np.uint8([100]), np.uint8([160]), np.uint8([100])) == pytest.approx(0.3)
+
+
+def test_airbus_score_of_no_images_is_one():
+    assert airbus_score([], []) == 1.0

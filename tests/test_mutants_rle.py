@@ -189,3 +189,61 @@ def test_encode_instances_keeps_each_objects_runs_in_pixel_order():
     assert one == " ".join(f"{4 * k + 1} 2" for k in range(30))
     assert two == " ".join(f"{4 * k + 3} 2" for k in range(30))
     assert rle.encode_instances(np.zeros((0, 3), np.int64)) == []  # no pixels, no objects
+
+
+def test_parsed_runs_are_int64_in_both_schemes_empty_or_not():
+    for rle_text, scheme in (("-1", "relative"), (" -1 ", "relative"), ("", "standard"), ("2 1", "standard"),
+                             ("1 1", "relative"), (None, "relative")):
+        starts, lengths = rle.parse_runs(rle_text, 10, scheme)
+        assert starts.dtype == np.int64 and lengths.dtype == np.int64, (rle_text, scheme)
+
+
+def test_relative_runs_of_an_unbounded_image_are_exact():
+    """Eighteen-digit values (the largest admitted) on an image with no fixed size (the validator's bound is
+    2**62 pixels): sums are exact integers, not floats rounded to 16 digits."""
+    big = 1 << 62
+    # 0-based first pixel 123456789012345678, one pixel long: 1-based start 123456789012345679
+    assert rle.to_standard("123456789012345678 1", big) == "123456789012345679 1"
+    starts, lengths = rle.parse_runs("123456789012345678 3 5 7", big, "relative")
+    assert starts.tolist() == [123456789012345678, 123456789012345678 + 3 + 5] and lengths.tolist() == [3, 7]
+    assert starts.dtype == np.int64
+    # a small image: the same runs through the int64 path
+    assert rle.to_standard("3 2 0 1 4 1", 20) == "4 2 6 1 11 1"
+
+
+def test_numbers_at_two_to_the_31_are_written_exactly():
+    big = 1 << 62
+    # relative start 2147483647 (0-based) = standard 1-based start 2**31
+    assert rle.to_standard("2147483647 1", big) == "2147483648 1"
+    assert rle.to_standard("2147483646 1", big) == "2147483647 1"
+
+
+def test_nineteen_digit_values_are_refused_on_any_image():
+    with pytest.raises(RLEError, match="^RLE holds a number too large for any image$"):
+        rle.parse_runs("1000000000000000000 1", 1 << 62)  # 10**18: 19 digits
+    assert rle.parse_runs("999999999999999999 1", 1 << 62)[0].tolist() == [999999999999999998]
+
+
+def test_a_short_rle_out_of_order_is_refused():
+    # pairs (1, 1), (5, 2), (3, 1): the third starts before the second ends
+    with pytest.raises(RLEError, match=r"^RLE pair 3 \(start 3\) is out of order after pair 2 \(start 5, length 2\)"):
+        rle.parse_runs("1 1 5 2 3 1", 100)
+
+
+def test_a_colon_or_a_control_character_is_not_a_number_or_a_separator():
+    # ':' follows '9' in ASCII; '\x0e' follows '\r': neither is part of an RLE
+    for text, token in (("1 2 3:4", "3:4"), ("1 2 " + "5 1 " * 80 + "900 1:2", "1:2")):
+        with pytest.raises(RLEError, match=f"^RLE value '{token}' is not a whole number$"):
+            rle.parse_runs(text, 10000)
+    long_text = " ".join(f"{2 * k + 1} 1" for k in range(60))  # 300+ characters: the numpy parser
+    with pytest.raises(RLEError, match=r"^RLE value '1\\x0e3' is not a whole number$"):  # shown escaped
+        rle.parse_runs(long_text.replace("1 3", "1\x0e3", 1), 10000)
+
+
+def test_every_ascii_whitespace_separates_values_in_a_long_rle():
+    pairs = [(2 * k + 1, 1) for k in range(60)]
+    seps = [" ", "\t", "\n", "\v", "\f", "\r"]
+    text = "".join(f"{s}{seps[i % 6]}{n}{seps[(i + 1) % 6]}" for i, (s, n) in enumerate(pairs))
+    assert len(text) > 256
+    starts, lengths = rle.parse_runs(text, 200)
+    assert starts.tolist() == [2 * k for k in range(60)] and lengths.tolist() == [1] * 60

@@ -277,3 +277,179 @@ def test_sample_problems_are_summarised_under_their_kind(tmp_path):
     # 21 unreadable rows and the wrong header: 22 problems of the kind 'sample', 20 listed
     assert problems[0].startswith(f"{sample}, line 2: not valid CSV")
     assert problems[-1] == f"{tmp_path / 's.csv'}: ... and 2 more problems of the kind 'sample'"
+
+
+def test_missing_and_unknown_ids_are_summarised_under_their_kinds(tmp_path):
+    n = MAX_PER_KIND + 3
+    sample = csv(tmp_path, "id,rle\n" + "".join(f"s{i},\n" for i in range(n)), "sample.csv")
+    sub = csv(tmp_path, "id,rle\n" + "".join(f"u{i},\n" for i in range(n)))
+    problems = validate_submission(sub, PLAIN, sample)
+    assert len(problems) == 2 * MAX_PER_KIND + 2
+    assert problems[MAX_PER_KIND - 1] == f"{sample}, line {MAX_PER_KIND + 1}, id 's{MAX_PER_KIND - 1}': this id of " \
+                                         f"the sample has no row in {sub}"
+    assert problems[-2:] == [f"{sub}: ... and 3 more problems of the kind 'missing id'",
+                             f"{sub}: ... and 3 more problems of the kind 'unknown id'"]
+
+
+def test_rows_out_of_sample_order_spool_beside_the_output(tmp_path, monkeypatch):
+    """The out-of-order rows go to a temporary file in the output's folder (the disk the submission is written
+    to, not a small /tmp), and come back in sample order."""
+    import tempfile
+
+    made = []
+    real = tempfile.TemporaryFile
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spy)
+    out = tmp_path / "deep" / "sub.csv"
+    out.parent.mkdir()
+    write_rows(out, PLAIN, [("b", "1 1"), ("a", "")], sample_ids=["a", "b"])
+    assert out.read_text() == "id,rle\na,\nb,1 1\n"
+    assert len(made) == 1 and made[0].get("dir") == out.parent
+
+
+SUFFIX = SubmissionFormat(header=("id", "rle"), shape=(2, 3), id_suffix=".png", competition="toy")
+N = MAX_PER_KIND + 1  # one past the listed problems: the summary line names the kind
+
+
+@pytest.mark.parametrize("fmt, body, kind", [
+    (PLAIN, "".join(f'k{i},"1 1"x\n' for i in range(N)), "csv"),
+    (PLAIN, "\n" * N, "blank line"),
+    (PLAIN, "".join(f"k{i},1 1,2\n" for i in range(N)), "field count"),
+    (PLAIN, ",1 1\n" * N, "empty id"),
+    (PLAIN, "".join(f" k{i} ,\n" for i in range(N)), "spaces"),
+    (PLAIN, "".join(f'"k{i}\nx",\n' for i in range(N)), "line break"),
+    (PLAIN, "k,\n" * (N + 1), "duplicate"),
+    (PLAIN, "".join(f"k{i},nan\n" for i in range(N)), "rle"),
+    (PLAIN, "".join(f'k{i},"1 1\n3 1"\n' for i in range(N)), "line break"),
+    (LABELS, "".join(f"i{i}.jpg_zz,\n" for i in range(N)), "label"),
+    (LABELS, "".join(f"i{i}.jpg_a,\n" for i in range(N)), "label"),  # the image lacks rows for b_c, c
+    (SUFFIX, "".join(f"i{i}.jpg,\n" for i in range(N)), "id form"),
+    (RELATIVE, "".join(f"z{i:03d},-1\n" for i in range(N)), "id form"),
+    (RELATIVE, "".join(f"{i:04x},\n" for i in range(N)), "rle"),
+    (OBJECTS, "w,1 1\n" + "w,\n" * N, "object rows"),
+    (WIDE, "v,\n" + "".join(f"v,{2 * k + 1} 1\n" for k in range(N)), "object rows"),
+])
+def test_every_kind_of_problem_is_listed_then_summarised_by_name(tmp_path, fmt, body, kind):
+    """Every row is checked (a problem row does not end the check) and past MAX_PER_KIND problems of one kind
+    the rest are counted under the kind's name."""
+    header = ",".join(fmt.header)
+    path = csv(tmp_path, f"{header}\n{body}")
+    problems = validate_submission(path, fmt)
+    assert problems[-1] == f"{path}: ... and 1 more problems of the kind '{kind}'"
+
+
+def test_carriage_returns_inside_ids_and_rles_are_line_breaks(tmp_path):
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b'id,rle\n"a\rb",\nc,"1 1\r3 1"\n')
+    assert validate_submission(path, PLAIN) == [
+        f"{path}, line 2 (row 1), id 'a\\rb': the id holds a line break (a quoted field over several lines); "
+        "Kaggle would not match it",
+        f"{path}, line 4 (row 2), id 'c': the RLE holds a line break (a quoted field over several lines); write each "
+        "row on one line"]  # a lone CR ends a line, as pandas counts them: row 1 spans lines 2-3
+
+
+def test_an_unreadable_header_line_is_named(tmp_path):
+    path = csv(tmp_path, 'id,"rle\n')  # the header's quote never closes
+    report = check_submission(path, PLAIN)
+    assert report.problems == [
+        f"{path}, line 1: a quoted field opened on this line is never closed; pandas cannot read the file (close "
+        "the quote)", f"{path}: the file has a header but no rows"]
+    assert report.rows == 0
+
+
+def test_id_form_messages_for_image_and_label_rows(tmp_path):
+    path = csv(tmp_path, "id,rle\nx.jpg,\n")
+    assert validate_submission(path, SUFFIX) == [f"{path}, line 2 (row 1), id 'x.jpg': toy ids are <image>.png (the "
+                                                 "test file name)"]
+    path = csv(tmp_path, "ImageId,EncodedPixels\nzz,-1\n", "p.csv")
+    assert validate_submission(path, RELATIVE) == [f"{path}, line 2 (row 1), id 'zz': toy ids are image ids matching "
+                                                   "[0-9a-f]{4}"]
+    labelled = SubmissionFormat(header=("Image_Label", "EncodedPixels"), rows="label", labels=("a",),
+                                id_pattern="[0-9]+", competition="toy")
+    path = csv(tmp_path, "Image_Label,EncodedPixels\nx_a,\n", "l.csv")
+    assert validate_submission(path, labelled) == [f"{path}, line 2 (row 1), id 'x_a': toy ids are <image>_<label> "
+                                                   "with <image> matching [0-9]+"]
+    path = csv(tmp_path, "Image_Label,EncodedPixels\nx_a,\n", "l2.csv")
+    assert validate_submission(path, LABELS) == [
+        f"{path}, line 2 (row 1), id 'x_a': toy ids are <image>.jpg_<label> (the test file name)",
+        f"{path}, line 2 (row 1), id 'x': the image lacks rows for b_c, c"]
+
+
+def test_null_is_not_an_empty_mask(tmp_path):
+    path = csv(tmp_path, "id,rle\na,null\nb, NULL \n")
+    assert validate_submission(path, PLAIN) == [
+        f"{path}, line 2 (row 1), id 'a': 'null' written for an empty mask; leave the field blank",
+        f"{path}, line 3 (row 2), id 'b': 'NULL' written for an empty mask; leave the field blank"]
+
+
+def test_sizes_per_image_fall_back_to_the_declared_size_and_any_size(tmp_path):
+    path = csv(tmp_path, "id,rle\na,6 2\n")  # pixels 6-7 of a 2x3 image: past its 6 pixels
+    problems = validate_submission(path, PLAIN, shapes={"other": (10, 10)})
+    assert problems == [f"{path}, line 2 (row 1), id 'a': RLE pair 1 (start 6, length 2) ends at pixel 7, past the "
+                        "image's 6 pixels (image 2x3, row-major)"]
+    free = SubmissionFormat(header=("id", "rle"), competition="toy")
+    path = csv(tmp_path, "id,rle\na,0 1\n", "free.csv")
+    assert validate_submission(path, free) == [f"{path}, line 2 (row 1), id 'a': RLE pair 1 has start 0; starts and "
+                                               "lengths must be >= 1 (image any size, column-major)"]
+
+
+def test_an_empty_file_is_reported_with_its_competition(tmp_path):
+    path = csv(tmp_path, "")
+    report = check_submission(path, PLAIN)
+    assert report.problems == [f"{path}: the file is empty; expected the header id,rle"]
+    assert (report.competition, report.notes, report.rows) == ("toy", [], 0)
+
+
+def test_test_image_messages_with_and_without_their_folder(tmp_path):
+    from segkit.submission import validate
+
+    path = csv(tmp_path, "id,rle\na,\nz,\n")
+    assert validate(path, PLAIN, test_ids=["a", "b", "c"]).problems == [
+        f"{path}: 2 of the 3 test images have no row (first: b); predict every test image",
+        f"{path}: 1 ids are not test images (first: z)"]
+    assert validate(path, PLAIN, test_ids=["a", "b"], test_root="data/test").problems == [
+        f"{path}: 1 of the 2 test images under data/test have no row (first: b); predict every test image",
+        f"{path}: 1 ids are not test images under data/test (first: z)"]
+
+
+def test_a_long_rle_field_is_read_with_the_csv_modules_default_limit(tmp_path):
+    import csv as csv_module
+
+    runs = " ".join(f"{2 * k + 1} 1" for k in range(30000))  # ~300 KB, over csv's default 128 KB field limit
+    path = csv(tmp_path, f"id,rle\na,{runs}\n")
+    old = csv_module.field_size_limit(131072)
+    try:
+        report = check_submission(path, SubmissionFormat(header=("id", "rle"), shape=(1, 60000)))
+    finally:
+        csv_module.field_size_limit(old)
+    assert report.ok and report.rows == 1
+
+
+def test_a_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
+    from segkit import submission
+
+    path = csv(tmp_path, "id,rle\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(submission, "open", denied, raising=False)
+    with pytest.raises(SubmissionError) as info:
+        check_submission(path, PLAIN)
+    assert str(info.value) == f"{path}: cannot read the submission (Permission denied)"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scheme": "relative", "rows": "object"}, "SubmissionFormat.scheme: object rows are written in the standard "
+                                               "scheme only"),
+    ({"rows": "label"}, "SubmissionFormat.labels: give labels exactly when rows='label'"),
+    ({"own_size": True}, "SubmissionFormat.own_size: needs `shape`, the size in the real data"),
+])
+def test_a_format_declaration_error_in_full(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        SubmissionFormat(header=("a", "b"), **kwargs)
+    assert str(info.value) == message

@@ -1,0 +1,503 @@
+"""segkit.postprocess where mutation testing found it unchecked (`make mutate`): each step of the chain at its
+boundaries (worked by hand on tiny arrays), the tuned file read back (v1 and v2) with its messages in full, and
+what predict is told about the chain in force. Pure numpy, no training."""
+import json
+
+import numpy as np
+import pytest
+
+from segkit.config import config_from_dict
+from segkit.errors import TrainingError
+from segkit.postprocess import chain as ch
+from segkit.runs import RunDir
+
+
+def test_binarise_is_strictly_above_the_threshold():
+    out = ch.binarise(np.array([[0.3, 0.5, 0.5000001, 0.9]], np.float32), 0.5)
+    assert out.tolist() == [[0, 0, 1, 1]] and out.dtype == np.uint8
+
+
+def test_remove_small_keeps_components_of_exactly_min_area():
+    m = np.zeros((6, 6), np.uint8)
+    m[0, 0:3] = 1        # 3 pixels
+    m[3:5, 3:5] = 1      # 4 pixels
+    m[5, 0] = 1          # 1 pixel
+    out = ch.remove_small(m, 3)
+    assert out.tolist() == (m * (np.arange(6)[:, None] < 5)).tolist()  # only the lone pixel of row 5 goes
+    assert out.dtype == np.uint8
+    assert ch.remove_small(m, 4).sum() == 4 and ch.remove_small(m, 5).sum() == 0
+    assert ch.remove_small(m, 1).sum() == 8
+    assert ch.remove_small(m, 0) is m and ch.remove_small(m, -1) is m  # 0 and below: nothing to do
+    blank = np.zeros((3, 3), np.uint8)
+    assert ch.remove_small(blank, 2) is blank
+
+
+def test_topk_mean_of_the_largest_k():
+    p = np.array([[0.1, 0.9], [0.4, 0.6]], np.float32)
+    assert ch.topk_mean(p, 1) == pytest.approx(0.9)
+    assert ch.topk_mean(p, 2) == pytest.approx(0.75)
+    assert ch.topk_mean(p, 3) == pytest.approx((0.9 + 0.6 + 0.4) / 3)
+    assert ch.topk_mean(p, 4) == pytest.approx(0.5) == ch.topk_mean(p, 99)  # k capped at the pixels
+    assert ch.topk_mean(p, 0) == pytest.approx(0.9) == ch.topk_mean(p, -3)  # at least one pixel
+    assert isinstance(ch.topk_mean(p, 2), float)
+
+
+def test_gate_scores_and_the_label_gate_without_a_head():
+    p = np.array([[0.2, 0.7], [0.5, 0.9]], np.float32)
+    assert ch.gate_score({"kind": "topk", "k": 2}, p, 0.5, None) == pytest.approx(0.8)
+    assert ch.gate_score({"kind": "topk", "k": 2.7}, p, 0.5, None) == pytest.approx(0.8)  # k read as int
+    assert ch.gate_score({"kind": "area"}, p, 0.5, None) == 2.0  # strictly above 0.5: 0.7 and 0.9
+    assert ch.gate_score({"kind": "label"}, p, 0.5, 0.25) == 0.25
+    with pytest.raises(TrainingError) as info:
+        ch.gate_score({"kind": "label"}, p, 0.5, None)
+    assert str(info.value) == ("post-processing gates on the classification head ('label'), but the ensemble has no "
+                               "head; re-tune (segkit tune CONFIG) or set postprocess.gate to topk/area/none")
+
+
+def test_passes_top_needs_top_k_pixels_strictly_above():
+    p = np.array([[0.8, 0.9, 0.95]], np.float32)
+    assert ch.passes_top(p, None, 10)
+    assert ch.passes_top(p, 0.85, 2) and not ch.passes_top(p, 0.85, 3)
+    assert not ch.passes_top(p, 0.95, 1)  # 0.95 is not above 0.95
+    assert ch.passes_top(p, 0.9, 0) and not ch.passes_top(np.zeros((1, 2)), 0.5, 0)  # top_k 0 counts as 1
+
+
+def test_describe_each_part_of_a_class_chain():
+    assert ch.ClassParams("salt", 0.45, 10).describe() == "salt: threshold 0.45, min_area 10"
+    gated = ch.ClassParams("ship", 0.5, 0, {"kind": "topk", "k": 20, "cut": 0.625}, 0.85, 3)
+    assert gated.describe() == "ship: threshold 0.5, min_area 0, gate topk k=20 > 0.625, top 0.85 (k=3)"
+    area = ch.ClassParams("c", 0.3, 4, {"kind": "area", "k": None, "cut": 12.0})
+    assert area.describe() == "c: threshold 0.3, min_area 4, gate area > 12"
+
+
+def test_chain_params_from_v1_and_v2_files():
+    v1 = ch.ChainParams.from_dict({"classes": [{"threshold": 0.4, "min_area": 5}, {"threshold": 1, "min_area": 0}]},
+                                  "src")
+    assert v1.source == "src" and [c.name for c in v1.classes] == ["0", "1"]
+    assert v1.thresholds == [0.4, 1.0] and v1.min_areas == [5, 0] and not v1.uses_label
+    assert isinstance(v1.thresholds[1], float) and isinstance(v1.min_areas[0], int)
+    assert all(c.gate is None and c.top_threshold is None and c.top_k == 1 for c in v1.classes)
+    gate = {"kind": "label", "k": None, "cut": 0.5}
+    v2 = ch.ChainParams.from_dict({"classes": [
+        {"name": "a", "threshold": 0.5, "min_area": 2.0, "gate": gate, "top_threshold": 0.9, "top_k": 4},
+        {"name": "b", "threshold": 0.5, "min_area": 0, "gate": None, "top_threshold": None, "top_k": None}]})
+    a, b = v2.classes
+    assert (a.name, a.gate, a.top_threshold, a.top_k, a.min_area) == ("a", gate, 0.9, 4, 2)
+    assert a.gate is not gate  # a copy
+    assert (b.gate, b.top_threshold, b.top_k) == (None, None, 1) and v2.uses_label
+    plain = ch.ChainParams.plain([0.3, 0.6], [0, 7])
+    assert [c.name for c in plain.classes] == ["0", "1"] and plain.min_areas == [0, 7]
+    assert [c.name for c in ch.ChainParams.plain([0.3], [1], ["x"], "s").classes] == ["x"]
+
+
+def test_apply_chain_gate_cut_and_triplet_by_hand():
+    probs = np.zeros((3, 3, 3), np.float32)
+    probs[..., 0] = [[0.6, 0.6, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.7]]  # a 2-pixel blob and a lone pixel
+    probs[..., 1] = 0.55
+    probs[..., 2] = [[0.9, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    params = ch.ChainParams([
+        ch.ClassParams("a", 0.5, 2),                                                   # lone pixel removed
+        ch.ClassParams("b", 0.5, 0, {"kind": "area", "k": None, "cut": 9.0}),          # 9 pixels: not > 9
+        ch.ClassParams("c", 0.5, 0, None, 0.85, 1)])                                   # 0.9 passes the top
+    out = ch.apply_chain(probs, params)
+    assert out.dtype == np.uint8
+    assert out[..., 0].tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert out[..., 1].sum() == 0 and out[..., 2].tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    params.classes[1].gate["cut"] = 8.0  # now 9 > 8
+    params.classes[2].top_threshold = 0.9  # 0.9 is not above 0.9
+    out = ch.apply_chain(probs, params)
+    assert out[..., 1].sum() == 9 and out[..., 2].sum() == 0
+    # the gate looks at gate_probs (not probs), the label gate at its own class's head output
+    label_params = {"classes": [{"threshold": 0.5, "min_area": 0, "gate": {"kind": "label", "cut": 0.5}}] * 3}
+    out = ch.apply_chain(probs, label_params, label=np.array([[0.4, 0.6, 0.5]]))
+    assert out[..., 0].sum() == 0 and out[..., 1].sum() == 9 and out[..., 2].sum() == 0
+    area_gate = ch.ChainParams([ch.ClassParams(str(c), 0.5, 0, {"kind": "area", "cut": 0.0}) for c in range(3)])
+    gate_probs = np.zeros_like(probs)
+    gate_probs[0, 0, 2] = 1.0
+    out = ch.apply_chain(probs, area_gate, gate_probs=gate_probs)
+    assert out[..., :2].sum() == 0 and out[..., 2].sum() == 1
+    with pytest.raises(TrainingError) as info:
+        ch.apply_chain(probs[..., :2], params)
+    assert str(info.value) == ("post-processing is tuned for 3 classes, the probabilities have shape (3, 3, 2); "
+                               "re-tune (segkit tune CONFIG)")
+    with pytest.raises(TrainingError, match=r"shape \(3, 3\); "):
+        ch.apply_chain(probs[..., 0], params)
+
+
+def test_apply_first_two_steps_per_class():
+    p = np.zeros((4, 4, 2), np.float32)
+    p[0, 0, 0] = p[0, 1, 0] = 0.6
+    p[3, 3, 0] = 0.6
+    p[..., 1] = 0.5
+    out = ch.apply(p, [0.5, 0.5], [2, 0])
+    assert out[..., 0].sum() == 2 and out[0, 0, 0] == 1 and out[..., 1].sum() == 0  # 0.5 is not above 0.5
+    assert ch.apply(p, [0.5, 0.4], [1, 1])[..., 1].sum() == 16 and ch.apply(p, [0.5, 0.4], [0, 0])[..., 0].sum() == 3
+
+
+def cfg_for(tmp_path, **post):
+    return config_from_dict({"name": "r", "output": {"runs_dir": str(tmp_path / "runs")}, "postprocess": post})
+
+
+def test_the_chain_in_force_from_the_config(tmp_path):
+    cfg = cfg_for(tmp_path, tune=False, threshold=0.35, min_area=12)
+    chain = ch.load_chain(cfg, ["a", "b"])
+    assert chain.thresholds == [0.35, 0.35] and chain.min_areas == [12, 12]
+    assert [c.name for c in chain.classes] == ["a", "b"]
+    assert chain.source == "from config (postprocess.tune=false): threshold 0.35, min_area 12"
+    run = RunDir.of(cfg)
+    run.path.mkdir(parents=True)
+    run.postprocess.write_text("{}")
+    one = ch.load_chain(cfg)
+    assert [c.name for c in one.classes] == ["0"] and one.thresholds == [0.35]
+    assert one.source == (f"from config (postprocess.tune=false): threshold 0.35, min_area 12; {run.postprocess} "
+                          "not used")
+    post = ch.load_postprocess(cfg, ["a"])
+    assert post == ch.Postprocess([0.35], [12], one.source)
+
+
+def test_the_tuned_chain_read_back_and_its_damage(tmp_path):
+    cfg = cfg_for(tmp_path)
+    run = RunDir.of(cfg)
+    with pytest.raises(TrainingError) as info:
+        ch.load_chain(cfg, ["a"])
+    assert str(info.value) == (f"{run.postprocess}: post-processing not tuned yet; finish training (segkit train) "
+                               "or run `segkit tune CONFIG`, or set postprocess.tune=false")
+    run.path.mkdir(parents=True)
+    gate = {"kind": "topk", "k": 5, "cut": 0.5}
+    run.write_postprocess({"classes": [{"name": "a", "threshold": 0.4, "min_area": 3, "gate": gate}]})
+    chain = ch.load_chain(cfg, ["a"])
+    assert chain.classes[0].gate == gate
+    assert chain.source == (f"tuned on OOF ({run.postprocess}): a: threshold 0.4, min_area 3, gate topk k=5 > 0.5")
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3}, {"threshold": 0.6, "min_area": 0}]})
+    assert ch.load_chain(cfg, ["a", "b"]).source == (f"tuned on OOF ({run.postprocess}): 0: threshold 0.4, "
+                                                     "min_area 3; 1: threshold 0.6, min_area 0")
+    assert ch.load_postprocess(cfg, ["a", "b"]).thresholds == [0.4, 0.6]
+    bad_gates = [{"kind": "top", "k": 5, "cut": 0.5}, {"kind": "topk", "k": 5}, {"kind": "topk", "cut": 0.5},
+                 {"kind": "topk", "k": 0, "cut": 0.5}, {"cut": 0.5}]
+    for bad in bad_gates:
+        run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "gate": bad}]})
+        with pytest.raises(TrainingError) as info:
+            ch.load_chain(cfg, ["a"])
+        assert str(info.value) == (f"{run.postprocess}: damaged (bad gate {bad}); delete it and run `segkit tune "
+                                   "CONFIG` to tune it again"), bad
+    for gate in ({"kind": "area", "cut": 3}, {"kind": "label", "cut": 0.5}):
+        run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "gate": gate}]})
+        assert ch.load_chain(cfg, ["a"]).classes[0].gate == gate
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "top_threshold": "high"}]})
+    with pytest.raises(TrainingError) as info:
+        ch.load_chain(cfg, ["a"])
+    assert str(info.value) == (f"{run.postprocess}: damaged (could not convert string to float: 'high'); delete it "
+                               "and run `segkit tune CONFIG` to tune it again")
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3, "gate": {"kind": "topk", "cut": 0.5,
+                                                                               "x": "a  b\n" * 40}}]})
+    with pytest.raises(TrainingError) as info:
+        ch.load_chain(cfg, ["a"])
+    inside = str(info.value).split(": damaged (", 1)[1].rsplit("); delete it", 1)[0]
+    assert len(inside) == 120 and "  " not in inside and "\n" not in inside
+    assert json.loads(run.postprocess.read_text())["classes"][0]["min_area"] == 3
+
+
+# --- cross-validation's rule and folds (segkit.postprocess.crossval) --------------------------------------
+
+def test_standard_error_and_the_keep_rule_messages():
+    from segkit.postprocess.crossval import judge, standard_error
+
+    assert standard_error([0.7]) == 0.0 and standard_error([]) == 0.0
+    assert standard_error([1.0, 3.0]) == pytest.approx(1.0)  # std (ddof 1) √2, over √2
+    assert standard_error([1.0, 2.0, 3.0]) == pytest.approx(1 / np.sqrt(3))
+    assert judge([]) == (False, "cannot be judged out of sample (too few images)")
+    assert judge([0.1, -0.1]) == (False, "CV gain +0.0000 ≤ 0")
+    assert judge([-0.2, -0.1]) == (False, "CV gain -0.1500 ≤ 0")
+    assert judge([0.1, 0.3]) == (True, "CV gain +0.2000 > SE 0.1000")  # SE 0.1414 / √2 = 0.1
+    assert judge([0.05, 0.15], se_floor=0.2) == (False, "CV gain +0.1000 within noise (SE 0.2000)")
+    assert judge([0.1], se_floor=0.1) == (False, "CV gain +0.1000 within noise (SE 0.1000)")  # not > 1 SE
+    assert judge([0.1, 0.3], se_floor=0.05) == (True, "CV gain +0.2000 > SE 0.1000")  # the larger SE counts
+
+
+def test_in_sample_rule_and_why_a_step_is_not_searched():
+    from segkit.postprocess.crossval import Context, in_sample_rule, not_searched
+
+    assert in_sample_rule([], 0.25) == (True, "OOF gain +0.2500 > 0 (postprocess.crossval: false)")
+    assert in_sample_rule([1.0], 1e-12) == (False, "no OOF gain") == in_sample_rule([], -0.1)
+    ctx = Context(grid=[0.5], areas=[0], tops=[0.9], kinds=[], cut_grid=None, triplet=False)
+    assert not_searched("threshold", ctx) == ""
+    assert not_searched("min area", ctx) == "not searched (postprocess.min_area_grid has no area > 0)"
+    assert not_searched("gate", ctx) == "not searched (postprocess.gate: none)"
+    assert not_searched("triplet", ctx) == "not searched (postprocess.triplet: false)"
+    on = Context(grid=[0.5], areas=[0, 4], tops=[0.9], kinds=["topk"], cut_grid=None, triplet=True)
+    assert [not_searched(s, on) for s in ("min area", "gate", "triplet")] == ["", "", ""]
+
+
+def test_step_record_gain_and_its_standard_error():
+    from segkit.postprocess.crossval import StepRecord
+
+    rec = StepRecord("gate")
+    assert rec.cv_gain is None and rec.cv_se is None
+    rec.fold_gains = [0.1, 0.3]
+    assert rec.cv_gain == pytest.approx(0.2) and rec.cv_se == pytest.approx(0.1)
+    rec.boot_se = 0.25
+    assert rec.cv_se == 0.25
+
+
+def test_gate_cut_candidates_per_image_count():
+    from segkit.postprocess.crossval import max_cuts
+
+    assert [max_cuts(n) for n in (0, 10, 44, 45, 100, 1280, 1285, 10 ** 6)] == [8, 8, 8, 9, 20, 256, 256, 256]
+
+
+def test_folds_to_cross_validate_over():
+    from segkit.postprocess.crossval import choose_folds
+
+    run = np.array([0, 1, 0, 1, 1, 0])  # two folds of 3 images: the run's own
+    folds, source = choose_folds(run, 6)
+    assert folds.tolist() == run.tolist() and source == "the run's 2 training folds"
+    for bad in (np.array([0, 0, 0, 0, 1, 1]), np.zeros(6, int), None):  # a fold of 2, one fold, no folds
+        folds, source = choose_folds(bad, 6, seed=3)
+        assert source == "a seeded random split into 2 folds" and folds.dtype == np.int64
+        assert sorted(np.bincount(folds).tolist()) == [3, 3]
+    assert choose_folds(None, 5) == (None, "5 images: too few to judge any step out of sample")
+    assert choose_folds(np.array([0, 0, 1, 1]), 4)[0] is None
+    folds, source = choose_folds(None, 23, seed=1)  # 23 // 3 = 7 folds possible, at most 5
+    assert source == "a seeded random split into 5 folds" and sorted(np.bincount(folds).tolist()) == [4, 4, 5, 5, 5]
+    assert choose_folds(None, 23, seed=1)[0].tolist() == folds.tolist()  # seeded
+    assert choose_folds(None, 23, seed=2)[0].tolist() != folds.tolist()
+    assert choose_folds(None, 9)[1] == "a seeded random split into 3 folds"
+
+
+# --- the searches' helpers (segkit.postprocess.search) ----------------------------------------------------
+
+def test_coarse_to_fine_visits_every_other_value_then_the_neighbours_of_the_best():
+    from segkit.postprocess.search import coarse_to_fine
+
+    grid = [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.3]  # 9 distinct values: stride ⌈9 / 6⌉ = 2
+    calls = []
+
+    def peak_at(p):
+        def evaluate(b):
+            calls.append(b)
+            return -(b - p) ** 2, f"at {b}"
+        return evaluate
+
+    tried = []
+    score, b, extra = coarse_to_fine(grid, 0.5, peak_at(0.4), tried=tried)
+    # coarse: 0.5 first, then 0.1, 0.3, 0.7, 0.9; 0.3 ties 0.5 (both 0.01 off), the current one keeps it;
+    # fine: 0.5's neighbours 0.4 (better) and 0.6
+    assert calls == [0.5, 0.1, 0.3, 0.7, 0.9, 0.4, 0.6]
+    assert (score, b, extra) == (0.0, 0.4, "at 0.4") and tried == [7]
+    calls.clear()
+    score, b, _ = coarse_to_fine(grid, 0.45, lambda x: (0.0, None), n_coarse=3)  # flat: the current value wins
+    assert b == 0.45 and score == 0.0
+    calls.clear()
+    coarse_to_fine([0.2, 0.4], 0.3, peak_at(0.2))  # the current value joins the grid; stride 1: all of it
+    assert calls == [0.3, 0.2, 0.4]
+
+
+def test_gate_cut_candidates():
+    from segkit.postprocess.search import gate_cuts
+
+    assert gate_cuts(np.array([5.0]), [0.5, 0.2, 0.5]).tolist() == [0.2, 0.5]  # a given grid, sorted, once each
+    # midpoints between distinct scores, then the largest (every image declared empty)
+    assert gate_cuts(np.array([0.3, 0.1, 0.9, 0.3])).tolist() == pytest.approx([0.2, 0.6, 0.9])
+    assert gate_cuts(np.array([0.4, 0.4])).tolist() == [0.4]
+    scores = np.arange(10.0)  # 9 midpoints 0.5 ... 8.5; room for 3: the first, the middle, the last
+    assert gate_cuts(scores, max_cuts=4).tolist() == [0.5, 4.5, 8.5, 9.0]
+    assert gate_cuts(scores, max_cuts=10).tolist() == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.0]
+    assert gate_cuts(scores, max_cuts=1).tolist() == [0.5, 9.0]
+
+
+def test_counts_are_used_only_when_they_score_the_same_metric():
+    from segkit.postprocess.search import count_metric
+
+    class Counts:
+        def score_class(self, truth, pred):
+            return 0.0
+
+        def score_counts(self, inter, pred_area, true_area):
+            return 0.0
+
+    class OwnScore(Counts):  # overrides the metric, not the counts form: the counts would score another metric
+        def score_class(self, truth, pred):
+            return 1.0
+
+    class OwnCounts(Counts):  # a counts form for its parent's metric
+        def score_counts(self, inter, pred_area, true_area):
+            return 1.0
+
+    class NoCounts:
+        def score_class(self, truth, pred):
+            return 0.0
+
+    assert count_metric(Counts()).__func__ is Counts.score_counts
+    assert count_metric(OwnScore()) is None and count_metric(NoCounts()) is None
+    assert count_metric(OwnCounts()).__func__ is OwnCounts.score_counts
+
+
+# --- the tuned file and its table (segkit.postprocess.tuning) ---------------------------------------------
+
+def test_gate_kinds_searched_per_config():
+    from segkit.errors import ConfigError
+    from segkit.postprocess.tuning import _gate_kinds
+
+    def kinds(gate, has_label):
+        return _gate_kinds(config_from_dict({"postprocess": {"gate": gate}}), has_label)
+
+    assert kinds("none", True) == [] and kinds("topk", False) == ["topk"] and kinds("area", True) == ["area"]
+    assert kinds("auto", False) == ["topk", "area"] and kinds("auto", True) == ["topk", "area", "label"]
+    assert kinds("label", True) == ["label"]
+    with pytest.raises(ConfigError) as info:
+        kinds("label", False)
+    assert str(info.value) == ("postprocess.gate: 'label' needs a classification head (a model with classifier: true "
+                               "that wrote oof_label.npy); use topk, area, auto or none")
+
+
+def test_a_state_in_oof_pixels_becomes_a_row_in_submission_pixels():
+    from segkit.postprocess.crossval import State
+    from segkit.postprocess.tuning import _row_of
+
+    # OOF images at a quarter of the submission's pixels (area_scale 0.25); top-k fractions 0.5 % and 2 %
+    gate = {"kind": "topk", "k": 50, "cut": 0.7}
+    state = State(threshold=0.45, area=4, gate=gate, top=0.9)
+    row = _row_of(state, {4: 16, 0: 0}, [0.005, 0.02], [10, 50], 1000, 0.25, 2)
+    assert row == {"threshold": 0.45, "min_area": 16, "gate": {"kind": "topk", "k": 20, "cut": 0.7},
+                   "top_threshold": 0.9, "top_k": 2}  # k: 2 % of 1000 submission pixels
+    assert gate["k"] == 50  # the state is not changed
+    row = _row_of(State(0.5, 3, {"kind": "topk", "k": 10, "cut": 0.1}), {}, [0.0001, 0.02], [10, 50], 1000, 0.25, 1)
+    assert row["gate"]["k"] == 1 and row["min_area"] == 3  # at least one pixel; an area not on the grid as is
+    row = _row_of(State(0.5, 0, {"kind": "area", "k": None, "cut": 8.0}), {0: 0}, [], [], 1000, 0.25, 1)
+    assert row["gate"] == {"kind": "area", "k": None, "cut": 32.0}  # 8 OOF pixels = 32 submission pixels
+    row = _row_of(State(0.5, 0, {"kind": "label", "k": None, "cut": 0.3}), {0: 0}, [], [], 1000, 0.25, 1)
+    assert row["gate"] == {"kind": "label", "k": None, "cut": 0.3} and row["top_threshold"] is None
+    assert isinstance(_row_of(State(1, 0), {0: 0}, [], [], 10, 1.0, 1)["threshold"], float)
+    assert _row_of(State(), {0: 0}, [], [], 10, 1.0, 1)["gate"] is None
+
+
+def test_step_decisions_as_printed():
+    from segkit.postprocess.tuning import step_decision
+
+    names = ["c1", "c2"]
+    assert step_decision({"oof_score": 0.5}, None, names) == ""
+    assert step_decision({"oof_score": 0.5}, 0.4, names) == ""
+    assert step_decision({"oof_score": 0.5}, 0.5, names) == "(no gain: kept neutral)"
+    assert step_decision({"oof_score": 0.5, "kept": []}, 0.6, names) == "(no gain: kept neutral)"
+    same = {"oof_score": 0.5, "kept": [True, True], "reason": ["CV gain +0.1000 > SE 0.0100"] * 2}
+    assert step_decision(same, None, names) == "kept: CV gain +0.1000 > SE 0.0100"
+    assert step_decision({"kept": [False, False], "reason": ["x", "x"]}, None, names) == "dropped: x"
+    assert step_decision({"kept": [True, False], "reason": ["a", "b"]}, None, names) == "c1 kept (a); c2 dropped (b)"
+    assert step_decision({"kept": [True, True], "reason": ["a", "b"]}, None, names) == "c1 kept (a); c2 kept (b)"
+    assert step_decision({"kept": [True]}, None, names) == "kept: "
+
+
+def test_summary_lines_with_and_without_the_crossval_score():
+    from segkit.postprocess.tuning import summary_lines
+
+    assert summary_lines({}) == [] and summary_lines({"crossval": "x"}) == []
+    assert summary_lines({"crossval": {}}) == ["rule: ", "cross-validated over ?"]
+    cv = {"rule": "R", "folds": "the run's 3 training folds", "cv_score": 0.61234, "cv_score_plain": 0.5,
+          "cv_score_empty": 0.6, "cv_gain_over_empty": 0.01234, "cv_se_over_empty": 0.02, "within_noise_of_empty": True}
+    assert summary_lines({"crossval": cv}) == [
+        "rule: R", "cross-validated over the run's 3 training folds",
+        "cross-validated score of the chain 0.6123 (plain 0.5: 0.5000, all empty: 0.6000; gain over all empty "
+        "+0.0123 ± 0.0200)",
+        "warning: the final score is within noise (1 SE) of submitting all-empty masks: the model has not learnt "
+        "to beat the trivial baseline"]
+    cv["within_noise_of_empty"] = False
+    assert len(summary_lines({"crossval": cv})) == 3
+
+
+def test_a_probability_equal_to_the_threshold_is_not_above_it_in_float32():
+    p = np.full((2, 2, 1), 0.3, np.float32)  # float32(0.3) is 0.30000001 as a float64
+    assert ch.apply(p, [0.3], [0]).sum() == 0
+    assert ch.apply_chain(p, ch.ChainParams.plain([0.3], [0])).sum() == 0  # the whole chain agrees
+    assert ch.apply(p, [0.29], [0]).sum() == 4
+    assert ch.ChainParams.plain([0.3], [0]).source == ""
+
+
+def test_the_chain_in_force_must_match_the_classes(tmp_path):
+    cfg = cfg_for(tmp_path)
+    run = RunDir.of(cfg)
+    run.path.mkdir(parents=True)
+    run.write_postprocess({"classes": [{"threshold": 0.4, "min_area": 3}]})
+    with pytest.raises(TrainingError, match="tuned for 1 classes, the data has 2"):
+        ch.load_postprocess(cfg, ["a", "b"])
+
+
+def _tuned(empty, n_folds, final, plain, base, records=()):
+    from segkit.postprocess.crossval import CrossVal, State
+    from segkit.postprocess.tuning import ClassTuning
+
+    cv = CrossVal(State(), list(records), "the run's 2 training folds", n_folds, base, plain, final)
+    return ClassTuning({}, [], cv, empty)
+
+
+def test_crossval_summary_against_all_empty_worked_by_hand():
+    from segkit.postprocess.crossval import RULE
+    from segkit.postprocess.tuning import crossval_summary
+
+    cfg = config_from_dict({})
+    a = _tuned(0.5, 2, [0.8, 0.6], [0.7, 0.5], [0.5, 0.5])
+    b = _tuned(0.3, 2, [0.6, 0.6], [0.5, 0.5], [0.4, 0.6])
+    out = crossval_summary(cfg, [a, b])
+    assert out["baseline"] == {"step": "all empty", "oof_score": pytest.approx(0.4), "per_class": [0.5, 0.3]}
+    cv = out["crossval"]
+    assert cv["rule"] == RULE and cv["folds"] == "the run's 2 training folds" and cv["n_folds"] == 2
+    # per fold, mean over classes: final [0.7, 0.6], plain [0.6, 0.5], empty [0.45, 0.55]; over empty [0.25, 0.05]
+    assert cv["cv_score"] == pytest.approx(0.65) and cv["cv_score_plain"] == pytest.approx(0.55)
+    assert cv["cv_score_empty"] == pytest.approx(0.5) and cv["cv_gain_over_empty"] == pytest.approx(0.15)
+    assert cv["cv_se_over_empty"] == pytest.approx(0.1) and cv["within_noise_of_empty"] is False
+    near = crossval_summary(cfg, [_tuned(0.5, 2, [0.6, 0.45], [0.5, 0.5], [0.5, 0.5])])  # over [0.1, -0.05]
+    assert near["crossval"]["within_noise_of_empty"] is True  # mean 0.025 ≤ SE 0.075
+    uneven = crossval_summary(cfg, [a, _tuned(0.3, 0, [], [], [])])
+    assert set(uneven["crossval"]) == {"rule", "folds", "n_folds"}
+    assert set(crossval_summary(cfg, [ch_tuning_without_cv(0.2)])) == {"baseline"}
+    free = crossval_summary(config_from_dict({"postprocess": {"crossval": False}}), [a])
+    assert free["crossval"]["rule"] == ("postprocess.crossval: false: every step that improves the OOF is kept (not "
+                                        "judged out of sample)")
+
+
+def ch_tuning_without_cv(empty):
+    from segkit.postprocess.tuning import ClassTuning
+
+    return ClassTuning({}, [], None, empty)
+
+
+def test_step_records_evidence_worked_by_hand():
+    from segkit.postprocess.crossval import StepRecord
+    from segkit.postprocess.tuning import ClassTuning, step_records
+
+    def rec(step, gain, folds, boot=0.0, tried=3, kept=False, reason="r"):
+        return StepRecord(step, oof_gain=gain, fold_gains=folds, boot_se=boot, tried=tried, kept=kept, reason=reason)
+
+    ra = [rec("threshold", 0.1, [0.1, 0.3], tried=17, kept=True, reason="up"), rec("min area", 0.0, []),
+          rec("gate", 0.0, [0.1]), rec("triplet", 0.2, [0.1, 0.1], boot=0.3)]
+    rb = [rec("threshold", 0.0, [0.0, -0.1], tried=17, reason="down"), rec("min area", 0.0, [0.2, 0.2]),
+          rec("gate", 0.0, [0.1, 0.2]), rec("triplet", 0.0, [0.1, 0.1], boot=0.4)]
+    sa = [(0.5, {"threshold": 0.5}), (0.6, {"threshold": 0.4}), (0.6, {}), (0.7, {}), (0.7, {})]
+    sb = [(0.3, {"threshold": 0.5}), (0.3, {"threshold": 0.5}), (0.4, {}), (0.4, {}), (0.5, {})]
+    tuned = [ClassTuning({}, sa, _tuned(0.1, 2, [], [], [], ra).cv), ClassTuning({}, sb, _tuned(0.1, 2, [], [], [], rb).cv)]
+    classes = [{"name": "a"}, {"name": "b"}]
+    out = step_records(config_from_dict({}), classes, tuned)
+    assert [e["step"] for e in out] == ["plain (0.5)", "threshold", "min area", "gate", "triplet"]
+    assert out[0] == {"step": "plain (0.5)", "oof_score": pytest.approx(0.4), "per_class": [0.5, 0.3],
+                      "params": {"a": {"threshold": 0.5}, "b": {"threshold": 0.5}}}
+    t = out[1]
+    assert t["oof_score"] == pytest.approx(0.45) and t["params"] == {"a": {"threshold": 0.4}, "b": {"threshold": 0.5}}
+    assert t["oof_gain"] == pytest.approx(0.05) and t["oof_gain_per_class"] == [0.1, 0.0]
+    # per fold, mean over classes: [0.05, 0.1] -> CV gain 0.075, SE 0.0354 / √2 = 0.025
+    assert t["cv_gain"] == pytest.approx(0.075) and t["cv_se"] == pytest.approx(0.025)
+    assert t["cv_gain_per_class"] == pytest.approx([0.2, -0.05]) and t["cv_se_per_class"] == pytest.approx([0.1, 0.05])
+    assert (t["tried"], t["kept"], t["reason"]) == ([17, 17], [True, False], ["up", "down"])
+    assert out[2]["cv_gain"] is None and out[2]["cv_se"] is None  # class a could not be judged
+    assert out[3]["cv_gain"] is None  # 1 fold against 2
+    # triplet: fold gains agree (SE 0); the bootstrap SE of the class mean √((0.3² + 0.4²) / 2 / 2) = 0.25
+    assert out[4]["cv_gain"] == pytest.approx(0.1) and out[4]["cv_se"] == pytest.approx(0.25)
+    fixed = step_records(config_from_dict({"postprocess": {"tune": False}}), classes, tuned)
+    assert [e["step"] for e in fixed] == ["plain (0.5)", "config"] and "oof_gain" not in fixed[1]
+
+
+def test_a_class_failing_its_top_threshold_leaves_the_next_classes_alone():
+    probs = np.zeros((2, 2, 2), np.float32)
+    probs[..., 0] = 0.6  # above its threshold, but no pixel above its top threshold 0.9
+    probs[..., 1] = 0.7
+    params = ch.ChainParams([ch.ClassParams("a", 0.5, 0, None, 0.9, 1), ch.ClassParams("b", 0.5, 0)])
+    out = ch.apply_chain(probs, params)
+    assert out[..., 0].sum() == 0 and out[..., 1].sum() == 4
