@@ -512,7 +512,8 @@ class EpochKeeper(keras.callbacks.Callback):
             "best": self.best,
             "history": self.history,
             "stopped": self.stopped,
-            "early": {"wait": int(self.early.wait), "best": _num(self.early.best),
+            # Keras 3.5 gives EarlyStopping its `best` at the first epoch that validated
+            "early": {"wait": int(self.early.wait), "best": _num(getattr(self.early, "best", None)),
                       "stopped_epoch": int(self.early.stopped_epoch)},
             "reduce": {"wait": int(self.reduce.wait), "best": _num(self.reduce.best),
                        "cooldown_counter": int(self.reduce.cooldown_counter)},

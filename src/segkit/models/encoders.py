@@ -94,6 +94,22 @@ def _hub():
     return keras_hub
 
 
+def check_timm_mobilenet(name: str = "mobilenet") -> None:
+    """ConfigError unless the installed KerasHub builds MobileNetV3 from timm's settings (its MobileNetBackbone
+    takes `stackwise_padding` and the timm converter exists): KerasHub 0.18's older MobileNetBackbone cannot."""
+    import inspect
+
+    hub = _hub()
+    try:
+        from keras_hub.src.utils.timm.convert_mobilenet import convert_backbone_config  # noqa: F401
+        params = inspect.signature(hub.models.MobileNetBackbone.__init__).parameters
+    except (ImportError, AttributeError):
+        params = {}
+    if "stackwise_padding" not in params:
+        raise ConfigError(f"backbone: {name} needs a keras-hub whose MobileNetBackbone builds timm's MobileNetV3 "
+                          f"(0.32 does; installed {hub.__version__} does not): pip install -U keras-hub")
+
+
 def random_backbone(name: str, image_shape: Sequence[int]):
     """A KerasHub backbone `name` (see BACKBONES) with random weights for (H, W, bands) images."""
     hub = _hub()
@@ -108,10 +124,9 @@ def random_backbone(name: str, image_shape: Sequence[int]):
         width, depth = _EFFICIENTNET[name]
         return efficientnet_backbone(width, depth, input_shape=tuple(image_shape), **_EFFICIENTNET_BASE)
     if name in _MOBILENET:
-        try:
-            from keras_hub.src.utils.timm.convert_mobilenet import convert_backbone_config
-        except ImportError as exc:
-            raise ConfigError(f"backbone: {name} needs keras-hub >= 0.17 (installed {hub.__version__})") from exc
+        check_timm_mobilenet(name)
+        from keras_hub.src.utils.timm.convert_mobilenet import convert_backbone_config
+
         return hub.models.MobileNetBackbone(image_shape=tuple(image_shape),
                                             **convert_backbone_config({"architecture": _MOBILENET[name]}))
     if name in _DENSENET:
