@@ -501,3 +501,184 @@ def test_a_class_failing_its_top_threshold_leaves_the_next_classes_alone():
     params = ch.ChainParams([ch.ClassParams("a", 0.5, 0, None, 0.9, 1), ch.ClassParams("b", 0.5, 0)])
     out = ch.apply_chain(probs, params)
     assert out[..., 0].sum() == 0 and out[..., 1].sum() == 4
+
+
+# --- the statistics tables: both paths, the cache, the views, the bootstrap SE and run_step -----------------
+
+class _Net:
+    """A toy metric with a count form: per image 3·|pred ∩ truth| − |pred| − |truth| (hits minus false
+    positives minus misses), averaged over images."""
+
+    def score_class(self, truth, pred):
+        t, p = np.asarray(truth) > 0, np.asarray(pred) > 0
+        return float(np.mean([3 * np.count_nonzero(a & b) - np.count_nonzero(b) - np.count_nonzero(a)
+                              for a, b in zip(t, p)]))
+
+    def score_counts(self, inter, pred_area, true_area):
+        return np.mean(3 * inter - pred_area - true_area, axis=-1)
+
+
+def _four_images():
+    """4 images of 4×4 (scores worked by hand below, per image at bottom threshold t and min area a):
+    0: a 3-pixel hit at 0.8 (truth: those 3 and one more pixel) and a lone false pixel at 0.6 (t 0.5: 1, t 0.7: 2;
+       a 2 at t 0.5: 2; a 5: −4 = empty);
+    1: nothing above 0.1, one true pixel (−1 whatever is predicted above 0.5);
+    2: a lone false pixel at 0.9, one true pixel elsewhere (−2; a 2: −1 = empty);
+    3: a false 2×2 blob at 0.6, no truth (t 0.5: −4 unless a 5; t 0.7: 0 = empty)."""
+    probs = np.zeros((4, 4, 4), np.float32)
+    truth = np.zeros((4, 4, 4), np.uint8)
+    probs[0, 0, 0:3] = 0.8
+    probs[0, 3, 3] = 0.6
+    truth[0, 0, 0:3] = 1
+    truth[0, 1, 0] = 1
+    probs[1] = 0.1
+    truth[1, 2, 2] = 1
+    probs[2, 1, 1] = 0.9
+    truth[2, 3, 3] = 1
+    probs[3, 2:4, 0:2] = 0.6
+    return probs, truth
+
+
+PER_IMAGE = {(0.5, 0): [1, -1, -2, -4], (0.5, 2): [2, -1, -1, -4], (0.5, 5): [-4, -1, -1, 0],
+             (0.7, 0): [2, -1, -2, 0], (0.7, 2): [2, -1, -1, 0], (0.65, 0): [2, -1, -2, 0],
+             (0.65, 2): [2, -1, -1, 0]}
+EMPTY = [-4, -1, -1, 0]
+
+
+def _tables(counts, **kw):
+    from segkit.postprocess.search import ClassTables, Scorer
+
+    probs, truth = _four_images()
+    return ClassTables(probs, truth, Scorer(_Net(), truth, counts=counts), [0.7, 0.5], **kw)
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_tables_score_every_threshold_and_area_as_worked_by_hand(counts):
+    tab = _tables(counts)
+    assert tab.scorer.counts is counts and tab.thresholds == [0.5, 0.7]
+    for (t, a), per_image in PER_IMAGE.items():
+        assert tab.score(t, a) == pytest.approx(np.mean(per_image)), (t, a)
+    assert tab.score(0.5, 1) == pytest.approx(np.mean([1, -1, -2, -4]))  # a lone pixel is a component of area 1
+    assert float(tab.scorer.reduce(tab.scorer.empty)) == pytest.approx(np.mean(EMPTY))
+    keep = np.array([True, False, False, True])  # images 1 and 2 declared empty
+    assert tab.score(0.5, 0, keep) == pytest.approx(np.mean([1, -1, -1, -4]))
+    stats = tab.stats(0.5, [0, 2, 5])
+    assert stats.shape == ((3, 4, 2) if counts else (3, 4, 1))
+    if counts:  # (intersection, predicted area) per image
+        assert stats[0].tolist() == [[3, 4], [0, 0], [0, 1], [0, 4]]  # area 0
+        assert stats[1].tolist() == [[3, 3], [0, 0], [0, 0], [0, 4]]  # area 2
+        assert stats[2].tolist() == [[0, 0], [0, 0], [0, 0], [0, 0]]  # area 5
+    else:
+        assert stats[..., 0].tolist() == [PER_IMAGE[0.5, 0], PER_IMAGE[0.5, 2], PER_IMAGE[0.5, 5]]
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_tables_cache_a_pass_and_answer_any_subset_of_its_areas(counts):
+    tab = _tables(counts)
+    assert tab.passes == 0
+    tab.stats(0.5, [0])
+    assert tab.passes == 0  # area 0 alone needs no labelling
+    first = tab.stats(0.5, [0, 2, 5])
+    assert tab.passes == 1
+    again = tab.stats(0.5, [5, 2])  # covered by the pass above: no new pass, rows in the order asked
+    assert tab.passes == 1 and again.tolist() == first[[2, 1]].tolist()
+    assert tab.stats(0.5, [0, 2, 5]) is first
+    tab.stats(0.7, [2])  # another threshold: a pass of its own
+    assert tab.passes == 2
+    assert tab.stats(0.65, [0, 2])[..., 0 if not counts else 1].shape == (2, 4)  # off the grid: a pass too
+    assert tab.passes == 3
+    assert tab.score(0.65, 0) == pytest.approx(np.mean(PER_IMAGE[0.65, 0]))
+
+
+def test_the_gate_probabilities_and_the_top_k_tables():
+    probs, _ = _four_images()
+    gate = np.zeros_like(probs)
+    gate[0, :2, :2] = 0.9  # 4 pixels above 0.5 and 0.7
+    gate[1, 0, 0] = 0.6  # 1 pixel above 0.5, none above 0.7
+    tab = _tables(True, top_k=2, topk_ks=[1, 2, 99], gate_probs=gate, label=[[0.2], [0.4], [0.6], [0.8]])
+    assert tab.area_above(0.5).tolist() == [4, 1, 0, 0] and tab.area_above(0.7).tolist() == [4, 0, 0, 0]
+    assert tab.top_k == 2 and tab.topk_ks == [1, 2, 16]  # k capped at the 16 pixels
+    assert tab.topk_means[0].tolist() == pytest.approx([0.9, 0.6, 0, 0])  # of the gate probabilities
+    assert tab.topk_means[1].tolist() == pytest.approx([0.9, 0.3, 0, 0])
+    assert tab.topk_means[2].tolist() == pytest.approx([0.225, 0.6 / 16, 0, 0])
+    assert tab.kth.tolist() == pytest.approx([0.8, 0.1, 0.0, 0.6])  # the 2nd largest of the probabilities
+    assert tab.top_keep(0.65).tolist() == [True, False, False, False]
+    assert tab.top_keep(float(np.float32(0.8))).tolist() == [False] * 4  # strictly above
+    assert tab.top_keep(None).tolist() == [True] * 4
+    assert tab.label.tolist() == [0.2, 0.4, 0.6, 0.8] and tab.label.dtype == np.float64
+    plain = _tables(True, topk_ks=[2])
+    assert plain.area_above(0.5).tolist() == [4, 0, 1, 4] and plain.area_above(0.7).tolist() == [3, 0, 1, 0]
+    assert plain.topk_means[0].tolist() == pytest.approx([0.8, 0.1, 0.45, 0.6]) and plain.label is None
+    assert plain.kth.tolist() == pytest.approx([0.8, 0.1, 0.9, 0.6])  # top_k 1
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_a_table_view_is_its_images_of_the_parent(counts):
+    tab = _tables(counts, topk_ks=[2], label=[0.2, 0.4, 0.6, 0.8])
+    view = tab.subset([3, 0])
+    assert view.n == 2 and view.idx.dtype == np.int64 and view.thresholds == [0.5, 0.7]
+    assert view.score(0.5, 0) == pytest.approx((-4 + 1) / 2) and view.score(0.5, 5) == pytest.approx((0 - 4) / 2)
+    assert view.score(0.5, 0, np.array([False, True])) == pytest.approx((0 + 1) / 2)
+    assert view.stats(0.5, [0, 2]).tolist() == tab.stats(0.5, [0, 2])[:, [3, 0]].tolist()
+    assert view.area_above(0.7).tolist() == [0, 3] and view.kth.tolist() == pytest.approx([0.6, 0.8])
+    assert view.topk_means[0].tolist() == pytest.approx([0.6, 0.8]) and view.label.tolist() == [0.8, 0.2]
+    assert view.top_keep(0.7).tolist() == [False, True]
+    assert float(view.scorer.reduce(view.scorer.empty)) == pytest.approx((0 - 4) / 2)
+    inner = view.subset([1])  # positions in the view: image 0
+    assert inner.idx.tolist() == [0] and inner.score(0.7, 2) == pytest.approx(2.0)
+    assert _tables(counts).subset([1]).label is None
+
+
+def test_the_paired_bootstrap_standard_error_of_a_step():
+    from segkit.postprocess import crossval as cv
+
+    for counts in (True, False):
+        tab = _tables(counts)
+        tests = [tab.subset([0, 2]), tab.subset([1, 3])]
+        before = [cv.State(), cv.State()]
+        after = [cv.State(area=2), cv.State(threshold=0.7)]
+        # per image after − before, in the held-out order 0, 2, 1, 3: 2 − 1, −1 − (−2), −1 − (−1), 0 − (−4)
+        diff = np.array([1.0, 1.0, 0.0, 4.0])
+        picks = np.random.default_rng(0).integers(0, 4, size=(cv.BOOTSTRAP, 4))
+        expected = np.std(diff[picks].mean(axis=1), ddof=1)
+        assert cv.paired_bootstrap_se(tab, tests, before, after) == pytest.approx(expected)
+        assert expected == pytest.approx(np.std(diff) / 2, rel=0.25)  # the bootstrap estimates σ/√n
+        other = np.random.default_rng(5).integers(0, 4, size=(cv.BOOTSTRAP, 4))
+        assert cv.paired_bootstrap_se(tab, tests, before, after, seed=5) == pytest.approx(
+            np.std(diff[other].mean(axis=1), ddof=1))
+        assert cv.paired_bootstrap_se(tests[0], tests, before, after) == pytest.approx(expected)  # a view's root
+        assert cv.paired_bootstrap_se(tab, tests, before, before) == 0.0
+        assert cv.paired_bootstrap_se(tab, [], [], []) == 0.0
+
+
+def test_run_step_passes_the_state_and_the_context_through():
+    from segkit.postprocess.crossval import Context, State, run_step
+
+    tab = _tables(False, topk_ks=[1])
+    ctx = Context(grid=[0.5, 0.7], areas=[2, 5], tops=[0.85], kinds=["topk"], cut_grid=None, triplet=True)
+    gate = {"kind": "topk", "k": 1, "cut": 0.75}
+    tried = []
+    # threshold, area 0: 0.5 → −1.5, 0.7 → −0.25; the rest of the state is kept
+    assert run_step("threshold", tab, State(0.5, 2, gate, 0.3), ctx, 8, tried) == State(0.7, 2, gate, 0.3)
+    assert tried == [2]
+    # min area from the state's threshold: at 0.7 area 2 scores 0 (best); a grid of 0.5 alone: area 2 (−1)
+    assert run_step("min area", tab, State(0.5, 0, gate, 0.3), ctx, 8) == State(0.7, 2, gate, 0.3)
+    only = Context(grid=[0.5], areas=[2, 5], tops=[0.85], kinds=["topk"], cut_grid=None, triplet=True)
+    assert run_step("min area", tab, State(0.5, 0), only, 8) == State(0.5, 2)
+    # gate at (0.5, 0), top-1 means [0.8, 0.1, 0.9, 0.6]: cuts 0.35, 0.7, 0.85, 0.9 → −1.5, −0.5, −1.75, −1.5
+    tried = []
+    out = run_step("gate", tab, State(0.5, 0, None, 0.3), ctx, 8, tried)
+    assert out.gate == {"kind": "topk", "k": 1, "cut": pytest.approx(0.7)} and tried == [4]
+    assert (out.threshold, out.area, out.top) == (0.5, 0, 0.3)
+    tried = []
+    assert run_step("gate", tab, State(0.5, 0), ctx, 2, tried).gate is None and tried == [2]  # cuts 0.35, 0.9
+    grid = Context(grid=[0.5], areas=[2], tops=[0.85], kinds=["topk"], cut_grid=[0.5, 0.75], triplet=True)
+    assert run_step("gate", tab, State(0.5, 0), grid, 2).gate == {"kind": "topk", "k": 1, "cut": 0.75}
+    # at (0.5, 2) the gate's cut 0.75 keeps images 0 and 2: 2 − 1 − 1 + 0 = 0 beats −1.5 with no gate
+    assert run_step("gate", tab, State(0.5, 2), grid, 2).gate == {"kind": "topk", "k": 1, "cut": 0.75}
+    # triplet at 0.5 under the gate (0.75: images 0 and 2 kept), areas {0, 2, 5}, tops {None, 0.85}:
+    # a0 −0.5, a0/0.85 −1.75, a2 0, a2/0.85 −1.5, a5 −1.5, a5/0.85 −1.5 → area 2, no top (the state's own top
+    # is not held)
+    tried = []
+    assert run_step("triplet", tab, State(0.5, 0, gate, 0.85), only, 8, tried) == State(0.5, 2, gate, None)
+    assert tried == [6]
