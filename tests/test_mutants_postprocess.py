@@ -682,3 +682,87 @@ def test_run_step_passes_the_state_and_the_context_through():
     tried = []
     assert run_step("triplet", tab, State(0.5, 0, gate, 0.85), only, 8, tried) == State(0.5, 2, gate, None)
     assert tried == [6]
+
+
+class _NetRun(_Net):
+    classes = ["a", "b"]
+
+    def __init__(self, size):
+        self.size = size
+
+    def submission_size(self, sample):
+        return self.size
+
+    def metric_name(self):
+        return "net"
+
+
+def _fake_run(monkeypatch, size, copies=1, folds=None):
+    """A 2-class run without training: class a is `_four_images`, class b the same probabilities with no truth
+    (score: minus the predicted area). `tune` reads the OOF through `load_oof_class` (patched here)."""
+    from types import SimpleNamespace
+
+    from segkit.oof import OofClass
+    from segkit.postprocess import tuning
+
+    probs, truth = _four_images()
+    probs, truth = np.concatenate([probs] * copies), np.concatenate([truth] * copies)
+    masks = np.stack([truth, np.zeros_like(truth)], axis=-1)
+    calls = []
+
+    def load(cfg, n, c):
+        calls.append((n, c))
+        return OofClass(probs, probs, None)
+
+    monkeypatch.setattr(tuning, "load_oof_class", load)
+    run = SimpleNamespace(adapter=_NetRun(size), samples=list(range(len(probs))), cache=SimpleNamespace(masks=masks),
+                          folds=np.zeros(len(probs), int) if folds is None else folds)
+    return run, probs, masks, calls
+
+
+def test_tune_with_the_config_chain_in_submission_pixels(tmp_path, monkeypatch, capsys):
+    from segkit.postprocess.tuning import tune
+
+    run, _, _, calls = _fake_run(monkeypatch, (8, 8))  # 64 submission pixels for 16 OOF pixels: areas × 0.25
+    cfg = cfg_for(tmp_path, tune=False, threshold=0.7, min_area=8)  # min area 2 OOF pixels
+    result = tune(cfg, run, quiet=True)
+    assert calls == [(4, 0), (4, 1)] and capsys.readouterr().out == ""
+    # class a at (0.7, 2): [2, −1, −1, 0] → 0; class b (minus the predicted area): 0.5 → [−4, 0, −1, −4], (0.7, 2) →
+    # [−3, 0, 0, 0]; all empty: a [−4, −1, −1, 0], b 0
+    assert result["version"] == 2 and result["metric"] == "net"
+    row = {"threshold": 0.7, "min_area": 8, "gate": None, "top_threshold": None, "top_k": 1}
+    assert result["classes"] == [{"name": "a", **row, "oof_score_default": -1.5, "oof_score_tuned": 0.0},
+                                 {"name": "b", **row, "oof_score_default": -2.25, "oof_score_tuned": -0.75}]
+    assert result["oof_score_default"] == pytest.approx(-1.875) and result["oof_score_tuned"] == pytest.approx(-0.375)
+    assert [s["step"] for s in result["steps"]] == ["plain (0.5)", "config"]
+    assert result["steps"][1]["per_class"] == [0.0, -0.75]
+    assert result["steps"][1]["params"] == {"a": {"threshold": 0.7, "min_area": 8}, "b": {"threshold": 0.7, "min_area": 8}}
+    assert result["baseline"] == {"step": "all empty", "oof_score": -0.75, "per_class": [-1.5, 0.0]}
+    assert "crossval" not in result
+    assert json.loads(RunDir.of(cfg).postprocess.read_text()) == result
+    tune(cfg, run)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[tune] step") and out[1].startswith("[tune] all empty") and "config" in out[3]
+    assert out[-2:] == ["[tune] a: threshold 0.7, min_area 8", "[tune] b: threshold 0.7, min_area 8"]
+
+
+def test_tune_cross_validates_over_the_run_folds_and_its_chain_reproduces_its_score(tmp_path, monkeypatch):
+    from segkit.postprocess.tuning import tune
+
+    folds = np.arange(8) % 2
+    run, probs, masks, _ = _fake_run(monkeypatch, (4, 4), copies=2, folds=folds)
+    cfg = cfg_for(tmp_path, threshold_grid=[0.5, 0.7], min_area_grid=[2, 5], gate="topk", gate_topk_grid=[0.0625],
+                  top_threshold_grid=[0.85])
+    result = tune(cfg, run, quiet=True)
+    assert [s["step"] for s in result["steps"]] == ["plain (0.5)", "threshold", "min area", "gate", "triplet"]
+    assert result["crossval"]["folds"] == "the run's 2 training folds" and result["crossval"]["n_folds"] == 2
+    chain = ch.ChainParams.from_dict(result)
+    net = _Net()
+    for c, cls in enumerate(result["classes"]):
+        assert cls["oof_score_default"] == pytest.approx(-1.5 if c == 0 else -2.25)
+        pred = np.stack([ch.apply_chain(p, chain) for p in np.stack([probs, probs], axis=-1)])
+        # the saved chain applied image by image scores what the file says (the metric computed independently)
+        assert net.score_class(masks[..., c], pred[..., c]) == pytest.approx(cls["oof_score_tuned"])
+        assert result["steps"][-1]["per_class"][c] == pytest.approx(cls["oof_score_tuned"])
+    assert result["oof_score_tuned"] == pytest.approx(np.mean([c["oof_score_tuned"] for c in result["classes"]]))
+    assert result["oof_score_tuned"] > result["oof_score_default"]
