@@ -766,3 +766,55 @@ def test_tune_cross_validates_over_the_run_folds_and_its_chain_reproduces_its_sc
         assert result["steps"][-1]["per_class"][c] == pytest.approx(cls["oof_score_tuned"])
     assert result["oof_score_tuned"] == pytest.approx(np.mean([c["oof_score_tuned"] for c in result["classes"]]))
     assert result["oof_score_tuned"] > result["oof_score_default"]
+
+
+def test_the_step_table_column_by_column():
+    from segkit.postprocess.tuning import format_steps
+
+    result = {
+        "classes": [{"name": "a", "threshold": 0.4, "min_area": 0}, {"name": "b", "threshold": 0.5, "min_area": 10}],
+        "baseline": {"step": "all empty", "oof_score": 0.25, "per_class": [0.5, 0.0]},
+        "steps": [
+            {"step": "plain (0.5)", "oof_score": 0.5, "per_class": [0.6, 0.4]},
+            {"step": "threshold", "oof_score": 0.55, "per_class": [0.7, 0.4], "oof_gain": 0.05, "cv_gain": 0.03,
+             "cv_se": 0.01, "tried": [17, 17], "kept": [True, False], "reason": ["up", "down"]},
+            {"step": "min area", "oof_score": 0.55, "per_class": [0.7, 0.4], "oof_gain": 0.0, "cv_gain": None,
+             "cv_se": None, "tried": [0, 0], "kept": [False, False], "reason": ["x", "x"]},
+            {"step": "old", "oof_score": 0.5, "per_class": [0.6, 0.4]},  # a file without decisions: vs the row above
+            {"step": "old2", "oof_score": 0.6, "per_class": [0.7, 0.5]},
+            "junk",  # not a step: skipped
+        ],
+        "crossval": {"rule": "R", "folds": "F"},
+    }
+    # columns: step (12 wide, at least), OOF (7), OOF gain (8), CV gain ± SE (17), tried (5), one per class (9)
+    blank = " " * 8 + "  " + " " * 17 + "  " + " " * 5
+    assert format_steps(result).split("\n") == [
+        "[tune] step        " + "      OOF  OOF gain       CV gain ± SE  tried          a          b  decision",
+        "[tune] all empty   " + "   0.2500  " + blank + "     0.5000     0.0000  trivial baseline",
+        "[tune] plain (0.5) " + "   0.5000  " + blank + "     0.6000     0.4000  ",
+        "[tune] threshold   " + "   0.5500   +0.0500   +0.0300 ± 0.0100  17/17     0.7000     0.4000  "
+        "a kept (up); b dropped (down)",
+        "[tune] min area    " + "   0.5500   +0.0000  " + " " * 17 + "  " + " " * 5 + "     0.7000     0.4000  dropped: x",
+        "[tune] old         " + "   0.5000  " + blank + "     0.6000     0.4000  (no gain: kept neutral)",
+        "[tune] old2        " + "   0.6000  " + blank + "     0.7000     0.5000  ",
+        "[tune] rule: R",
+        "[tune] cross-validated over F",
+        "[tune] a: threshold 0.4, min_area 0",
+        "[tune] b: threshold 0.5, min_area 10",
+    ]
+    result["steps"][0]["step"] = "a much longer step"  # 18 characters: the column widens
+    assert format_steps(result).split("\n")[1] == "[tune] all empty" + " " * 9 + "   0.2500  " + blank + (
+        "     0.5000     0.0000  trivial baseline")
+
+
+def test_crossval_summary_with_uneven_folds_and_a_gain_of_exactly_one_se():
+    from segkit.postprocess.tuning import crossval_summary
+
+    cfg = config_from_dict({})
+    two = _tuned(0.5, 2, [0.8, 0.6], [0.7, 0.5], [0.5, 0.5])
+    three = _tuned(0.5, 3, [0.8, 0.6, 0.7], [0.7, 0.5, 0.6], [0.5, 0.5, 0.5])
+    assert set(crossval_summary(cfg, [two, three])["crossval"]) == {"rule", "folds", "n_folds"}
+    # over all empty [0.1, 0.0]: mean 0.05, SE (std 0.0707 / √2) 0.05: a gain of exactly 1 SE is within noise
+    edge = crossval_summary(cfg, [_tuned(0.5, 2, [0.6, 0.5], [0.5, 0.5], [0.5, 0.5])])["crossval"]
+    assert edge["cv_gain_over_empty"] == pytest.approx(0.05) and edge["cv_se_over_empty"] == pytest.approx(0.05)
+    assert edge["within_noise_of_empty"] is True
