@@ -627,6 +627,9 @@ def test_a_table_view_is_its_images_of_the_parent(counts):
     inner = view.subset([1])  # positions in the view: image 0
     assert inner.idx.tolist() == [0] and inner.score(0.7, 2) == pytest.approx(2.0)
     assert _tables(counts).subset([1]).label is None
+    none = tab.subset([])  # a view of no images (a list, not an index array)
+    assert none.n == 0 and none.stats(0.5, [0]).shape[:2] == (1, 0) and none.kth.shape == (0,)
+    assert view.subset([]).n == 0 and view.subset([]).label.shape == (0,)
 
 
 def test_the_paired_bootstrap_standard_error_of_a_step():
@@ -818,3 +821,26 @@ def test_crossval_summary_with_uneven_folds_and_a_gain_of_exactly_one_se():
     edge = crossval_summary(cfg, [_tuned(0.5, 2, [0.6, 0.5], [0.5, 0.5], [0.5, 0.5])])["crossval"]
     assert edge["cv_gain_over_empty"] == pytest.approx(0.05) and edge["cv_se_over_empty"] == pytest.approx(0.05)
     assert edge["within_noise_of_empty"] is True
+
+
+def test_images_a_chain_keeps_and_their_statistics():
+    from segkit.postprocess.crossval import State, chain_score, image_stats, keep_images
+
+    tab = _tables(False, topk_ks=[2], label=[0.2, 0.4, 0.6, 0.8])  # top-1 probabilities [0.8, 0.1, 0.9, 0.6]
+    label = {"kind": "label", "k": None, "cut": 0.6}
+    assert keep_images(tab, State(gate=label)).tolist() == [False, False, False, True]  # strictly above the cut
+    assert keep_images(tab, State(gate={**label, "cut": 0.3})).tolist() == [False, True, True, True]
+    assert keep_images(tab, State(top=0.7)).tolist() == [True, False, True, False]
+    # the gate and the top threshold must both pass
+    assert keep_images(tab, State(top=0.7, gate={**label, "cut": 0.3})).tolist() == [False, False, True, False]
+    area = {"kind": "area", "k": None, "cut": 1.0}  # pixels above the chain's threshold: 0.5 → [4, 0, 1, 4]
+    assert keep_images(tab, State(gate=area)).tolist() == [True, False, False, True]
+    assert keep_images(tab, State(0.7, gate=area)).tolist() == [True, False, False, False]  # 0.7 → [3, 0, 1, 0]
+    topk = {"kind": "topk", "k": 2, "cut": 0.5}  # top-2 means [0.8, 0.1, 0.45, 0.6]
+    assert keep_images(tab, State(gate=topk)).tolist() == [True, False, False, True]
+    assert keep_images(tab, State()).tolist() == [True] * 4
+    # declared-empty rows take the empty prediction's statistics: per image [1, −1, −2, −4] → [1, −1, −1, −4]
+    assert image_stats(tab, State(gate=topk))[:, 0].tolist() == [1, -1, -1, -4]
+    assert image_stats(tab, State(area=2, gate=label))[:, 0].tolist() == [-4, -1, -1, -4]
+    assert chain_score(tab, State(gate=topk)) == pytest.approx(-1.25)
+    assert chain_score(tab, State(0.7, 2, topk)) == pytest.approx((2 - 1 - 1 + 0) / 4)
