@@ -844,3 +844,80 @@ def test_images_a_chain_keeps_and_their_statistics():
     assert image_stats(tab, State(area=2, gate=label))[:, 0].tolist() == [-4, -1, -1, -4]
     assert chain_score(tab, State(gate=topk)) == pytest.approx(-1.25)
     assert chain_score(tab, State(0.7, 2, topk)) == pytest.approx((2 - 1 - 1 + 0) / 4)
+
+
+def test_search_gate_over_every_kind_and_its_cut_grid():
+    from segkit.postprocess.search import search_gate
+
+    # at (0.5, 0) per image [1, −1, −2, −4], empty [−4, −1, −1, 0]: no gate −1.5
+    tab = _tables(False, topk_ks=[1, 2], label=[0.9, 0.1, 0.5, 0.5])
+    tried = []
+    score, gate, keep = search_gate(tab, 0.5, 0, ["label"], cut_grid=[0.5, 0.05], tried=tried)
+    # cut 0.05 keeps every image (−1.5: no better than no gate), 0.5 keeps image 0 only (strictly above): −0.25
+    assert (score, gate, keep.tolist()) == (-0.25, {"kind": "label", "k": None, "cut": 0.5}, [True, False, False, False])
+    assert tried == [2]
+    assert search_gate(tab, 0.5, 0, ["label"], cut_grid=[0.05])[:2] == (-1.5, None)  # a tie is no gain
+    assert search_gate(tab, 0.5, 0, ["topk", "area"], cut_grid=[0.05])[1]["kind"] == "area"  # label not asked for
+    # area above 0.5 [4, 0, 1, 4]: cuts 0.5, 2.5, 4 → −1.5, −1.25, −1.5
+    score, gate, keep = search_gate(tab, 0.5, 0, ["area"])
+    assert (score, gate) == (-1.25, {"kind": "area", "k": None, "threshold": 0.5, "cut": 2.5})
+    assert keep.tolist() == [True, False, False, True]
+    # top-1 means [0.8, 0.1, 0.9, 0.6] and top-2 [0.8, 0.1, 0.45, 0.6] on the grid [0.7]: top-1 keeps 0 and 2
+    # (−0.5), top-2 keeps image 0 (−0.25); with the area gate's 3 data cuts and 2 label cuts: 7 candidates
+    tried = []
+    score, gate, _ = search_gate(tab, 0.5, 0, ["topk", "area", "label"], cut_grid=[0.7], tried=tried)
+    assert (score, gate) == (-0.25, {"kind": "topk", "k": 2, "cut": 0.7}) and tried == [1 + 1 + 3 + 1]
+    nolabel = _tables(False, topk_ks=[1])
+    assert search_gate(nolabel, 0.5, 0, ["label"], cut_grid=[0.5])[1] is None
+    none = search_gate(nolabel, 0.5, 0, [])
+    assert none[:2] == (-1.5, None) and none[2].tolist() == [True] * 4 and none[2].dtype == bool
+
+
+def test_gate_cuts_thinned_only_past_max_cuts():
+    from segkit.postprocess.search import gate_cuts
+
+    # 4 midpoints and room for 3: positions 0, 1.5 → 2, 3
+    assert gate_cuts(np.arange(5.0), max_cuts=4).tolist() == [0.5, 2.5, 3.5, 4.0]
+    assert gate_cuts(np.arange(5.0), max_cuts=5).tolist() == [0.5, 1.5, 2.5, 3.5, 4.0]
+    assert gate_cuts(np.arange(3), [1, 2]).dtype == np.float64
+
+
+def test_the_count_form_is_checked_against_the_metric():
+    from segkit.postprocess.search import ClassTables, Scorer
+    from segkit.postprocess.tuning import _counts_agree
+
+    class Off(_Net):  # wrong by one on images with `bad` true pixels
+        def __init__(self, bad):
+            self.bad = bad
+
+        def score_counts(self, inter, pred_area, true_area):
+            return np.mean(3 * inter - pred_area - true_area + (true_area == self.bad), axis=-1)
+
+    probs, truth = _four_images()
+    probs[1, 0, 0] = 0.5  # exactly the threshold: not predicted
+
+    def agree(adapter):
+        scorer = Scorer(adapter, truth)
+        return _counts_agree(adapter, scorer, ClassTables(probs, truth, scorer, [0.5]), truth, probs)
+
+    assert agree(_Net()) is True
+    assert agree(Off(4)) is False and agree(Off(0)) is False  # wrong on the first image only, the last only
+
+
+def test_tune_class_in_sample_with_a_top_k_gate_in_submission_pixels():
+    from segkit.oof import OofClass
+    from segkit.postprocess.tuning import tune_class
+
+    probs, truth = _four_images()
+    cfg = config_from_dict({"postprocess": {"threshold_grid": [0.5], "min_area_grid": [8], "gate": "topk",
+                                            "gate_topk_grid": [0.0625], "top_threshold_grid": [0.85],
+                                            "crossval": False}})
+    # 64 submission pixels for 16 OOF pixels: min area 8 → 2 OOF pixels, the top-k fraction 1/16 → k 1 (OOF), 4
+    row, steps = tune_class(_Net(), truth, OofClass(probs, probs, None), cfg, 0.25, 64, np.arange(4) % 2)
+    # threshold: 0.5 only (no gain); min area 2: −1; gate at (0.5, 2), per image [2, −1, −1, −4], top-1 means
+    # [0.8, 0.1, 0.9, 0.6]: the cut 0.7 drops image 3 (0); the triplet finds nothing better
+    assert [s for s, _ in steps] == pytest.approx([-1.5, -1.5, -1.0, 0.0, 0.0])
+    assert row["threshold"] == 0.5 and row["min_area"] == 8 and row["top_threshold"] is None and row["top_k"] == 1
+    assert row["gate"] == {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}
+    assert steps[2][1] == {"threshold": 0.5, "min_area": 8}
+    assert steps[3][1] == {"gate": {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}}
