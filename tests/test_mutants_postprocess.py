@@ -2,6 +2,7 @@
 boundaries (worked by hand on tiny arrays), the tuned file read back (v1 and v2) with its messages in full, and
 what predict is told about the chain in force. Pure numpy, no training."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -921,3 +922,52 @@ def test_tune_class_in_sample_with_a_top_k_gate_in_submission_pixels():
     assert row["gate"] == {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}
     assert steps[2][1] == {"threshold": 0.5, "min_area": 8}
     assert steps[3][1] == {"gate": {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}}
+
+
+def test_a_probability_equal_to_a_grid_threshold_is_not_above_it_in_the_tables():
+    from segkit.postprocess.search import ClassTables, Scorer
+
+    probs, truth = _four_images()  # 0.6 (float32) on image 0's false pixel and image 3's blob
+    for counts in (True, False):
+        tab = ClassTables(probs, truth, Scorer(_Net(), truth, counts=counts), [0.6, float(np.float32(0.6))])
+        # as binarise decides: a float32 0.6 is not above 0.6 (nor above itself)
+        assert tab.area_above(0.6).tolist() == [3, 0, 1, 0]
+        assert tab.area_above(float(np.float32(0.6))).tolist() == [3, 0, 1, 0]
+        pred = np.stack([ch.binarise(p, 0.6) for p in probs])
+        assert tab.score(0.6, 0) == pytest.approx(_Net().score_class(truth, pred)) == pytest.approx(-0.25)
+        assert tab.score(0.6, 2) == pytest.approx(0.0)
+
+
+def test_search_threshold_ties_go_to_the_value_nearest_0_5():
+    from segkit.postprocess.search import search_min_area, search_threshold, search_triplet
+
+    tab = _tables(False)
+    # 0.2, 0.5 and 0.55 keep the same pixels (−1.5 each); 0.65 and 0.7 too (−0.25)
+    assert search_threshold(tab, [0.2, 0.55, 0.5]) == (-1.5, 0.5)
+    assert search_threshold(tab, [0.7, 0.65, 0.2]) == (-0.25, 0.65)
+    assert search_threshold(tab, []) == (-math.inf, 0.5)  # nothing to try: 0.5 stays
+    # an area that removes nothing useful ties with none: area 0 is kept
+    tried = []
+    assert search_min_area(tab, [0.5], [5], 0.5, tried) == (-1.5, 0.5, 0) and tried == [2]
+    keep = np.array([True, False, True, False])  # images 1 and 3 declared empty by a gate
+    # at 0.5 with area 2 and the gate: 2 − 1 − 1 + 0 = 0 (without the gate −1); no top threshold helps
+    assert search_triplet(tab, [0.5], [2], [0.85], 0.5, keep) == (0.0, 0.5, 2, None)
+    assert search_triplet(tab, [0.5], [2], [0.85], 0.5) == (-1.0, 0.5, 2, None)
+    assert search_triplet(tab, [0.5], [5], [], 0.5)[2] == 0  # area 5 ties with none (−1.5)
+
+
+def test_coarse_to_fine_stride_from_the_grid_length():
+    from segkit.postprocess.search import coarse_to_fine
+
+    grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]  # 7 values: stride ⌈7 / 6⌉ = 2
+    tried = []
+    assert coarse_to_fine(grid, 0.2, lambda b: (0.0, None), tried=tried)[1] == 0.2  # flat: the current one
+    assert tried == [5]  # 0.2, then 0.1, 0.3, 0.5, 0.7; then 0.2's neighbours (0.1, 0.3: seen)
+    calls = []
+
+    def rising(b):
+        calls.append(b)
+        return b, None
+
+    assert coarse_to_fine([0.1, 0.2, 0.3, 0.4], 0.1, rising)[1] == 0.4  # 4 values: stride 1, all in order
+    assert calls == [0.1, 0.2, 0.3, 0.4]
