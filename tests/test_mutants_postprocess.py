@@ -695,7 +695,7 @@ class _NetRun(_Net):
         self.size = size
 
     def submission_size(self, sample):
-        return self.size
+        return sample  # the fake run's samples are their submission sizes
 
     def metric_name(self):
         return "net"
@@ -715,11 +715,12 @@ def _fake_run(monkeypatch, size, copies=1, folds=None):
     calls = []
 
     def load(cfg, n, c):
-        calls.append((n, c))
+        calls.append((cfg, n, c))
         return OofClass(probs, probs, None)
 
     monkeypatch.setattr(tuning, "load_oof_class", load)
-    run = SimpleNamespace(adapter=_NetRun(size), samples=list(range(len(probs))), cache=SimpleNamespace(masks=masks),
+    samples = [size] + [(99, 99)] * (len(probs) - 1)  # the first sample's size is the submission's
+    run = SimpleNamespace(adapter=_NetRun(size), samples=samples, cache=SimpleNamespace(masks=masks),
                           folds=np.zeros(len(probs), int) if folds is None else folds)
     return run, probs, masks, calls
 
@@ -730,7 +731,7 @@ def test_tune_with_the_config_chain_in_submission_pixels(tmp_path, monkeypatch, 
     run, _, _, calls = _fake_run(monkeypatch, (8, 8))  # 64 submission pixels for 16 OOF pixels: areas × 0.25
     cfg = cfg_for(tmp_path, tune=False, threshold=0.7, min_area=8)  # min area 2 OOF pixels
     result = tune(cfg, run, quiet=True)
-    assert calls == [(4, 0), (4, 1)] and capsys.readouterr().out == ""
+    assert calls == [(cfg, 4, 0), (cfg, 4, 1)] and capsys.readouterr().out == ""
     # class a at (0.7, 2): [2, −1, −1, 0] → 0; class b (minus the predicted area): 0.5 → [−4, 0, −1, −4], (0.7, 2) →
     # [−3, 0, 0, 0]; all empty: a [−4, −1, −1, 0], b 0
     assert result["version"] == 2 and result["metric"] == "net"
@@ -971,3 +972,56 @@ def test_coarse_to_fine_stride_from_the_grid_length():
 
     assert coarse_to_fine([0.1, 0.2, 0.3, 0.4], 0.1, rising)[1] == 0.4  # 4 values: stride 1, all in order
     assert calls == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_tune_in_sample_keeps_every_step_that_raises_the_oof(tmp_path, monkeypatch):
+    from segkit.postprocess.tuning import tune
+
+    run, _, _, _ = _fake_run(monkeypatch, (8, 8))  # areas × 0.25; the top-k fraction 1/16: k 1 OOF, 4 submission
+    cfg = cfg_for(tmp_path, threshold_grid=[0.5], min_area_grid=[7, 8], gate="topk", gate_topk_grid=[0.0625],
+                  top_threshold_grid=[0.85], crossval=False)
+    result = tune(cfg, run, quiet=True)
+    # min areas 7 and 8 are both 2 OOF pixels: the file says the smaller, 7
+    # a: min area 2 (−1), the top-1 cut 0.7 drops image 3 (0); b (minus the predicted area): min area 2 leaves
+    # [−3, 0, 0, −4] (−1.75), the cut 0.85 keeps image 2 only, now empty (0); the triplet adds nothing
+    a, b = result["classes"]
+    assert (a["threshold"], a["min_area"], a["top_threshold"]) == (0.5, 7, None)
+    assert a["gate"] == {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}
+    assert b["gate"] == {"kind": "topk", "k": 4, "cut": pytest.approx(0.85)} and b["min_area"] == 7
+    assert (a["oof_score_default"], a["oof_score_tuned"]) == (-1.5, 0.0)
+    assert (b["oof_score_default"], b["oof_score_tuned"]) == (-2.25, 0.0)
+    assert [s["per_class"] for s in result["steps"]] == [[-1.5, -2.25], [-1.5, -2.25], [-1.0, -1.75], [0.0, 0.0],
+                                                         [0.0, 0.0]]
+    assert result["steps"][0]["params"]["a"] == {"threshold": 0.5, "min_area": 0}
+    assert result["oof_score_tuned"] == 0.0 and result["oof_score_default"] == pytest.approx(-1.875)
+
+
+def test_class_tables_units_and_search_context():
+    from segkit.oof import OofClass
+    from segkit.postprocess.tuning import class_tables
+
+    probs, truth = _four_images()
+    gate = np.zeros_like(probs)
+    label = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    cfg = config_from_dict({"postprocess": {"threshold_grid": [0.5, 0.7], "min_area_grid": [40, 8, 7],
+                                            "gate": "auto", "gate_topk_grid": [0.01, 0.125], "top_k": 8,
+                                            "top_threshold_grid": [0.85, 0.9], "triplet": False}})
+
+    class Off(_Net):  # a count form that does not score the metric: per-image scores instead
+        def score_counts(self, inter, pred_area, true_area):
+            return np.mean(3 * inter - pred_area - true_area, axis=-1) + 1
+
+    for adapter, counts in ((_Net(), True), (Off(), False)):
+        tab, ctx, units = class_tables(adapter, truth, OofClass(probs, gate, label), cfg, 0.25, 64)
+        assert tab.scorer.counts is counts
+        # 16 OOF pixels for 64: areas × 0.25 (7 and 8 → 2, 40 → 10; the smallest submission area per OOF area)
+        assert units.scale(8) == 2 and units.scale(40) == 10 and units.unscale == {0: 0, 2: 7, 10: 40}
+        assert units.fractions == [0.01, 0.125] and units.ks == [1, 2]  # k at least 1
+        assert tab.top_k == 2 and tab.topk_ks == [1, 2]  # top_k 8 submission pixels → 2 OOF pixels
+        assert tab.gate_probs is gate and tab.label.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+        assert tab.topk_means.tolist() == [[0.0] * 4, [0.0] * 4]  # of the gate probabilities
+        assert list(ctx.grid) == [0.5, 0.7] and list(ctx.areas) == [2, 10] and list(ctx.tops) == [0.85, 0.9]
+        assert list(ctx.kinds) == ["topk", "area", "label"] and ctx.cut_grid is None and ctx.triplet is False
+        assert tab.score(0.5, 2) == pytest.approx(-1.0)
+    tab, ctx, _ = class_tables(_Net(), truth, OofClass(probs, probs, None), cfg, 1.0, 16)
+    assert list(ctx.kinds) == ["topk", "area"] and tab.top_k == 8 and tab.label is None
