@@ -1025,3 +1025,34 @@ def test_class_tables_units_and_search_context():
         assert tab.score(0.5, 2) == pytest.approx(-1.0)
     tab, ctx, _ = class_tables(_Net(), truth, OofClass(probs, probs, None), cfg, 1.0, 16)
     assert list(ctx.kinds) == ["topk", "area"] and tab.top_k == 8 and tab.label is None
+
+
+def test_tune_in_sample_area_gate_cut_in_submission_pixels(tmp_path, monkeypatch):
+    from segkit.postprocess.tuning import tune
+
+    run, _, _, _ = _fake_run(monkeypatch, (8, 8))
+    cfg = cfg_for(tmp_path, threshold_grid=[0.5], min_area_grid=[8], gate="area", top_threshold_grid=[0.85],
+                  crossval=False)
+    a, b = tune(cfg, run, quiet=True)["classes"]
+    # at (0.5, 2 OOF pixels) the area above 0.5 is [4, 0, 1, 4]: for b (per image [−3, 0, 0, −4]) the cut 4 OOF
+    # pixels (every image empty, 0) beats 0.5 and 2.5 (−1.75); for a no cut beats no gate (−1)
+    assert a["gate"] is None and a["oof_score_tuned"] == -1.0
+    assert b["gate"] == {"kind": "area", "k": None, "threshold": 0.5, "cut": 16.0} and b["oof_score_tuned"] == 0.0
+
+
+def test_a_seeded_random_split_when_the_run_folds_cannot_judge():
+    from segkit.oof import OofClass
+    from segkit.postprocess.crossval import choose_folds, crossval_chain
+    from segkit.postprocess.tuning import class_tables, tune_class_cv
+
+    probs, truth = _four_images()
+    probs, truth = np.concatenate([probs] * 3), np.concatenate([truth] * 3)
+    cfg = config_from_dict({"seed": 3, "postprocess": {"threshold_grid": [0.5, 0.7], "min_area_grid": [2]}})
+    oof = OofClass(probs, probs, None)
+    tuned = tune_class_cv(_Net(), truth, oof, cfg, 1.0, 16, np.zeros(12, int))  # one fold: unusable
+    folds, source = choose_folds(None, 12, 3)  # 4 folds of 3, seeded by the config's seed
+    assert tuned.cv.folds_source == source == "a seeded random split into 4 folds" and tuned.cv.n_folds == 4
+    tab, ctx, _ = class_tables(_Net(), truth, oof, cfg, 1.0, 16)
+    again = crossval_chain(tab, folds, ctx, source)
+    assert [r.fold_gains for r in tuned.cv.records] == [r.fold_gains for r in again.records]
+    assert tuned.cv.fold_plain == again.fold_plain
