@@ -666,7 +666,9 @@ def test_run_step_passes_the_state_and_the_context_through():
     assert run_step("threshold", tab, State(0.5, 2, gate, 0.3), ctx, 8, tried) == State(0.7, 2, gate, 0.3)
     assert tried == [2]
     # min area from the state's threshold: at 0.7 area 2 scores 0 (best); a grid of 0.5 alone: area 2 (−1)
-    assert run_step("min area", tab, State(0.5, 0, gate, 0.3), ctx, 8) == State(0.7, 2, gate, 0.3)
+    tried = []
+    assert run_step("min area", tab, State(0.5, 0, gate, 0.3), ctx, 8, tried) == State(0.7, 2, gate, 0.3)
+    assert tried == [2 * 3]  # 2 thresholds × areas {0, 2, 5}
     only = Context(grid=[0.5], areas=[2, 5], tops=[0.85], kinds=["topk"], cut_grid=None, triplet=True)
     assert run_step("min area", tab, State(0.5, 0), only, 8) == State(0.5, 2)
     # gate at (0.5, 0), top-1 means [0.8, 0.1, 0.9, 0.6]: cuts 0.35, 0.7, 0.85, 0.9 → −1.5, −0.5, −1.75, −1.5
@@ -904,6 +906,8 @@ def test_the_count_form_is_checked_against_the_metric():
 
     assert agree(_Net()) is True
     assert agree(Off(4)) is False and agree(Off(0)) is False  # wrong on the first image only, the last only
+    probs, truth = probs[:1], truth[:1]  # image 0 alone: 1 at 0.5, −4 when empty
+    assert agree(_Net()) is True
 
 
 def test_tune_class_in_sample_with_a_top_k_gate_in_submission_pixels():
@@ -921,7 +925,8 @@ def test_tune_class_in_sample_with_a_top_k_gate_in_submission_pixels():
     assert [s for s, _ in steps] == pytest.approx([-1.5, -1.5, -1.0, 0.0, 0.0])
     assert row["threshold"] == 0.5 and row["min_area"] == 8 and row["top_threshold"] is None and row["top_k"] == 1
     assert row["gate"] == {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}
-    assert steps[2][1] == {"threshold": 0.5, "min_area": 8}
+    assert steps[1][1] == {"threshold": 0.5} and steps[2][1] == {"threshold": 0.5, "min_area": 8}
+    assert steps[4][1] == {"threshold": 0.5, "min_area": 8, "top_threshold": None, "top_k": 1}
     assert steps[3][1] == {"gate": {"kind": "topk", "k": 4, "cut": pytest.approx(0.7)}}
 
 
@@ -1005,7 +1010,8 @@ def test_class_tables_units_and_search_context():
     label = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
     cfg = config_from_dict({"postprocess": {"threshold_grid": [0.5, 0.7], "min_area_grid": [40, 8, 7],
                                             "gate": "auto", "gate_topk_grid": [0.01, 0.125], "top_k": 8,
-                                            "top_threshold_grid": [0.85, 0.9], "triplet": False}})
+                                            "top_threshold_grid": [0.85, 0.9], "triplet": False,
+                                            "gate_cut_grid": [0.3]}})
 
     class Off(_Net):  # a count form that does not score the metric: per-image scores instead
         def score_counts(self, inter, pred_area, true_area):
@@ -1021,10 +1027,12 @@ def test_class_tables_units_and_search_context():
         assert tab.gate_probs is gate and tab.label.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
         assert tab.topk_means.tolist() == [[0.0] * 4, [0.0] * 4]  # of the gate probabilities
         assert list(ctx.grid) == [0.5, 0.7] and list(ctx.areas) == [2, 10] and list(ctx.tops) == [0.85, 0.9]
-        assert list(ctx.kinds) == ["topk", "area", "label"] and ctx.cut_grid is None and ctx.triplet is False
+        assert list(ctx.kinds) == ["topk", "area", "label"] and list(ctx.cut_grid) == [0.3] and ctx.triplet is False
         assert tab.score(0.5, 2) == pytest.approx(-1.0)
     tab, ctx, _ = class_tables(_Net(), truth, OofClass(probs, probs, None), cfg, 1.0, 16)
     assert list(ctx.kinds) == ["topk", "area"] and tab.top_k == 8 and tab.label is None
+    tab, _, _ = class_tables(_Net(), truth, OofClass(probs, probs, None), config_from_dict({}), 0.25, 64)
+    assert tab.top_k == 1  # the default top_k 1 → 0.25 OOF pixels: at least 1
 
 
 def test_tune_in_sample_area_gate_cut_in_submission_pixels(tmp_path, monkeypatch):
@@ -1033,11 +1041,13 @@ def test_tune_in_sample_area_gate_cut_in_submission_pixels(tmp_path, monkeypatch
     run, _, _, _ = _fake_run(monkeypatch, (8, 8))
     cfg = cfg_for(tmp_path, threshold_grid=[0.5], min_area_grid=[8], gate="area", top_threshold_grid=[0.85],
                   crossval=False)
-    a, b = tune(cfg, run, quiet=True)["classes"]
+    result = tune(cfg, run, quiet=True)
+    a, b = result["classes"]
     # at (0.5, 2 OOF pixels) the area above 0.5 is [4, 0, 1, 4]: for b (per image [−3, 0, 0, −4]) the cut 4 OOF
     # pixels (every image empty, 0) beats 0.5 and 2.5 (−1.75); for a no cut beats no gate (−1)
     assert a["gate"] is None and a["oof_score_tuned"] == -1.0
     assert b["gate"] == {"kind": "area", "k": None, "threshold": 0.5, "cut": 16.0} and b["oof_score_tuned"] == 0.0
+    assert result["steps"][3]["params"]["b"] == {"gate": b["gate"]}
 
 
 def test_a_seeded_random_split_when_the_run_folds_cannot_judge():
@@ -1056,3 +1066,24 @@ def test_a_seeded_random_split_when_the_run_folds_cannot_judge():
     again = crossval_chain(tab, folds, ctx, source)
     assert [r.fold_gains for r in tuned.cv.records] == [r.fold_gains for r in again.records]
     assert tuned.cv.fold_plain == again.fold_plain
+
+
+def test_the_bootstrap_se_decides_when_the_folds_agree():
+    from segkit.postprocess.crossval import Context, crossval_chain
+
+    probs, truth = _four_images()
+    probs, truth = np.concatenate([probs] * 2), np.concatenate([truth] * 2)
+    tab = _net_tables(probs, truth)
+    ctx = Context(grid=[0.5, 0.7], areas=[0], tops=[], kinds=[], cut_grid=None, triplet=False)
+    rec = crossval_chain(tab, np.repeat([0, 1], 4), ctx, "two equal folds").records[0]
+    # both folds hold the same 4 images: the threshold 0.7 gains 1.25 on each (fold SE 0); per image the gain is
+    # [1, 0, 0, 4] twice, whose bootstrap SE is about σ/√8 = 1.64 / 2.83 = 0.58
+    assert rec.fold_gains == pytest.approx([1.25, 1.25])
+    assert rec.boot_se == pytest.approx(np.std([1, 0, 0, 4]) / np.sqrt(8), rel=0.3)
+    assert rec.cv_se == rec.boot_se and rec.kept and rec.reason == f"CV gain +1.2500 > SE {rec.boot_se:.4f}"
+
+
+def _net_tables(probs, truth):
+    from segkit.postprocess.search import ClassTables, Scorer
+
+    return ClassTables(probs, truth, Scorer(_Net(), truth), [0.5, 0.7])
