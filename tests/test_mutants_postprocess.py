@@ -584,6 +584,7 @@ def test_tables_cache_a_pass_and_answer_any_subset_of_its_areas(counts):
     again = tab.stats(0.5, [5, 2])  # covered by the pass above: no new pass, rows in the order asked
     assert tab.passes == 1 and again.tolist() == first[[2, 1]].tolist()
     assert tab.stats(0.5, [0, 2, 5]) is first
+    assert tab.stats(0.5, [5, 0, 2]).tolist() == first[[2, 0, 1]].tolist() and tab.passes == 1  # the same areas
     tab.stats(0.7, [2])  # another threshold: a pass of its own
     assert tab.passes == 2
     assert tab.stats(0.65, [0, 2])[..., 0 if not counts else 1].shape == (2, 4)  # off the grid: a pass too
