@@ -1091,3 +1091,15 @@ def _net_tables(probs, truth):
     from segkit.postprocess.search import ClassTables, Scorer
 
     return ClassTables(probs, truth, Scorer(_Net(), truth), [0.5, 0.7])
+
+
+def test_the_triplet_step_holds_the_gate():
+    from segkit.postprocess.crossval import Context, State, run_step
+
+    tab = _tables(False, topk_ks=[1])
+    gate = {"kind": "topk", "k": 1, "cut": 0.75}  # top-1 means [0.8, 0.1, 0.9, 0.6]: images 0 and 2 kept
+    ctx = Context(grid=[0.5], areas=[2], tops=[0.7], kinds=["topk"], cut_grid=None, triplet=True)
+    # the top threshold 0.7 keeps the same images as the gate: under the gate it adds nothing (area 2: 0 either
+    # way, no top threshold wins the tie); without a gate it is what drops image 3 (area 2: −1 → 0)
+    assert run_step("triplet", tab, State(0.5, 0, gate), ctx, 8) == State(0.5, 2, gate, None)
+    assert run_step("triplet", tab, State(0.5, 0), ctx, 8) == State(0.5, 2, None, 0.7)
