@@ -68,14 +68,8 @@ def subset_root(workdir: Path, rows: list[dict], test_ids: list[str], src: Path 
         (root / "test" / "images" / f"{i}.png").symlink_to(src / "train" / "images" / f"{i}.png")
     if (src / "depths.csv").is_file():
         (root / "depths.csv").symlink_to(src / "depths.csv")
-    with open(root / "train.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["id", "rle_mask"])
-        w.writeheader()
-        w.writerows(rows)
-    with open(root / "sample_submission.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["id", "rle_mask"])
-        w.writeheader()
-        w.writerows({"id": i, "rle_mask": "1 1"} for i in test_ids)
+    write_rows(root / "train.csv", rows)
+    write_rows(root / "sample_submission.csv", [{"id": i, "rle_mask": "1 1"} for i in test_ids])
     return root
 
 
@@ -88,11 +82,16 @@ def heldout_root(workdir: Path, rows: list[dict], src: Path = TGS) -> Path:
     (root / "train").symlink_to(src / "train")
     if (src / "depths.csv").is_file():
         (root / "depths.csv").symlink_to(src / "depths.csv")
-    with open(root / "train.csv", "w", newline="") as fh:
+    write_rows(root / "train.csv", rows)
+    return root
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """An `id,rle_mask` CSV of `rows`."""
+    with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, ["id", "rle_mask"])
         w.writeheader()
         w.writerows(rows)
-    return root
 
 
 def read_submission(path: Path, ids: list[str]) -> np.ndarray:

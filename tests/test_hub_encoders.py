@@ -24,8 +24,9 @@ def timm_mobilenet_missing() -> str | None:
 
 
 def skip_old_mobilenet(family: str) -> None:
-    if family == "mobilenet" and timm_mobilenet_missing():
-        pytest.skip(timm_mobilenet_missing())
+    why = timm_mobilenet_missing() if family == "mobilenet" else None
+    if why:
+        pytest.skip(why)
 
 
 def tiny_mobilenet():

@@ -433,22 +433,23 @@ class _BothOutputs(keras.utils.PyDataset):
         self.inner.on_epoch_end()
 
 
-class ValidatedEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping that looks only at the epochs that validated (train.val_every): its patience counts
-    validations, and an epoch without `val_*` logs neither counts nor warns "metric not available"."""
+class _OnValidatedEpochs:
+    """Mixin for Keras' monitoring callbacks: act only on the epochs that validated (train.val_every), so their
+    patience counts validations and the other epochs neither count nor warn "metric not available"."""
+
+    best = None  # Keras 3.5's EarlyStopping sets its own `best` only at the first epoch that validated
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         if logs and self.monitor in logs:
             super().on_epoch_end(epoch, logs)
 
 
-class ValidatedReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau on the epochs that validated only (train.val_every), without Keras' per-epoch warning
-    on the others."""
+class ValidatedEarlyStopping(_OnValidatedEpochs, keras.callbacks.EarlyStopping):
+    """EarlyStopping on the epochs that validated only."""
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if logs and self.monitor in logs:
-            super().on_epoch_end(epoch, logs)
+
+class ValidatedReduceLROnPlateau(_OnValidatedEpochs, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau on the epochs that validated only."""
 
 
 class MaskMetricNames(keras.callbacks.Callback):
@@ -512,8 +513,7 @@ class EpochKeeper(keras.callbacks.Callback):
             "best": self.best,
             "history": self.history,
             "stopped": self.stopped,
-            # Keras 3.5 gives EarlyStopping its `best` at the first epoch that validated
-            "early": {"wait": int(self.early.wait), "best": _num(getattr(self.early, "best", None)),
+            "early": {"wait": int(self.early.wait), "best": _num(self.early.best),
                       "stopped_epoch": int(self.early.stopped_epoch)},
             "reduce": {"wait": int(self.reduce.wait), "best": _num(self.reduce.best),
                        "cooldown_counter": int(self.reduce.cooldown_counter)},

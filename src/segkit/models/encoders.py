@@ -17,6 +17,7 @@ applied.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Sequence
 
@@ -97,8 +98,6 @@ def _hub():
 def check_timm_mobilenet(name: str = "mobilenet") -> None:
     """ConfigError unless the installed KerasHub builds MobileNetV3 from timm's settings (its MobileNetBackbone
     takes `stackwise_padding` and the timm converter exists): KerasHub 0.18's older MobileNetBackbone cannot."""
-    import inspect
-
     hub = _hub()
     try:
         from keras_hub.src.utils.timm.convert_mobilenet import convert_backbone_config  # noqa: F401
