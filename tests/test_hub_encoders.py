@@ -45,11 +45,12 @@ def tiny_densenet():
                                              image_shape=(None, None, 3))
 
 
-def tiny_mit():
-    from segkit.models.encoders import mit_backbone
-
-    return mit_backbone([8, 16, 24, 32], [1, 1, 1, 1], (64, 64, 3), layerwise_num_heads=[1, 1, 1, 1],
-                        layerwise_sr_ratios=[4, 2, 1, 1])
+def tiny_mit(heads=(1, 1, 1, 1), depths=(1, 1, 1, 1)):
+    """KerasHub's own MiT, as a MiT preset holds it (square: KerasHub's MiT takes square images only)."""
+    return keras_hub.models.MiTBackbone(
+        layerwise_depths=list(depths), hidden_dims=[8, 16, 24, 32], image_shape=(64, 64, 3), num_layers=4,
+        layerwise_num_heads=list(heads), layerwise_sr_ratios=[4, 2, 1, 1], max_drop_path_rate=0.1,
+        layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2])
 
 
 BACKBONES = {"mobilenet": tiny_mobilenet, "densenet": tiny_densenet, "mit": tiny_mit}
@@ -87,8 +88,6 @@ def assert_same_weights_rgb_kept(original, loaded, bands):
 
 
 def encoder_weights(model):
-    if model.name == "segformer":
-        return [w.numpy() for w in model.get_layer("segformer_mlp").image_encoder.weights]
     return [w.numpy() for w in model.get_layer("encoder").weights]
 
 
@@ -102,8 +101,7 @@ CASES = [("mobilenet_unet", "mobilenet", {"decoder_filters": [8, 8, 4]}),
 def test_preset_loads_with_rgb_kernels_trains_and_reloads(presets, tmp_path, name, family, params):
     skip_old_mobilenet(family)
     path, original = presets[family]
-    # non-square, but KerasHub's MiT attention takes square images only (a clear error, tested below)
-    shape = (64, 64, 4) if family == "mit" else (32, 64, 4)
+    shape = (32, 64, 4)  # non-square, KerasHub's MiT preset included (segkit's MiT takes any H x W)
     model = build_model({"name": name, "preset": str(path), **params}, shape, 1)
     assert_same_weights_rgb_kept(original, encoder_weights(model), 4)
 
@@ -115,9 +113,6 @@ def test_preset_loads_with_rgb_kernels_trains_and_reloads(presets, tmp_path, nam
     assert np.isfinite(loss)
     pred = model.predict(x, verbose=0)
     assert pred.shape == (2, *shape[:2], 1) and pred.dtype == np.float32
-    if name == "mit_unet":
-        pytest.xfail("KerasHub 0.32's HierarchicalTransformerEncoder.get_config cannot be deserialized (no "
-                     "sr_ratio, 'drop_prop'): mit_unet's encoder must nest the MiTBackbone whole to reload")
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(pred, again.predict(x, verbose=0))
@@ -131,15 +126,74 @@ def test_three_band_preset_keeps_every_weight(presets, name, family):
     assert_same_weights_rgb_kept(original, encoder_weights(model), 3)
 
 
-def test_segformer_preset_brings_its_mlp_decoder(presets, tmp_path):
+def test_segformer_preset_brings_its_mlp_decoder_and_gives_keras_hubs_features(tmp_path):
+    """A KerasHub SegFormer preset: its MiT and MLP decoder weights all load; on a square RGB image segkit's
+    fused features are KerasHub's SegFormerBackbone's (so its pretrained weights mean what they meant)."""
     keras.utils.set_random_seed(5)
-    mit = tiny_mit()
+    mit = tiny_mit(heads=(1, 2, 3, 4), depths=(1, 2, 1, 1))
     hub = keras_hub.models.SegFormerBackbone(image_encoder=mit, projection_filters=8)
     hub.save_to_preset(str(tmp_path / "segformer"))
-    model = build_model({"name": "segformer", "preset": str(tmp_path / "segformer")}, (64, 64, 4), 2)
-    loaded = model.get_layer("segformer_mlp")
-    assert loaded.projection_filters == 8
-    assert_same_weights_rgb_kept([w.numpy() for w in hub.weights], [w.numpy() for w in loaded.weights], 4)
+    for v in hub.weights:  # moving statistics away from 0 and 1, so that they are seen to load
+        if "moving" in v.path:
+            v.assign(np.random.default_rng(1).random(v.shape).astype("float32") + 0.5)
+    hub.save_to_preset(str(tmp_path / "segformer"))
+    model = build_model({"name": "segformer", "preset": str(tmp_path / "segformer")}, (64, 64, 3), 2)
+    assert_decoder_and_encoder_loaded(hub, model, 3)
+    assert model.get_layer("segformer_fuse").filters == 8
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    fused = keras.Model(model.inputs, model.get_layer("segformer_fuse_relu").output)(x)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(hub(x, training=False)), rtol=1e-4, atol=1e-5)
+    four = build_model({"name": "segformer", "preset": str(tmp_path / "segformer")}, (32, 64, 4), 2)
+    assert_decoder_and_encoder_loaded(hub, four, 4)
+
+
+def assert_decoder_and_encoder_loaded(hub, model, bands):
+    assert_same_weights_rgb_kept([w.numpy() for w in hub.image_encoder.weights], encoder_weights(model), bands)
+    head = [model.get_layer(f"segformer_linear{i}") for i in range(4)]
+    head += [model.get_layer("segformer_fuse"), model.get_layer("segformer_fuse_bn")]
+    theirs = [*hub.mlp_blocks, *[la for la in hub.linear_fuse.layers if la.weights]]
+    for a, b in zip(theirs, head, strict=True):
+        for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_segkit_mit_is_keras_hubs_on_square_images_and_takes_any_other():
+    from segkit.models.encoders import adapt_kernel
+    from segkit.models.mit import mit_from_hub
+
+    keras.utils.set_random_seed(2)
+    hub = tiny_mit(heads=(1, 2, 3, 4), depths=(1, 2, 1, 1))
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    ours = mit_from_hub(hub, (64, 64, 3), None)(x)
+    theirs = keras.Model(hub.inputs, list(hub.pyramid_outputs.values()))(x)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    wide = mit_from_hub(hub, (32, 96, 5), lambda k, n: adapt_kernel(k, n, [0, 1, 2]))
+    assert [tuple(o.shape) for o in wide(np.zeros((1, 32, 96, 5), "float32"))] == [
+        (1, 8, 24, 8), (1, 4, 12, 16), (1, 2, 6, 24), (1, 1, 3, 32)]
+
+
+def test_segkit_mit_keeps_rows_and_columns_apart_on_non_square_images():
+    """A wide image transposed, through the same MiT with every convolution kernel transposed, gives the
+    transposed features: attention is the same over a permuted grid, so only a reshape that mixed H and W
+    (as a square-only MiT would) could break this."""
+    from segkit.models.mit import build_mit
+
+    keras.utils.set_random_seed(3)
+    wide = build_mit((32, 96, 2), [8, 16, 24, 32], [1, 1, 1, 1], num_heads=[1, 2, 3, 4])
+    tall = build_mit((96, 32, 2), [8, 16, 24, 32], [1, 1, 1, 1], num_heads=[1, 2, 3, 4])
+    for a, b in zip(wide.weights, tall.weights):
+        value = a.numpy()
+        b.assign(value.transpose(1, 0, *range(2, value.ndim)) if value.ndim == 4 else value)
+    x = np.random.default_rng(0).random((2, 32, 96, 2)).astype("float32")
+    for a, b in zip(wide(x), tall(x.transpose(0, 2, 1, 3))):
+        np.testing.assert_allclose(np.asarray(a).transpose(0, 2, 1, 3), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_mit_and_segformer_take_non_square_images():
+    for name, params in (("mit_unet", {"decoder_filters": [8, 8, 4]}), ("segformer", {"projection_filters": 8})):
+        model = build_model({"name": name, **params}, (32, 64, 3), 1)
+        assert model.predict(np.zeros((1, 32, 64, 3), "float32"), verbose=0).shape == (1, 32, 64, 1)
 
 
 def test_named_backbones_build_with_random_weights_and_any_family_takes_any():
@@ -164,17 +218,16 @@ def test_bad_parameters_say_which_key():
         build_model({"name": "segformer"}, (48, 48, 3), 1)
     with pytest.raises(ConfigError, match="did you mean 'mit_b5'"):
         build_model({"name": "mit_unet", "backbone": "mit_b9"}, (32, 32, 3), 1)
-    for name in ("mit_unet", "segformer"):
-        with pytest.raises(ConfigError, match="^backbone: the MiT encoder .* takes square images only"):
-            build_model({"name": name}, (32, 64, 3), 1)
     with pytest.raises(ConfigError, match="unknown densenet_unet key 'projection_filters'"):
         build_model({"name": "densenet_unet", "projection_filters": 8}, (32, 32, 3), 1)
 
 
-def test_segformer_names_the_keras_hub_version_it_needs(monkeypatch):
+def test_segformer_preset_names_the_keras_hub_version_it_needs(monkeypatch, tmp_path):
     monkeypatch.delattr(keras_hub.models, "SegFormerBackbone")
-    with pytest.raises(ConfigError, match=r"^segformer: needs keras-hub >= 0\.17 \(installed "):
-        build_model({"name": "segformer"}, (32, 32, 3), 1)
+    with pytest.raises(ConfigError, match=r"^segformer: the preset '.*' needs keras-hub >= 0\.17 \(installed "):
+        build_model({"name": "segformer", "preset": str(tmp_path)}, (32, 32, 3), 1)
+    model = build_model({"name": "segformer", "projection_filters": 8}, (32, 32, 3), 1)  # random weights: no need
+    assert model.output.shape[1:] == (32, 32, 1)
 
 
 def test_the_spec_knows_the_new_models_without_keras():

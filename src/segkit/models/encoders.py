@@ -28,6 +28,7 @@ from keras import layers
 from segkit.errors import ConfigError, did_you_mean, unknown_name
 from segkit.models.layers import (Normalisation, attend, check_choice, check_input_shape, conv_block, model_input,
                                   segmentation_model, upsample)
+from segkit.models.mit import build_mit, is_hub_mit, mit_from_hub
 from segkit.models.registry import register_model
 from segkit.modelspec import decoder_blocks
 
@@ -74,9 +75,7 @@ _MOBILENET = {  # timm architecture of KerasHub's MobileNetV3 presets (keras_hub
     "mobilenet_v3_large_100": "mobilenetv3_large_100",
 }
 _DENSENET = {"densenet121": [6, 12, 24, 16], "densenet169": [6, 12, 32, 32], "densenet201": [6, 12, 48, 32]}
-_MIT_BASE = {"num_layers": 4, "layerwise_num_heads": [1, 2, 5, 8], "layerwise_sr_ratios": [8, 4, 2, 1],
-             "max_drop_path_rate": 0.1, "layerwise_patch_sizes": [7, 3, 3, 3], "layerwise_strides": [4, 2, 2, 2]}
-_MIT = {  # MixTransformer (SegFormer's encoder): hidden dims, depths per stage
+_MIT = {  # MixTransformer (SegFormer's encoder, segkit.models.mit): hidden dims, depths per stage
     "mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]),
     "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),
     "mit_b2": ([64, 128, 320, 512], [3, 4, 6, 3]),
@@ -131,28 +130,8 @@ def random_backbone(name: str, image_shape: Sequence[int]):
     if name in _DENSENET:
         return hub.models.DenseNetBackbone(stackwise_num_repeats=_DENSENET[name], image_shape=tuple(image_shape))
     if name in _MIT:
-        return mit_backbone(*_MIT[name], image_shape=image_shape)
+        return build_mit(image_shape, *_MIT[name])
     raise unknown_name("backbone", "backbone", name, BACKBONES)
-
-
-def check_square_mit(kind: str, image_shape: Sequence[int]) -> None:
-    """ConfigError for a non-square image on a MiT: KerasHub's MiT attention takes H = W = sqrt(tokens)."""
-    if kind == "MiTBackbone" and image_shape[0] != image_shape[1]:
-        raise ConfigError(f"backbone: the MiT encoder (mit_unet, segformer) takes square images only (KerasHub's "
-                          f"MiT attention assumes H = W), got {image_shape[0]}x{image_shape[1]}; use a square "
-                          "data.image_size or tiles")
-
-
-def mit_backbone(hidden_dims: Sequence[int], depths: Sequence[int], image_shape: Sequence[int], **kwargs: Any):
-    """KerasHub's MiTBackbone (MixTransformer) with `_MIT_BASE`'s settings unless `kwargs` say otherwise; H and W
-    must be known (it reshapes its tokens to the image grid)."""
-    hub = _hub()
-    check_square_mit("MiTBackbone", image_shape)
-    if not hasattr(hub.models, "MiTBackbone"):
-        raise ConfigError(f"backbone: the MiT encoder needs keras-hub >= 0.17 (installed {hub.__version__})")
-    settings = {**_MIT_BASE, **kwargs}
-    return hub.models.MiTBackbone(layerwise_depths=list(depths), hidden_dims=list(hidden_dims),
-                                  image_shape=tuple(image_shape), **settings)
 
 
 def efficientnet_backbone(width: float, depth: float, **kwargs: Any):
@@ -208,9 +187,12 @@ def adapt_kernel(kernel: np.ndarray, bands: int, rgb_bands: Sequence[int]) -> np
 def rebuild_for_bands(backbone, image_shape: Sequence[int], rgb_bands: Sequence[int]):
     """The same backbone for (H, W, bands) images, weights copied and the image-reading convolution adapted.
 
-    Rebuilding with a concrete H and W also gives the decoder static feature shapes.
+    Rebuilding with a concrete H and W also gives the decoder static feature shapes. A KerasHub MiT becomes
+    segkit's MiT (segkit.models.mit), which takes any H × W and reloads.
     """
     bands = int(image_shape[-1])
+    if is_hub_mit(backbone):
+        return mit_from_hub(backbone, image_shape, lambda kernel, n: adapt_kernel(kernel, n, rgb_bands))
     config = dict(backbone.get_config())
     key = "image_shape" if "image_shape" in config else "input_shape"
     if key not in config:
@@ -220,11 +202,10 @@ def rebuild_for_bands(backbone, image_shape: Sequence[int], rgb_bands: Sequence[
         raise ConfigError(f"preset: N-band adaptation needs an RGB backbone, this one takes {shape[-1]} bands")
     config.pop("dtype", None)  # follow the global (possibly mixed) precision policy
     config[key] = tuple(int(v) for v in image_shape)
-    check_square_mit(type(backbone).__name__, image_shape)
     new = type(backbone).from_config(config)
     old_layers = [la for la in backbone.layers if la.weights]
     new_layers = [la for la in new.layers if la.weights]
-    # matched in order by class (MiT's LayerNormalizations have generated names, numbered afresh per build)
+    # matched in order by class (layers may have generated names, numbered afresh per build)
     if [type(la) for la in old_layers] != [type(la) for la in new_layers]:
         raise ConfigError(f"preset: could not match the layers of the rebuilt {type(backbone).__name__}")
     for old, fresh in zip(old_layers, new_layers):
@@ -247,12 +228,7 @@ def _stride_features(backbone, height: int) -> dict[int, Any]:
     MiT numbers its levels from stride 4 as P1), plus a stride-2 map when they have none; a backbone without
     pyramid outputs (MobileNet) gives the last layer output at each stride."""
     pyramid = getattr(backbone, "pyramid_outputs", None) or {}
-    feats = {}
-    dims = getattr(backbone, "hidden_dims", None) or [None] * len(pyramid)
-    for tensor, dim in zip(pyramid.values(), dims):
-        if tensor.shape[-1] is None and dim:  # MiT's 1×1 deepest map loses its static channel count
-            tensor = layers.Reshape((int(tensor.shape[1]), int(tensor.shape[2]), int(dim)))(tensor)
-        feats[_stride_of(height, int(tensor.shape[1]))] = tensor
+    feats = {_stride_of(height, int(tensor.shape[1])): tensor for tensor in pyramid.values()}
     if pyramid and 2 in feats:
         return feats
     stem = (layers.Activation, layers.ReLU, layers.Conv2D, layers.BatchNormalization)
