@@ -77,8 +77,9 @@ def test_train_kernel_gets_each_preset_as_a_model_source_once(tmp_path):
     """A handle also listed by the user, a KerasHub preset name (its KerasHub handle) and a path under the
     mounted models folder: each source once, after the user's; the inference kernel gets none."""
     named = keras_hub.models.Backbone.presets["resnet_18_imagenet"]["kaggle_handle"].removeprefix("kaggle://")
+    mounted = f"/kaggle/input/{MOUNT.as_posix()}"  # the handle's own mount, written as a path
     cfg = config(models=[RAW["models"][0], {"name": "resnet_unet", "tag": "named", "preset": "resnet_18_imagenet"},
-                         {"name": "fpn", "tag": "path", "preset": "/kaggle/input/models/someone/tiny-resnet/keras/tiny/1"}],
+                         {"name": "fpn", "tag": "path", "preset": mounted}],
                  kaggle={**RAW["kaggle"], "model_sources": ["other/m/keras/v/2", "someone/tiny-resnet/keras/tiny/1"]})
     built = build_kernel(cfg, "segkit-ptest-fold0", "train", 0, tmp_path)
     assert built.metadata["model_sources"] == ["other/m/keras/v/2", "someone/tiny-resnet/keras/tiny/1", named]
