@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import segkit
 from segkit.config import Config
+from segkit.presets import model_source
 from segkit.storage import atomic_write
 from segkit.errors import ConfigError, KaggleError
 from segkit.kaggle.config import KaggleConfig, kaggle_config
@@ -159,8 +160,9 @@ def build_kernel(
     check_no_secrets(script, name)
     owner = resolve_owner(kc, owner)
     code_name = str(template_meta.get("code_file") or f"{kind}.py")
+    models = preset_sources(cfg, kc) if kind == "train" else []  # inference reads self-describing checkpoints
     meta = kernel_metadata(template_meta, kc, owner, name, title_for(name, kc, cfg.name), code_name,
-                           list(extra_kernel_sources))
+                           list(extra_kernel_sources), models)
     folder = Path(out_dir) / name
     validate_metadata(meta)  # before writing anything
     with atomic_write(folder / code_name) as fh:
@@ -176,6 +178,19 @@ def build_kernel(
         warnings.append("the inference kernel has no kernel or model sources: its fold checkpoints must come "
                         "from a dataset source (or add --kernel-source OWNER/SLUG of the training kernels)")
     return BuiltKernel(folder, folder / code_name, meta, warnings)
+
+
+def preset_sources(cfg: Config, kc: KaggleConfig) -> list[str]:
+    """The model sources a training kernel needs for its models' presets (a kaggle:// handle, a KerasHub preset
+    name, a /kaggle/input/models/... path), so they are mounted and nothing downloads; ConfigError naming the
+    model for a preset the kernel could not load (a folder on this machine, a download without internet)."""
+    out = []
+    for i, spec in enumerate(cfg.models):
+        preset = spec.params.get("preset")
+        if preset:
+            source = model_source(str(preset), kc.enable_internet, where=f"models.{i}.preset")
+            out += [source] if source else []
+    return list(dict.fromkeys(out))
 
 
 def check_no_secrets(text: str, name: str) -> None:

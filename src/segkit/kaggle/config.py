@@ -40,7 +40,8 @@ class KaggleConfig:
     dataset_sources: list[str] = field(default_factory=list)  # owner/dataset[/version]
     competition_sources: list[str] | None = None  # None: [competition] when one is set
     kernel_sources: list[str] = field(default_factory=list)  # owner/kernel (checkpoints for inference)
-    model_sources: list[str] = field(default_factory=list)  # owner/model/framework/variation/version
+    # owner/model/framework/variation/version; a training kernel also gets its models' presets (segkit.presets)
+    model_sources: list[str] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)
     docker_image_pinning_type: str | None = None  # "original" or "latest" (never "original" on a TPU)
     session_timeout_seconds: int | None = None

@@ -48,10 +48,11 @@ def title_warning(kc: KaggleConfig, run_name: str) -> str | None:
 
 
 def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, title: str, code_file: str,
-                    extra_kernel_sources: list[str] = ()) -> dict[str, Any]:
-    """The metadata of one kernel: the template's fixed fields, then the config's settings. enable_internet
-    is always written (the client defaults it to true when absent); a GPU kernel gets machine_shape
-    NvidiaTeslaT4 unless kaggle.machine_shape says otherwise; a template pinning a docker_image is refused."""
+                    extra_kernel_sources: list[str] = (), extra_model_sources: list[str] = ()) -> dict[str, Any]:
+    """The metadata of one kernel: the template's fixed fields, then the config's settings (the extra kernel and
+    model sources added to the configured ones, without repeats). enable_internet is always written (the
+    client defaults it to true when absent); a GPU kernel gets machine_shape NvidiaTeslaT4 unless
+    kaggle.machine_shape says otherwise; a template pinning a docker_image is refused."""
     for key in REFUSED_FIELDS:
         if key in template:
             raise KaggleError(f"{METADATA_FILE} template: '{key}' pins the kernel's docker image (a TPU kernel then "
@@ -68,7 +69,7 @@ def kernel_metadata(template: dict, kc: KaggleConfig, owner: str, slug: str, tit
         "dataset_sources": list(kc.dataset_sources),
         "competition_sources": list(comps),
         "kernel_sources": list(dict.fromkeys([*kc.kernel_sources, *extra_kernel_sources])),
-        "model_sources": list(kc.model_sources),
+        "model_sources": list(dict.fromkeys([*kc.model_sources, *extra_model_sources])),
         "keywords": list(kc.keywords),
     })
     if machine_shape(kc):

@@ -23,6 +23,7 @@ from segkit.durations import KAGGLE_SESSION_S, KAGGLE_TPU_SESSION_S, kaggle_budg
 from segkit.errors import DataError, SegkitError, TrainingError
 from segkit.kaggle.config import kaggle_config
 from segkit.kaggle.deps import preflight
+from segkit.presets import attached, input_dir, missing, preset_kind
 from segkit.runs import RunDir, ensembled_tags, find_fold_dirs, fold_source_pattern, model_tags
 from segkit.storage import atomic_write
 
@@ -41,7 +42,7 @@ def kernel_dirs(environ: dict | None = None) -> KernelDirs:
     env = os.environ if environ is None else environ
     scratch = env.get("SEGKIT_KAGGLE_SCRATCH") or os.path.join(tempfile.gettempdir(), "segkit-scratch")
     return KernelDirs(
-        Path(env.get("SEGKIT_KAGGLE_INPUT") or "/kaggle/input"),
+        input_dir(env),
         Path(env.get("SEGKIT_KAGGLE_WORKING") or "/kaggle/working"),
         Path(scratch),
     )
@@ -131,9 +132,34 @@ def gather_checkpoints(cfg, dirs: KernelDirs) -> Path:
     return run.path
 
 
+def find_presets(cfg, kc, dirs: KernelDirs) -> dict[int, Path]:
+    """The attached copy of every model's preset, by model index, printed (the models load them from there);
+    DataError naming the preset and the folders looked in when one is missing (a kernel with internet
+    downloads a preset name or handle instead)."""
+    found = {}
+    for i, spec in enumerate(cfg.models):
+        preset, where = spec.params.get("preset"), f"models.{i}.preset"
+        if not preset:
+            continue
+        copy = attached(str(preset), dirs.input, where)
+        if copy is None and kc.enable_internet and preset_kind(str(preset)) in ("kaggle", "name", "url"):
+            print(f"[segkit kernel] {where}: {preset} is not attached; KerasHub downloads it", flush=True)
+            continue
+        if copy is None:
+            raise missing(str(preset), dirs.input, where)
+        if not (copy / "config.json").is_file():
+            raise DataError(f"{where}: {copy} (attached for '{preset}') holds no config.json, so it is not a "
+                            "KerasHub preset; upload the folder Backbone.save_to_preset wrote")
+        print(f"[segkit kernel] {where}: {preset} -> {copy}", flush=True)
+        found[i] = copy
+    return found
+
+
 def run_train(raw: dict, fold: int | None, dirs: KernelDirs, quiet: bool = False) -> Path:
-    """Train the embedded config (one fold, or all) into <working>/runs/<name>/."""
-    cfg, _ = kernel_config(raw, "train", fold, dirs)
+    """Train the embedded config (one fold, or all) into <working>/runs/<name>/, with every model's preset
+    read from its attached copy."""
+    cfg, kc = kernel_config(raw, "train", fold, dirs)
+    find_presets(cfg, kc, dirs)  # before any data is read: a missing preset fails at once
     print(f"[segkit kernel] training {'all folds' if fold is None else f'fold {fold}'} of '{cfg.name}' "
           f"on {cfg.data.root} -> {cfg.run_dir}", flush=True)
     return pipeline.train(cfg, quiet=quiet)

@@ -1,9 +1,10 @@
 """U-Net decoders on KerasHub backbones (ResNet, EfficientNet), with N-band input for pretrained weights.
 
 Without `preset` the backbone is built from the architecture tables below with random weights, so nothing
-is downloaded. With `preset` — a KerasHub preset name (downloaded by KerasHub, e.g. "resnet_50_imagenet")
-or a local preset directory (a Kaggle model attached to a notebook, or `Backbone.save_to_preset` output) —
-the architecture and the weights come from the preset. When the image has other than 3 bands, the
+is downloaded. With `preset` — a KerasHub preset name (downloaded by KerasHub, e.g. "resnet_50_imagenet"), a
+Kaggle model handle ("kaggle://owner/model/keras/variation/version") or a local preset directory
+(`Backbone.save_to_preset` output) — the architecture and the weights come from the preset; on Kaggle a preset
+attached as a model source is read from its mount (segkit.presets). When the image has other than 3 bands, the
 backbone is rebuilt for that many bands and every weight copied; the convolution that reads the image keeps
 its RGB kernels exactly (for the bands named by `rgb_bands`, first three by default, R G B in that order)
 and each extra band gets the mean of the three RGB kernels; a single band gets their sum (a grey image
@@ -31,6 +32,7 @@ from segkit.models.layers import (Normalisation, attend, check_choice, check_inp
 from segkit.models.mit import build_mit, is_hub_mit, mit_from_hub
 from segkit.models.registry import register_model
 from segkit.modelspec import decoder_blocks
+from segkit.presets import HANDLE_SHAPE, attached
 
 # Architectures of KerasHub's converted timm checkpoints (same hyper-parameters as their presets).
 _RESNET = {
@@ -147,8 +149,10 @@ def efficientnet_backbone(width: float, depth: float, **kwargs: Any):
 
 
 def load_preset_backbone(preset: str):
-    """The backbone of a KerasHub preset name or local preset directory, with its weights."""
+    """The backbone of a KerasHub preset name, Kaggle handle (kaggle://...) or local preset directory, with its
+    weights; a preset attached to a Kaggle kernel is loaded from its mount under the input folder (no download)."""
     hub = _hub()
+    preset = str(attached(preset) or preset)
     local = os.path.isdir(os.path.expanduser(str(preset)))
     if local:
         preset = os.path.expanduser(str(preset))
@@ -164,8 +168,8 @@ def load_preset_backbone(preset: str):
     except Exception as exc:  # network or file problems: say what was tried
         where = "local preset directory" if local else "KerasHub preset (downloads unless cached)"
         raise ConfigError(
-            f"preset: could not load {where} '{preset}': {exc}. Offline, attach the preset as a model source "
-            "and give its directory"
+            f"preset: could not load {where} '{preset}': {exc}. Offline, attach the preset as a Kaggle model "
+            f"source and write its handle ({HANDLE_SHAPE}) or give its directory"
         ) from exc
 
 

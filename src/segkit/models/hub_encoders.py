@@ -3,7 +3,8 @@
 `mobilenet_unet`, `densenet_unet` and `mit_unet` are `encoder_unet` (segkit.models.encoders) with another
 default `backbone` and the same keywords; `backbone:` takes any name of `encoders.BACKBONES` on any of them,
 and every decoder that reads an encoder's features by stride. Random weights without `preset`, else the
-preset's (a KerasHub preset name or a local preset directory), with the N-band adaptation of encoders.py.
+preset's (a KerasHub preset name, a kaggle:// handle or a local preset directory), with the N-band
+adaptation of encoders.py.
 
 `segformer` is SegFormer: the MiT (MixTransformer, segkit.models.mit: KerasHub's layer for layer, on any H × W)
 and the all-MLP decoder (as KerasHub's `SegFormerBackbone`, whose preset weights it loads), then segkit's head —
