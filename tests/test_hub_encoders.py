@@ -237,3 +237,15 @@ def test_the_spec_knows_the_new_models_without_keras():
     assert spec.builder_kwargs()["projection_filters"] == 64
     with pytest.raises(ConfigError, match="did you mean 'backbone'"):
         ModelSpec.of({"name": "mit_unet", "backbon": "mit_b1"})
+
+
+@pytest.mark.parametrize("name, params", [("fpn", {"pyramid_filters": 8, "segmentation_filters": 4}),
+                                          ("unet_plus_plus", {"decoder_filters": [8, 8, 4, 4, 4]}),
+                                          ("deeplabv3_plus", {"aspp_filters": 8, "atrous_rates": [1, 2],
+                                                              "low_level_filters": 4, "decoder_filters": 8})])
+def test_every_decoder_reads_a_mit_preset_on_non_square_images(presets, name, params):
+    path, original = presets["mit"]
+    model = build_model({"name": name, "preset": str(path), **params}, (32, 64, 4), 2)
+    assert_same_weights_rgb_kept(original, encoder_weights(model), 4)
+    x = np.random.default_rng(0).random((1, 32, 64, 4)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (1, 32, 64, 2)
