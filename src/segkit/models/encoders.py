@@ -251,6 +251,17 @@ def _stride_features(backbone, height: int) -> dict[int, Any]:
     return feats
 
 
+def check_rgb_bands(rgb_bands: Sequence[int], bands: int) -> list[int]:
+    """`rgb_bands` as ints, or a ConfigError unless they are three distinct bands of the image (which must have
+    1 or at least 3 bands to take an RGB backbone's weights)."""
+    rgb_bands = [int(b) for b in rgb_bands]
+    if bands == 2 or (bands >= 3 and (len(rgb_bands) != 3 or len(set(rgb_bands)) != 3
+                                      or not all(0 <= b < bands for b in rgb_bands))):
+        raise ConfigError(f"rgb_bands: need three distinct band indices below {bands} (and 1 or >= 3 bands), "
+                          f"got {rgb_bands} for {bands} bands")
+    return rgb_bands
+
+
 def hub_encoder(input_shape: Sequence[int], backbone: str = "resnet34", preset: str | None = None,
                 rgb_bands: Sequence[int] = (0, 1, 2), encoder_trainable: bool = True,
                 normalisation: Normalisation | None = None, where: str = "encoder_unet"):
@@ -259,11 +270,7 @@ def hub_encoder(input_shape: Sequence[int], backbone: str = "resnet34", preset: 
     model's input (and InputNormalisation): the features every decoder reads, strides 2, 4, … up to the
     deepest (32 for the built-in backbones), which H and W must divide."""
     h, w, bands = check_input_shape(input_shape, 0, where)
-    rgb_bands = [int(b) for b in rgb_bands]
-    if bands == 2 or (bands >= 3 and (len(rgb_bands) != 3 or len(set(rgb_bands)) != 3
-                                      or not all(0 <= b < bands for b in rgb_bands))):
-        raise ConfigError(f"rgb_bands: need three distinct band indices below {bands} (and 1 or >= 3 bands), "
-                          f"got {rgb_bands} for {bands} bands")
+    rgb_bands = check_rgb_bands(rgb_bands, bands)
     if preset:
         hub_backbone = rebuild_for_bands(load_preset_backbone(preset), (h, w, bands), rgb_bands)
     else:

@@ -20,11 +20,11 @@ import keras
 from keras import layers
 
 from segkit.errors import ConfigError
-from segkit.models.encoders import (_MIT, encoder_unet, load_preset_backbone, random_backbone,
+from segkit.models.encoders import (_MIT, check_rgb_bands, encoder_unet, load_preset_backbone, random_backbone,
                                     rebuild_for_bands)
-from segkit.models.mit import is_hub_mit
 from segkit.models.layers import (MASK_OUTPUT, Normalisation, check_choice, check_input_shape,
                                   classifier_head, model_input)
+from segkit.models.mit import is_hub_mit
 from segkit.models.registry import register_model
 
 SEGFORMER_MIN_KERAS_HUB = "0.17"
@@ -50,15 +50,6 @@ mobilenet_unet = _family("mobilenet_unet", "mobilenet_v3_large_100",
                          "a MobileNetV3 (mobilenet_v3_small_050, mobilenet_v3_small_100, mobilenet_v3_large_100)")
 densenet_unet = _family("densenet_unet", "densenet121", "a DenseNet (densenet121, densenet169, densenet201)")
 mit_unet = _family("mit_unet", "mit_b0", "a MixTransformer, SegFormer's encoder (mit_b0 … mit_b5)")
-
-
-def _check_rgb_bands(rgb_bands: Sequence[int], bands: int) -> list[int]:
-    rgb_bands = [int(b) for b in rgb_bands]
-    if bands == 2 or (bands >= 3 and (len(rgb_bands) != 3 or len(set(rgb_bands)) != 3
-                                      or not all(0 <= b < bands for b in rgb_bands))):
-        raise ConfigError(f"rgb_bands: need three distinct band indices below {bands} (and 1 or >= 3 bands), "
-                          f"got {rgb_bands} for {bands} bands")
-    return rgb_bands
 
 
 def _check_hub_segformer(preset: str) -> None:
@@ -140,7 +131,7 @@ def segformer(
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout: must be a rate in [0, 1), got {dropout!r}")
     h, w, bands = check_input_shape(input_shape, 5, "segformer")
-    rgb_bands = _check_rgb_bands(rgb_bands, bands)
+    rgb_bands = check_rgb_bands(rgb_bands, bands)
     segformer_hub = None
     if preset:
         mit, segformer_hub = _preset_mit(preset, (h, w, bands), rgb_bands)
