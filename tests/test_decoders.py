@@ -174,6 +174,23 @@ def test_deep_supervision_adds_the_weighted_auxiliary_losses_in_training_only(tm
     assert again.train_on_batch(x, y, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_deep_supervision_takes_a_keras_loss_name(weighted):
+    """Compiled by hand with a Keras loss name (a plain function, no sample_weight argument): the auxiliary
+    heads get the same loss, weighted by the sample weights as Keras weights the main one."""
+    keras.utils.set_random_seed(0)
+    model = build_model({"name": "unet", "depth": 2, "base_filters": 4, "deep_supervision": 0.5}, (H, W, 3), 1)
+    rng = np.random.default_rng(2)
+    x = rng.random((2, H, W, 3)).astype("float32")
+    y = targets(rng, 1, False)
+    sw = rng.random((2, H, W)).astype("float32") if weighted else None  # per pixel
+    packed = np.asarray(model(x, training=True))
+    bce = keras.losses.BinaryCrossentropy()
+    expected = float(bce(y, packed[..., :1], sample_weight=sw)) + 0.5 * float(bce(y, packed[..., 1:2], sample_weight=sw))
+    model.compile(keras.optimizers.SGD(0.0), loss="binary_crossentropy", run_eagerly=True)
+    assert model.train_on_batch(x, y, sample_weight=sw, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_deep_supervision_with_the_classification_head():
     keras.utils.set_random_seed(0)
     model = build_model({"name": "unet", "depth": 2, "base_filters": 4, "deep_supervision": True,

@@ -254,7 +254,10 @@ class DeepSupervisedModel(keras.Model):
             loss = loss.get(self.output_names[0])
         elif isinstance(loss, (list, tuple)):
             loss = loss[0] if loss else None
-        return None if loss is None else keras.losses.get(loss)
+        if loss is None:
+            return None
+        loss = keras.losses.get(loss)
+        return loss if isinstance(loss, keras.losses.Loss) else _mean_loss(loss)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         y_main, aux = self.split_auxiliary(y_pred)
@@ -275,6 +278,22 @@ class DeepSupervisedModel(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, y, self.split_auxiliary(y_pred)[0], sample_weight)
+
+
+def _mean_loss(fn):
+    """A plain loss function (what a loss name compiles to) as a Loss-like callable taking sample weights:
+    the mean of its per-pixel values, weighted, as Keras' "sum over batch size" reduction."""
+
+    def loss(target, pred, sample_weight=None):
+        values = ops.cast(fn(target, pred), "float32")
+        if sample_weight is not None:
+            weight = ops.cast(sample_weight, "float32")
+            while len(weight.shape) < len(values.shape):
+                weight = ops.expand_dims(weight, -1)
+            values = values * weight
+        return ops.mean(values)
+
+    return loss
 
 
 Stage = tuple[int, Any]  # (stride, features) of one decoder stage
