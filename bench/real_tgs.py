@@ -30,7 +30,9 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -52,6 +54,53 @@ def split_holdout(strata: np.ndarray, share: float = 0.25, seed: int = HOLDOUT_S
         idx = np.flatnonzero(strata == s)
         held[rng.permutation(idx)[: int(round(share * len(idx)))]] = True
     return held
+
+
+@dataclass
+class Holdout:
+    """The bench's split of the fixture: the images trained on, the held-out ones, and the TGS folder (`root`)
+    that lists the former as its training set and the latter as its test set."""
+
+    adapter: Any
+    samples: list
+    train: list
+    held: list
+    root: Path
+
+    @property
+    def held_ids(self) -> list[str]:
+        return [s.id for s in self.held]
+
+    def held_rows(self) -> list[dict]:
+        """`id,rle_mask` rows of the held-out images (their true masks)."""
+        return [{"id": s.id, "rle_mask": s.meta["rle"]} for s in self.held]
+
+
+def make_holdout(limit: int, workdir: Path, src: Path = TGS) -> Holdout:
+    """The fixed held-out quarter of the fixture (of `limit` images kept stratified when `limit`), and the TGS
+    folder of the rest under `workdir`."""
+    from segkit.data.competitions.base import make_adapter
+
+    adapter = make_adapter("tgs", str(src), {})
+    samples = adapter.train_samples()
+    strata = np.array([s.stratum for s in samples])
+    if limit:
+        keep = np.sort(np.flatnonzero(split_holdout(strata, limit / len(samples), seed=7)))
+        samples, strata = [samples[i] for i in keep], strata[keep]
+    held = split_holdout(strata)
+    train_s = [s for s, h in zip(samples, held) if not h]
+    held_s = [s for s, h in zip(samples, held) if h]
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = subset_root(workdir, [{"id": s.id, "rle_mask": s.meta["rle"]} for s in train_s],
+                       [s.id for s in held_s], src)
+    return Holdout(adapter, samples, train_s, held_s, root)
+
+
+def describe(split: Holdout, y_ho: np.ndarray) -> str:
+    """One line on the split: images, trained on, held out, salt-free share of the held-out ones."""
+    salt_free = np.mean(~y_ho.reshape(len(y_ho), -1).any(1))
+    return (f"real TGS {TGS}: {len(split.samples)} images, training on {len(split.train)}, held out "
+            f"{len(split.held)} (coverage-stratified, seed {HOLDOUT_SEED}; salt-free {salt_free:.1%})")
 
 
 def subset_root(workdir: Path, rows: list[dict], test_ids: list[str], src: Path = TGS) -> Path:
@@ -213,20 +262,30 @@ def _tmp_weights() -> Path:
 
 # --- segkit ----------------------------------------------------------------------------------------------
 
-def train_segkit(root: Path, args, workdir: Path, budget: float | None = None):
-    """The built-in `tgs` recipe on `root` through segkit.Run: (run, wall seconds of fit, CPU seconds of fit)."""
+def recipe_model(args) -> dict:
+    """The `tgs` recipe's U-Net spec at `--depth` / `--base`, with `--model`'s extra settings."""
     import segkit as sk
-    from segkit.runs import open_run_data
 
-    model = dict(sk.load_config("tgs").models[0], depth=args.depth, base_filters=args.base)  # the recipe's spec
+    model = dict(sk.load_config("tgs").models[0], depth=args.depth, base_filters=args.base)
     if args.model:
         import yaml
 
         model.update(yaml.safe_load("{" + args.model + "}"))
+    return model
+
+
+def train_segkit(root: Path, args, workdir: Path, budget: float | None = None, model: dict | None = None,
+                 name: str = "real_tgs"):
+    """The built-in `tgs` recipe on `root` through segkit.Run, with `model` (default: the recipe's, see
+    recipe_model) as its one architecture: (run, wall seconds of fit, CPU seconds of fit). Runs of one workdir
+    share the image cache; `name` keeps their run folders apart."""
+    import segkit as sk
+    from segkit.runs import open_run_data
+
     settings = {
-        "name": "real_tgs",
+        "name": name,
         "data": {"root": str(root), "image_size": [args.image_size] * 2, "cache_dir": str(workdir / "cache")},
-        "models": [model],
+        "models": [model or recipe_model(args)],
         "train": {"folds": args.folds, "verbose": 0, **({} if budget else {"epochs": args.seg_epochs or args.epochs})},
         "output": {"runs_dir": str(workdir / "runs"), "submissions_dir": str(workdir / "submissions")},
     }
@@ -237,6 +296,22 @@ def train_segkit(root: Path, args, workdir: Path, budget: float | None = None):
     start, cpu = time.perf_counter(), time.process_time()  # are read before its clock starts too
     run.fit(restart=True)
     return run, time.perf_counter() - start, time.process_time() - cpu
+
+
+def read_plan(run) -> dict | None:
+    """The run's time-budget plan (plan.json: the plan and the seconds spent), None without a budget."""
+    saved = run.dir / "plan.json"
+    return json.loads(saved.read_text()) if saved.is_file() else None
+
+
+def score_segkit(run, x_ho: np.ndarray, y_ho: np.ndarray, held_ids: list[str], path: Path) -> tuple[float, float]:
+    """Held-out TGS metric of a fitted run: its hflip-TTA ensemble at threshold 0.5, and the submission CSV it
+    writes to `path` with its cross-validated chain (what `segkit predict` submits)."""
+    from segkit.evaluate import tgs_score
+
+    p = run.ensemble(tta=["identity", "hflip"]).predict(x_ho)[..., 0]
+    written = run.write_submission(path)
+    return tgs_score(y_ho, p > 0.5), tgs_score(y_ho, read_submission(written, held_ids))
 
 
 def main() -> None:
@@ -265,27 +340,13 @@ def main() -> None:
     from segkit.cli.console import quiet_tensorflow
 
     quiet_tensorflow()
-    from segkit.data.competitions.base import make_adapter
     from segkit.evaluate import tgs_score
 
-    adapter = make_adapter("tgs", str(TGS), {})
-    samples = adapter.train_samples()
-    strata = np.array([s.stratum for s in samples])
-    if args.limit:
-        keep = np.sort(np.flatnonzero(split_holdout(strata, args.limit / len(samples), seed=7)))
-        samples, strata = [samples[i] for i in keep], strata[keep]
-    held = split_holdout(strata)
-    train_s = [s for s, h in zip(samples, held) if not h]
-    held_s = [s for s, h in zip(samples, held) if h]
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    root = subset_root(args.workdir, [{"id": s.id, "rle_mask": s.meta["rle"]} for s in train_s],
-                       [s.id for s in held_s])
-    x_tr, y_tr = read_set(adapter, train_s)
-    x_ho, y_ho = read_set(adapter, held_s)
-    print(f"real TGS {TGS}: {len(samples)} images, training on {len(train_s)}, held out {len(held_s)} "
-          f"(coverage-stratified, seed {HOLDOUT_SEED}; salt-free {np.mean(~y_ho.reshape(len(y_ho), -1).any(1)):.1%}); "
-          f"U-Net depth {args.depth} base {args.base} at {args.image_size} px; {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    split = make_holdout(args.limit, args.workdir)
+    x_tr, y_tr = read_set(split.adapter, split.train)
+    x_ho, y_ho = read_set(split.adapter, split.held)
+    print(f"{describe(split, y_ho)}; U-Net depth {args.depth} base {args.base} at {args.image_size} px; "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
     plain_s = None
     if not args.skip_plain:
@@ -299,24 +360,21 @@ def main() -> None:
         print(f"plain kernel trained in {plain_s:.0f} s ({plain_cpu:.0f} CPU s), load {os.getloadavg()[0]:.1f}",
               flush=True)
     budget = args.budget * plain_s if args.budget and plain_s else None
-    run, seg_s, seg_cpu = train_segkit(root, args, args.workdir, budget)
+    run, seg_s, seg_cpu = train_segkit(split.root, args, args.workdir, budget)
     print(f"segkit trained in {seg_s:.0f} s ({seg_cpu:.0f} CPU s), load {os.getloadavg()[0]:.1f}", flush=True)
     tc = run.config.train
-    ens = run.ensemble(tta=["identity", "hflip"])
-    p = ens.predict(x_ho)[..., 0]
-    saved = run.dir / "plan.json"
-    planned = json.loads(saved.read_text()) if saved.is_file() else None
+    planned = read_plan(run)
     epochs = f"{planned['plan']['epochs']} epochs of a {tc.time_budget:.0f} s budget" if planned \
         else f"{tc.epochs} epochs"
     extra = " ".join([*args.set, *([args.model] if args.model else [])])
     name = f"segkit tgs ({tc.folds} folds x {epochs}{', ' + extra if extra else ''})"
     if planned:
         print(f"segkit: training loop {planned['spent_s']:.0f} s of the {seg_s:.0f} s fit (then OOF and tuning)")
-    rows.append((name + ", threshold 0.5", tgs_score(y_ho, p > 0.5), seg_s))
-    written = run.write_submission(args.workdir / "submission.csv")  # what `segkit predict` writes: tuned chain
-    rows.append((name + ", its tuned chain (segkit predict)", tgs_score(y_ho, read_submission(written, [s.id for s in held_s])), seg_s))
+    at_half, submitted = score_segkit(run, x_ho, y_ho, split.held_ids, args.workdir / "submission.csv")
+    rows.append((name + ", threshold 0.5", at_half, seg_s))
+    rows.append((name + ", its tuned chain (segkit predict)", submitted, seg_s))
     rows.append(("all-empty", tgs_score(y_ho, np.zeros_like(y_ho)), None))
-    print(f"\nheld-out quarter ({len(held_s)} images), TGS metric at 101x101, hflip TTA:")
+    print(f"\nheld-out quarter ({len(split.held)} images), TGS metric at 101x101, hflip TTA:")
     for what, score, secs in rows:
         print(f"  {what:<60s} {score:.4f}   " + (f"train {secs:.0f} s" if secs else ""))
     if args.steps:  # per post-processing step: OOF-tuned gain, CV gain ± SE, decision, held-out gain
@@ -325,8 +383,7 @@ def main() -> None:
 
         from segkit.runs import model_tags
 
-        heldout_check("real_tgs", run, heldout_root(args.workdir, [{"id": s.id, "rle_mask": s.meta["rle"]}
-                                                                    for s in held_s]), model_tags(run.config))
+        heldout_check("real_tgs", run, heldout_root(args.workdir, split.held_rows()), model_tags(run.config))
     if plain_s:
         best_plain = max(rows[0][1], rows[1][1])
         seg = rows[-2][1]  # what segkit submits

@@ -108,6 +108,25 @@ def test_forward_flops_counts_layers_by_hand():
     assert forward_flops(model) == 2 * (16 * 16 * 9 * 4 * 8 + 8 * 8 * 4 * 8 * 4 + 16 * 16 * 4 * 3)
 
 
+def test_uncounted_layers_names_custom_layers_that_hide_kernels():
+    from segkit.models.cost import forward_flops, uncounted_layers
+
+    class Hidden(keras.layers.Layer):  # a dense layer forward_flops cannot see (as KerasHub's MiT blocks)
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.inner(x)
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 1)(x))
+    model = keras.Model(x, Hidden(name="hidden")(y))
+    assert uncounted_layers(model) == ["hidden"]
+    assert forward_flops(model) == 2 * 8 * 8 * 3 * 4  # the conv only: a lower bound
+    assert uncounted_layers(keras.Model(x, y)) == []
+
+
 @pytest.mark.parametrize(
     "spec, params_m, gflops",  # the hand-derived figures of shared/notes/models.md, 384×384×4 input
     [

@@ -45,3 +45,16 @@ def forward_flops(model: keras.Model) -> int:
         else:
             total += 2 * _macs(layer)
     return int(total)
+
+
+def uncounted_layers(model: keras.Model) -> list[str]:
+    """Names of the layers `forward_flops` cannot see into: custom layers (not nested models) that hold kernels
+    (weights of two or more dimensions) but are no convolution or dense layer themselves — KerasHub's MiT
+    attention and MixFFN blocks, whose dense layers run on tokens. Non-empty means the count is a lower bound."""
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            names += uncounted_layers(layer)
+        elif not _macs(layer) and any(len(w.shape) >= 2 for w in layer.weights):
+            names.append(layer.name)
+    return names
