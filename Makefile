@@ -39,12 +39,13 @@ $(OLDEST)/.installed: requirements-oldest.txt pyproject.toml
 
 # Every test already runs in `make test`; here only what the oldest pins can change. Left out (CI's time budget):
 # the Kaggle client tests (`kaggle` is the same unpinned version in both stacks), the wheel build, the OS-level
-# fault injection, the mutation-killing tests of the pure numpy core and the decoders (Keras layers only; the
-# KerasHub encoders' tests, which the pins do change, stay).
+# fault injection, the mutation-killing tests of the pure numpy core, the decoders (Keras layers only; the
+# KerasHub encoders' tests, which the pins do change, stay) and the bench scripts' tests.
 OLDEST_SKIP := $(addprefix --ignore=tests/,test_kaggle_api.py test_kaggle_build.py test_kaggle_credentials.py \
 	test_kaggle_deps.py test_kaggle_kernel_run.py test_kaggle_reality.py test_kaggle_workflows.py test_wheel.py \
 	test_faults.py test_decoders.py test_mutants_rle.py test_mutants_evaluate.py test_mutants_submission.py \
-	test_mutants_tiling.py test_mutants_runs.py test_mutants_postprocess.py)
+	test_mutants_tiling.py test_mutants_runs.py test_mutants_postprocess.py test_bench_models.py \
+	test_bench_decoders_tgs.py)
 
 test-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -m pytest -q -m "not slow and not jax" $(OLDEST_SKIP) $(REPORT)

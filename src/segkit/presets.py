@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from segkit.errors import ConfigError, DataError
+from segkit.errors import ConfigError, DataError, did_you_mean
 
 KAGGLE_SCHEME = "kaggle://"
 KAGGLE_INPUT = "/kaggle/input"
@@ -96,8 +96,6 @@ def hub_handle(name: str, where: str = "preset") -> KaggleHandle:
     """The Kaggle handle KerasHub downloads preset `name` from; ConfigError (with the closest name) when KerasHub
     has no such preset."""
     import keras_hub
-
-    from segkit.errors import did_you_mean
 
     known = keras_hub.models.Backbone.presets
     if name not in known:
