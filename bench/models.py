@@ -10,7 +10,7 @@ one markdown table of every size for the README. Throughput is wall-clock on thi
 run only.
 
 FLOPs: segkit.models.cost counts convolution and dense layers; on a model whose custom layers hide their conv or
-dense layers from it (KerasHub's MiT and MobileNetV3 blocks) the TensorFlow graph's convolutions and matrix
+dense layers from it (KerasHub's MobileNetV3 blocks) the TensorFlow graph's convolutions and matrix
 products are counted instead (the two counts agree on the others); on other backends such a row shows "≥" (a
 lower bound).
 

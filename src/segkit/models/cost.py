@@ -7,7 +7,10 @@ import keras
 
 
 def _macs(layer) -> int:
-    """Multiply-accumulates of one call of a convolution or dense layer (0 for everything else)."""
+    """Multiply-accumulates of one call of a convolution or dense layer, or of a layer that counts its own
+    (`forward_macs`, as segkit's MiT blocks); 0 for everything else."""
+    if hasattr(layer, "forward_macs"):
+        return layer.forward_macs()
     if isinstance(layer, keras.layers.Conv2DTranspose):
         _, h, w, c_in = layer.input.shape  # every input pixel scatters the whole kernel
         kh, kw = layer.kernel_size
@@ -49,8 +52,8 @@ def forward_flops(model: keras.Model) -> int:
 
 def uncounted_layers(model: keras.Model) -> list[str]:
     """Names of the layers `forward_flops` cannot see into: custom layers (not nested models) that hold kernels
-    (weights of two or more dimensions) but are no convolution or dense layer themselves — KerasHub's MiT
-    attention and MixFFN blocks, whose dense layers run on tokens. Non-empty means the count is a lower bound."""
+    (weights of two or more dimensions) but are no convolution or dense layer themselves and do not count their
+    own (`forward_macs`) — KerasHub's MobileNetV3 blocks. Non-empty means the count is a lower bound."""
     names = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):

@@ -114,6 +114,15 @@ class MixTransformerBlock(layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def forward_macs(self) -> int:
+        """Multiply-accumulates of one call on its (built) input, for segkit.models.cost: the q/k/v/output
+        projections, the sequence-reducing convolution, the two attention products and the Mix-FFN."""
+        _, h, w, c = self.input.shape
+        n, r = h * w, self.sr_ratio
+        m = (h // r) * (w // r)
+        attention = n * c * c + 2 * m * c * c + n * c * c + 2 * n * m * c + (m * r * r * c * c if r > 1 else 0)
+        return int(attention + n * c * 4 * c + n * 9 * 4 * c + n * 4 * c * c)
+
     def get_config(self) -> dict:
         return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads, "sr_ratio": self.sr_ratio,
                 "drop_path": self.drop_path_rate}
