@@ -239,13 +239,19 @@ def test_the_spec_knows_the_new_models_without_keras():
         ModelSpec.of({"name": "mit_unet", "backbon": "mit_b1"})
 
 
-@pytest.mark.parametrize("name, params", [("fpn", {"pyramid_filters": 8, "segmentation_filters": 4}),
-                                          ("unet_plus_plus", {"decoder_filters": [8, 8, 4, 4, 4]}),
-                                          ("deeplabv3_plus", {"aspp_filters": 8, "atrous_rates": [1, 2],
-                                                              "low_level_filters": 4, "decoder_filters": 8})])
-def test_every_decoder_reads_a_mit_preset_on_non_square_images(presets, name, params):
-    path, original = presets["mit"]
-    model = build_model({"name": name, "preset": str(path), **params}, (32, 64, 4), 2)
+DECODER_PARAMS = {"fpn": {"pyramid_filters": 8, "segmentation_filters": 4},
+                  "unet_plus_plus": {"decoder_filters": [8, 8, 4, 4, 4]},
+                  "deeplabv3_plus": {"aspp_filters": 8, "atrous_rates": [1, 2], "low_level_filters": 4,
+                                     "decoder_filters": 8}}
+DECODER_CASES = [("fpn", "mit"), ("unet_plus_plus", "mit"), ("deeplabv3_plus", "mit"), ("fpn", "densenet"),
+                 ("unet_plus_plus", "densenet"), ("deeplabv3_plus", "mobilenet")]
+
+
+@pytest.mark.parametrize("name, family", DECODER_CASES, ids=[f"{n}-{f}" for n, f in DECODER_CASES])
+def test_every_decoder_reads_the_new_families_on_non_square_images(presets, name, family):
+    skip_old_mobilenet(family)
+    path, original = presets[family]
+    model = build_model({"name": name, "preset": str(path), **DECODER_PARAMS[name]}, (32, 64, 4), 2)
     assert_same_weights_rgb_kept(original, encoder_weights(model), 4)
     x = np.random.default_rng(0).random((1, 32, 64, 4)).astype("float32")
     assert model.predict(x, verbose=0).shape == (1, 32, 64, 2)
