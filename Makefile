@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 
 OLDEST := .venv-oldest
 
-# -rs: every skip printed with its reason (and counted in the summary line); the 20 slowest tests printed
+# -rs: every skip printed with its reason (and counted in the summary line); the 20 slowest tests printed.
+# PARALLEL: test files spread over the machine's cores (pytest-xdist; a file's tests stay on one worker, so a
+# module's fixture is built once); `make test PARALLEL=` runs them in one process.
 REPORT := -rs --durations=20
+PARALLEL := -n auto --maxprocesses=4 --dist loadfile
 
 .PHONY: demo test test-all test-fast test-oldest mutate bench clean
 
@@ -23,12 +26,12 @@ demo: $(STAMP)
 
 # Every test, the slow ones included (what CI runs); `make test-fast` leaves the slow ones out.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "" $(REPORT)
+	$(BIN)/python -m pytest -q -m "" $(PARALLEL) $(REPORT)
 
 test-all: test
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PARALLEL)
 
 # The suite on the oldest supported TensorFlow / Keras / KerasHub / albumentations (no JAX there).
 $(OLDEST)/.installed: requirements-oldest.txt pyproject.toml
@@ -48,7 +51,7 @@ OLDEST_SKIP := $(addprefix --ignore=tests/,test_kaggle_api.py test_kaggle_build.
 	test_bench_decoders_tgs.py)
 
 test-oldest: $(OLDEST)/.installed
-	$(OLDEST)/bin/python -m pytest -q -m "not slow and not jax" $(OLDEST_SKIP) $(REPORT)
+	$(OLDEST)/bin/python -m pytest -q -m "not slow and not jax" $(OLDEST_SKIP) $(PARALLEL) $(REPORT)
 
 # Mutation testing of the pure core, not in CI (the tests run once per mutant, ~6,300 of them): mutmut mutates
 # rle.py, evaluate.py, submission.py, tiling.py, runs.py and postprocess/ (see [tool.mutmut] in pyproject.toml)
