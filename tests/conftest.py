@@ -12,6 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SEGKIT_FIXTURES") or REPO.parent / "shared" / "fixtures")
 
 
+# The longest test files (minutes each), collected first: `make test` spreads files over parallel workers
+# (pytest-xdist, --dist loadfile), and a long file started last would leave the other workers idle at the end.
+LONG_FILES_FIRST = ("test_models_backends.py", "test_demo.py", "test_bulk_tta.py", "test_devices.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the collected tests with the longest files first (stable: the order within them is kept)."""
+    items.sort(key=lambda item: item.path.name not in LONG_FILES_FIRST)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """../shared/fixtures (real dataset samples, read in place, never copied)."""
