@@ -8,9 +8,10 @@ OLDEST := .venv-oldest
 
 # -rs: every skip printed with its reason (and counted in the summary line); the 20 slowest tests printed.
 # PARALLEL: test files spread over the machine's cores (pytest-xdist; a file's tests stay on one worker, so a
-# module's fixture is built once); `make test PARALLEL=` runs them in one process.
+# module's fixture is built once), in collection order (tests/conftest.py puts the longest files first; xdist's
+# default order, most tests first, started the one-test JAX pass last); `make test PARALLEL=` runs them in one process.
 REPORT := -rs --durations=20
-PARALLEL := -n auto --maxprocesses=4 --dist loadfile
+PARALLEL := -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-all test-fast test-oldest mutate bench clean
 
