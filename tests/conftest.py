@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name not in LONG_FILES_FIRST)
 
 
+def load_bench(name: str):
+    """bench/<name>.py imported as a module (the bench folder is no package), registered in sys.modules under
+    bench_<name> so its dataclasses can look their module up."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """../shared/fixtures (real dataset samples, read in place, never copied)."""

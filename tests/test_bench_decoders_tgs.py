@@ -1,6 +1,5 @@
 """bench/decoders_tgs.py: every decoder's spec builds, the markdown table, and (slow) a tiny end-to-end run on the
 real TGS fixture (figures not asserted: a 1-epoch model on 32 images)."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,17 +7,14 @@ from pathlib import Path
 
 import keras
 import pytest
+from conftest import load_bench
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "decoders_tgs.py"
 
 
 def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_decoders_tgs", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("decoders_tgs")
 
 
 def test_every_decoder_spec_builds_on_the_plain_encoder_of_real_tgs():

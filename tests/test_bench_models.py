@@ -1,7 +1,6 @@
 """bench/models.py prints a row per decoder × encoder (n/a with the reason where the registry refuses one) and its
 markdown table; FLOPs hidden inside custom layers (KerasHub's MobileNetV3 blocks) are counted from the TensorFlow
 graph, which agrees with the layer count where both see everything (segkit's MiT included)."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,17 +8,14 @@ from pathlib import Path
 
 import keras
 import pytest
+from conftest import load_bench
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "models.py"
 
 
 def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_models", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("models")
 
 
 def test_zoo_run_prints_rows_na_and_markdown():
